@@ -1,0 +1,25 @@
+# The knd image for `ray up` clusters (cluster/aws.yaml, cluster/gcp.yaml) and CI's tag builds:
+#   docker build -t knd:dev .
+# Ray and Python match pyproject.toml (ray 2.60.0, Python 3.11); the GPU variant carries CUDA and
+# runs on CPU-only hosts too, so the head and the GPU workers share one image.
+FROM rayproject/ray:2.60.0-py311-gpu
+
+# The base image's own non-root user; its conda Python is first on PATH.
+USER ray
+WORKDIR /home/ray/knd
+
+# Dependencies first, from pyproject.toml alone, so a source change does not reinstall torch.
+COPY --chown=ray:users pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the project. Editable, because knd finds configs/ beside its own source folder.
+COPY --chown=ray:users README.md ./
+COPY --chown=ray:users configs/ configs/
+COPY --chown=ray:users jobs/ jobs/
+COPY --chown=ray:users knd/ knd/
+RUN pip install --no-cache-dir --no-deps -e .
+
+# No credentials in the image: S3/GCS access comes from the node's IAM role or service account,
+# a job's WANDB_API_KEY from its runtime environment (README, "Run on a cluster").

@@ -1,0 +1,140 @@
+"""Checkpoint folders: plain tensors and JSON only, so loading never runs code from the file.
+
+A checkpoint folder (local or ``s3://``) holds
+
+- ``model.pt``: the model's ``state_dict`` (tensors only; loaded with ``weights_only=True``),
+- ``meta.json``: everything needed to rebuild and use the model (label set and names, feature
+  parameters and their hash, model name/width/dropout, normalisation mean/std per mel band, epoch,
+  actor split, metrics),
+- ``train_state.pt`` (optional): optimiser state, epoch and step, for resuming training.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from typing import Any
+
+import torch
+from torch import nn
+
+from knd import storage
+from knd.models import build_model
+
+MODEL_FILE = "model.pt"
+META_FILE = "meta.json"
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        for attr in ("module", "_orig_mod"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            return model
+
+
+def _tensor_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(
+    folder: str, model: nn.Module, meta: dict, train_state: dict | None = None
+) -> None:
+    """Write ``model.pt``, ``meta.json`` and optionally ``train_state.pt`` into ``folder``.
+
+    Each file is written atomically; ``meta.json`` goes last so a folder with a ``meta.json``
+    is complete.
+
+    Args:
+        folder: local folder or ``s3://`` prefix (created if missing).
+        model: the model, possibly wrapped in DDP; its weights are saved on the CPU.
+        meta: JSON-serialisable description (see the module docstring).
+        train_state: optimiser state, epoch, step... (tensors, numbers, strings, lists, dicts).
+    """
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    storage.write_bytes(storage.join(folder, MODEL_FILE), _tensor_bytes(state))
+    if train_state is not None:
+        storage.write_bytes(storage.join(folder, TRAIN_STATE_FILE), _tensor_bytes(train_state))
+    storage.write_text(storage.join(folder, META_FILE), json.dumps(meta, indent=2) + "\n")
+
+
+def load_tensors(uri: str, device: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of one file with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file holds anything but tensors and plain containers (e.g. a pickled
+            object whose unpickling would run code), or is not a torch file at all.
+    """
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"checkpoint file not found: {uri}")
+    data = storage.read_bytes(uri)
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{uri}: refused to load, not a plain-tensor file ({reason})") from None
+    except (RuntimeError, EOFError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{uri}: not a readable torch file ({reason})") from None
+
+
+def load_meta(folder: str) -> dict:
+    """The ``meta.json`` of a checkpoint folder.
+
+    Raises:
+        FileNotFoundError: no ``meta.json`` (not a checkpoint folder, or an incomplete one).
+        ValueError: ``meta.json`` is not valid JSON.
+    """
+    uri = storage.join(folder, META_FILE)
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"not a checkpoint folder (no {META_FILE}): {folder}")
+    try:
+        return json.loads(storage.read_text(uri))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{uri}: not valid JSON ({e})") from None
+
+
+def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint folder, in eval mode on ``device``.
+
+    Returns:
+        ``(model, meta)``.
+
+    Raises:
+        FileNotFoundError: the folder lacks ``meta.json`` or ``model.pt``.
+        ValueError: ``model.pt`` is not a plain state dict or does not fit the described model.
+    """
+    meta = load_meta(folder)
+    spec = meta["model"]
+    model = build_model(
+        spec["name"],
+        num_classes=len(meta["labels"]),
+        width=int(spec.get("width", 32)),
+        dropout=float(spec.get("dropout", 0.0)),
+    )
+    uri = storage.join(folder, MODEL_FILE)
+    state = load_tensors(uri, device)
+    if not isinstance(state, dict):
+        raise ValueError(f"{uri}: expected a state dict, got {type(state).__name__}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{uri}: weights do not fit model {spec['name']!r} ({e})") from None
+    return model.to(device).eval(), meta
+
+
+def load_train_state(folder: str, device: str | torch.device = "cpu") -> dict | None:
+    """The ``train_state.pt`` of a checkpoint folder, or None if it has none."""
+    uri = storage.join(folder, TRAIN_STATE_FILE)
+    if not storage.exists(uri):
+        return None
+    return load_tensors(uri, device)

@@ -1,0 +1,82 @@
+"""The ``knd`` command: ``knd <command> key=value ...``; each command delegates to ``<stage>.run``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from knd.config import SCHEMAS, ConfigError, config_dir, describe, load_config
+
+COMMANDS = {
+    "synth": ("knd.synth", "make a deterministic synthetic RAVDESS-format corpus"),
+    "download": ("knd.download", "download and extract the official RAVDESS speech set"),
+    "prepare": ("knd.prepare", "audio -> log-mel Parquet shards + manifest (Ray Data)"),
+    "train": ("knd.train", "train a model with Ray Train (DDP)"),
+    "evaluate": ("knd.evaluate", "metrics of a checkpoint on prepared features"),
+    "tune": ("knd.tune", "cross-actor-fold hyperparameter search (Ray Tune)"),
+    "analyse": ("knd.analyse", "tables, plots and best config of a Tune experiment"),
+    "score": ("knd.score", "emotion probabilities for every audio file in a folder (Ray Data)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: knd <command> [key=value ...]   (knd <command> --help lists the keys)", ""]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def command_help(command: str) -> str:
+    return (
+        f"usage: knd {command} [key=value ...] [config=FILE.yaml]\n\n"
+        f"{COMMANDS[command][1]}\n"
+        f"defaults from {config_dir() / (command + '.yaml')}; nested keys with dots, lists as [a,b]\n\n"
+        f"{describe(command)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``knd <command> key=value ...`` and run the command's stage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"knd: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    assert command in SCHEMAS
+    if any(a in ("-h", "--help") for a in args):
+        print(command_help(command))
+        return 0
+    return run_command(command, args)
+
+
+def run_command(command: str, args: list[str]) -> int:
+    """Load ``command``'s config from ``key=value`` args and call its stage's ``run(cfg)``.
+
+    Shared by ``knd <command>`` and the ``jobs/*.py`` entry points of ``ray job submit``, so a
+    bad argument fails the same way in both: one line on stderr and a non-zero exit status.
+
+    Returns:
+        The process exit status: 2 for a bad argument, 1 for bad input, else the stage's own.
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = load_config(command, args)
+    except ConfigError as e:
+        print(f"knd {command}: {e}", file=sys.stderr)
+        return 2
+    stage = importlib.import_module(COMMANDS[command][0])
+    try:
+        result = stage.run(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"knd {command}: {e}", file=sys.stderr)
+        return 1
+    return int(getattr(result, "exit_code", 0) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Typed, frozen configuration: schemas here, values in ``configs/*.yaml``, overrides as key=value.
+
+Every command has one schema (a frozen dataclass) and one YAML file of defaults,
+``configs/<command>.yaml``. The YAML is the single source of default values; the dataclasses
+carry the types and the help text. Values are layered, later wins:
+
+1. ``configs/<command>.yaml``
+2. ``configs/recipes/<recipe>.yaml`` for ``train`` (the recipe sets model and schedule)
+3. ``config=FILE.yaml`` (e.g. the ``best_config.yaml`` written by ``knd analyse``)
+4. ``key=value`` overrides from the command line (nested keys with dots, lists as ``[a,b]``)
+
+An unknown key at any layer is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line that names the key."""
+
+
+def _help(text: str) -> Any:
+    return field(metadata={"help": text})
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared sections
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = _help("Ray cluster to join ('auto' or ray://...); none starts local Ray")
+    num_cpus: int | None = _help("CPUs for a local Ray (none: all of this machine's)")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that decides the log-mel features; its hash is checked by train and score."""
+
+    sample_rate: int = _help("feature sample rate in Hz; audio is resampled to it")
+    clip_seconds: float = _help("fixed clip length after trimming: shorter is padded, longer cut")
+    trim_db: float = _help("leading/trailing audio quieter than peak minus this (dB) is trimmed")
+    n_fft: int = _help("FFT size in samples")
+    win_length: int = _help("analysis window in samples")
+    hop_length: int = _help("hop between frames in samples")
+    n_mels: int = _help("mel bands")
+    f_min: float = _help("lowest mel frequency in Hz")
+    f_max: float = _help("highest mel frequency in Hz")
+    dtype: Literal["float16", "float32"] = _help("stored feature dtype")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_actors: tuple[int, ...] = _help("held-out test actors (speaker-independent)")
+    val_actors: tuple[int, ...] = _help("validation actors, disjoint from the test actors")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["cpu_small", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn"] = _help(
+        "architecture"
+    )
+    width: int = _help("base channel width (cpu_small only)")
+    dropout: float = _help("dropout before the classifier")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = _help("peak learning rate (AdamW)")
+    weight_decay: float = _help("AdamW weight decay")
+    batch_size: int = _help("global batch size, split across workers")
+    epochs: int = _help("training epochs")
+    warmup_epochs: float = _help("linear warm-up before cosine decay, in epochs")
+    label_smoothing: float = _help("cross-entropy label smoothing")
+    grad_clip: float = _help("max gradient norm (0: off)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    freq_mask: int = _help("SpecAugment: widest frequency mask in mel bands (0: off)")
+    time_mask: int = _help("SpecAugment: widest time mask in frames (0: off)")
+    num_masks: int = _help("SpecAugment: masks of each kind per example")
+    mixup_alpha: float = _help("mixup Beta(alpha, alpha) (0: off)")
+
+
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    num_workers: int = _help("Ray Train workers (DDP ranks)")
+    use_gpu: bool = _help("one GPU per worker; bf16 autocast and channels-last")
+    cpus_per_worker: float = _help("CPUs reserved per worker")
+    max_failures: int = _help("worker failures to recover from by resuming the last checkpoint")
+    num_to_keep: int = _help("checkpoints kept (the best by validation UAR)")
+    seed: int = _help("random seed")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    enabled: bool = _help("log to Weights & Biases (offline unless WANDB_API_KEY/WANDB_MODE)")
+    project: str = _help("wandb project")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command schemas
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("out",)
+    out: str | None = _help("output folder")
+    actors: int = _help("number of actors (1..24)")
+    seed: int = _help("random seed; the same seed gives byte-identical files")
+    workers: int = _help("parallel processes (0: one per CPU)")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("out",)
+    out: str | None = _help("folder to extract RAVDESS into")
+    url: str = _help("address of the speech zip")
+    md5: str = _help("expected MD5 of the zip")
+    archive_name: str = _help("file name of the zip kept beside the extracted tree")
+    chunk_bytes: int = _help("download chunk size")
+    timeout_s: float = _help("network timeout per request")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("input", "output")
+    input: str | None = _help("audio folder or s3:// prefix")
+    output: str | None = _help("features folder or s3:// prefix")
+    require_labels: bool = _help("reject files whose names are not RAVDESS names")
+    features: FeatureConfig = _help("feature parameters")
+    rows_per_shard: int = _help("rows per Parquet shard")
+    batch_size: int = _help("files per Ray Data batch")
+    ray: RayConfig = _help("Ray connection")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("data",)
+    applies_recipe: typing.ClassVar[bool] = True
+    data: str | None = _help("features written by knd prepare (folder or s3://)")
+    run_dir: str = _help("where checkpoints, metrics.json and confusion.png go")
+    name: str | None = _help("run name (none: derived from recipe and time)")
+    recipe: str = _help("recipe in configs/recipes/ (model and schedule)")
+    labels: Literal["ravdess8", "ravdess7"] = _help("label set")
+    resume: str | None = _help("checkpoint folder to continue from")
+    split: SplitConfig = _help("speaker-independent split")
+    model: ModelConfig = _help("model")
+    optim: OptimConfig = _help("optimiser and schedule")
+    augment: AugmentConfig = _help("augmentation")
+    train: TrainLoopConfig = _help("Ray Train scaling and recovery")
+    wandb: WandbConfig = _help("experiment tracking")
+    ray: RayConfig = _help("Ray connection")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("checkpoint", "data")
+    checkpoint: str | None = _help("checkpoint folder written by knd train")
+    data: str | None = _help("features written by knd prepare")
+    out: str | None = _help("report folder (none: beside the checkpoint)")
+    actors: tuple[int, ...] | None = _help(
+        "actors to evaluate (none: the checkpoint's test actors)"
+    )
+    batch_size: int = _help("inference batch size (does not change predictions)")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("data",)
+    data: str | None = _help("features written by knd prepare")
+    space: str = _help("search space YAML")
+    recipe: str = _help("base recipe the space overrides")
+    labels: Literal["ravdess8", "ravdess7"] = _help("label set")
+    test_actors: tuple[int, ...] = _help("actor group no trial ever sees")
+    folds: int = _help("actor-disjoint validation folds per configuration")
+    num_samples: int = _help("configurations to try")
+    max_epochs: int = _help("epochs per fold (ASHA's max_t)")
+    grace_epochs: int = _help("epochs before ASHA may stop a trial")
+    search: Literal["random", "optuna"] = _help("search algorithm")
+    metric: str = _help("score to maximise")
+    storage_path: str = _help("experiment folder (local or s3://)")
+    name: str | None = _help("experiment name (none: derived from time)")
+    resume: str | None = _help("experiment folder of an interrupted search to finish")
+    cpus_per_trial: float = _help("CPUs per trial")
+    gpus_per_trial: float = _help("GPUs per trial (fractions share a GPU)")
+    max_concurrent: int = _help("trials at once (0: as resources allow)")
+    retrain_best: bool = _help("retrain the best configuration and evaluate it on the test actors")
+    seed: int = _help("random seed")
+    wandb: WandbConfig = _help("experiment tracking")
+    ray: RayConfig = _help("Ray connection")
+
+
+@dataclass(frozen=True)
+class AnalyseConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("experiment",)
+    experiment: str | None = _help("Tune experiment folder (local or s3://)")
+    out: str | None = _help("report folder (none: <experiment>/analysis)")
+    top: int = _help("configurations in the summary table and learning curves")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    required: typing.ClassVar[tuple[str, ...]] = ("checkpoint", "input", "output")
+    checkpoint: str | None = _help("checkpoint folder written by knd train")
+    input: str | None = _help("audio folder or s3:// prefix (searched recursively)")
+    output: str | None = _help("result file: .parquet or .csv (local or s3://)")
+    batch_size: int = _help("windows per inference batch")
+    num_actors: int = _help("inference actors")
+    use_gpu: bool = _help("run inference on GPU")
+    window_hop_seconds: float = _help("hop between windows of long files")
+    per_window: bool = _help("one row per window instead of per file")
+    strict: bool = _help("exit non-zero if any file fails")
+    ray: RayConfig = _help("Ray connection")
+
+
+SCHEMAS: dict[str, type] = {
+    "synth": SynthConfig,
+    "download": DownloadConfig,
+    "prepare": PrepareConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "tune": TuneConfig,
+    "analyse": AnalyseConfig,
+    "score": ScoreConfig,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def config_dir() -> Path:
+    """The folder of shipped YAML configs (``KND_CONFIG_DIR`` overrides it)."""
+    return Path(
+        os.environ.get("KND_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs")
+    )
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1,2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is both a value and a section")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(command: str, overrides: list[str] | None = None, **values: Any):
+    """Build the frozen config of ``command`` from its YAML, recipe, config file and overrides.
+
+    Args:
+        command: one of ``SCHEMAS``.
+        overrides: ``key=value`` strings as typed on the command line.
+        **values: overrides given as Python values (nested sections as dicts), applied last.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or a missing required key.
+    """
+    if command not in SCHEMAS:
+        raise ConfigError(f"unknown command {command!r}; expected one of {sorted(SCHEMAS)}")
+    schema = SCHEMAS[command]
+    tree = load_yaml(config_dir() / f"{command}.yaml")
+    cli = merge(parse_overrides(list(overrides or [])), values)
+    config_file = cli.pop("config", None)
+    from_file = load_yaml(config_file) if config_file else {}
+    if getattr(schema, "applies_recipe", False):
+        recipe = cli.get("recipe", from_file.get("recipe", tree.get("recipe")))
+        tree = merge(tree, {"recipe": recipe})
+        tree = merge(tree, load_recipe(recipe))
+    tree = merge(merge(tree, from_file), cli)
+    cfg = build(schema, tree)
+    missing = [k for k in schema.required if getattr(cfg, k) in (None, "")]
+    if missing:
+        example = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"missing required key {missing[0]!r} (knd {command} {example})")
+    return cfg
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The YAML of ``configs/recipes/<name>.yaml``."""
+    path = config_dir() / "recipes" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown recipe {name!r}; expected one of {known}")
+    return load_yaml(path)
+
+
+def build(schema: type, tree: dict[str, Any], prefix: str = ""):
+    """Instantiate ``schema`` from a nested dict, checking every key and coercing every value."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section of keys")
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in tree:
+        if key not in fields:
+            close = [n for n in fields if n.startswith(key[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {prefix + key!r}{hint}")
+    kwargs = {}
+    for name in fields:
+        if name not in tree:
+            raise ConfigError(f"key {prefix + name!r} has no value (add it to the YAML)")
+        kwargs[name] = coerce(tree[name], hints[name], prefix + name)
+    return schema(**kwargs)
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list like [1,2], got {value!r}")
+        return tuple(coerce(v, args[0], key) for v in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = kind(value) if not isinstance(value, str) else kind(float(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+        if kind is int and float(value) != number:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return number
+    if kind is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain nested dicts and lists (for YAML, JSON and Ray's ``train_loop_config``)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def replace(cfg: Any, **values: Any):
+    """A copy of ``cfg`` with dotted keys replaced and re-validated: ``**{"optim.lr": 1e-3}``."""
+    tree = to_dict(cfg)
+    for dotted, value in values.items():
+        tree = merge(tree, _nest(dotted, value))
+    return build(type(cfg), tree)
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def describe(command: str) -> str:
+    """``key = default  help`` lines for ``knd <command> --help``."""
+    schema = SCHEMAS[command]
+    defaults = load_yaml(config_dir() / f"{command}.yaml")
+    lines: list[str] = []
+
+    def walk(kind: type, tree: dict[str, Any], prefix: str) -> None:
+        for f in dataclasses.fields(kind):
+            hint = typing.get_type_hints(kind)[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint, tree.get(f.name) or {}, prefix + f.name + ".")
+                continue
+            value = tree.get(f.name)
+            shown = (
+                "(required)"
+                if f.name in getattr(kind, "required", ()) and value is None
+                else (
+                    yaml.safe_dump(value, default_flow_style=True)
+                    .strip()
+                    .removesuffix("...")
+                    .strip()
+                )
+            )
+            lines.append(f"  {prefix + f.name:<28} {shown:<22} {f.metadata.get('help', '')}")
+
+    walk(schema, defaults, "")
+    return "\n".join(lines)

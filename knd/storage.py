@@ -1,0 +1,140 @@
+"""Local and ``s3://`` paths through one interface (``pyarrow.fs``), with atomic writes.
+
+Credentials and the endpoint come from the environment only (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``), so they
+never appear in configs, commands or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+
+
+def is_remote(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the environment (endpoint included, for S3-compatibles)."""
+    kwargs: dict = {
+        "region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs.update(
+            access_key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        )
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path inside it)`` for a local path or an ``s3://bucket/key`` URI."""
+    uri = str(uri)
+    if is_remote(uri):
+        return s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts, keeping an ``s3://`` scheme."""
+    if is_remote(base):
+        return "s3://" + posixpath.join(base.removeprefix("s3://"), *parts)
+    return str(Path(base, *parts))
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(uri: str) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a file so that readers see either nothing or all of it.
+
+    Locally: write a temporary sibling and ``os.replace`` it. On S3 a PUT is already atomic.
+    """
+    fs, path = resolve(uri)
+    if is_remote(uri):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Every file under ``uri`` (recursive), sorted, as URIs of the same kind as ``uri``.
+
+    Hidden files and folders (a leading dot) are skipped. ``suffixes`` filters case-insensitively.
+    """
+    fs, root = resolve(uri)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input not found: {uri}")
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    out = []
+    for item in infos:
+        if item.type != pafs.FileType.File:
+            continue
+        rel = posixpath.relpath(item.path, root) if item.path != root else item.base_name
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if suffixes and not item.path.lower().endswith(tuple(s.lower() for s in suffixes)):
+            continue
+        out.append("s3://" + item.path if is_remote(uri) else item.path)
+    return sorted(out)
+
+
+def delete_dir(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def move(src: str, dst: str) -> None:
+    """Rename a file or folder (atomic locally; a copy then delete on S3)."""
+    fs, src_path = resolve(src)
+    _, dst_path = resolve(dst)
+    fs.move(src_path, dst_path)

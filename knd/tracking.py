@@ -1,0 +1,125 @@
+"""Experiment tracking with Weights & Biases, kept out of the way.
+
+- Only one process logs (rank 0 of a worker group); every other caller gets a no-op tracker.
+- ``mode`` is ``offline`` unless ``WANDB_MODE`` or ``WANDB_API_KEY`` is set in the environment,
+  so a run never needs wandb's servers; ``wandb.enabled=false`` never imports wandb at all.
+- The API key is only ever read by wandb itself from the environment. Anything we hand to wandb
+  or write to disk goes through :func:`scrub`, which masks the values of secret-looking
+  environment variables, and a failing wandb never stops training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from typing import Any
+
+from knd import storage
+from knd.config import WandbConfig
+
+log = logging.getLogger(__name__)
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+MASK = "***"
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set, else ``online`` with an API key in the environment, else ``offline``."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def _secret_values() -> list[str]:
+    values = [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6]
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts/lists/strings) with secret environment values masked."""
+    secrets = _secret_values()
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, str):
+            for secret in secrets:
+                v = v.replace(secret, MASK)
+            return v
+        if isinstance(v, dict):
+            return {clean(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(obj)
+
+
+class Tracker:
+    """Logs metrics to a wandb run, or does nothing when there is none."""
+
+    def __init__(self, run: Any = None):
+        self._run = run
+
+    @property
+    def enabled(self) -> bool:
+        return self._run is not None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._run is not None:
+            self._run.log(scrub(metrics), step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self._run is not None:
+            self._run.summary.update(scrub(metrics))
+
+    def finish(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+
+def start_tracking(
+    cfg: WandbConfig,
+    folder: str,
+    name: str,
+    config: dict[str, Any],
+    rank: int = 0,
+    group: str | None = None,
+) -> Tracker:
+    """A tracker for this process: a wandb run on rank 0 when enabled, else a no-op.
+
+    Args:
+        cfg: the ``wandb`` config section.
+        folder: the run folder; wandb's files go under ``<folder>/wandb`` (a local temporary
+            folder when ``folder`` is on S3, since wandb writes only to local disk).
+        name: run name shown in wandb.
+        config: the run's configuration (scrubbed of secrets before wandb sees it).
+        rank: the caller's worker rank; only rank 0 logs.
+        group: wandb group (e.g. a Tune experiment).
+    """
+    if not cfg.enabled or rank != 0:
+        return Tracker(None)
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed; tracking is off for run %s", name)
+        return Tracker(None)
+    local = tempfile.mkdtemp(prefix="knd-wandb-") if storage.is_remote(folder) else folder
+    os.makedirs(local, exist_ok=True)
+    mode = wandb_mode()
+    try:
+        run = wandb.init(
+            project=cfg.project,
+            name=name,
+            group=group,
+            dir=local,
+            mode=mode,
+            config=scrub(config),
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+    except Exception as e:  # a tracking outage must not stop training
+        log.warning("wandb (%s) did not start, tracking is off: %s", mode, type(e).__name__)
+        return Tracker(None)
+    log.info("wandb run %s (%s) logging to %s", name, mode, local)
+    return Tracker(run)

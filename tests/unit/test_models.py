@@ -1,0 +1,41 @@
+"""Every architecture takes 1-channel spectrograms of any length and emits one logit per class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from knd.models import MODEL_NAMES, build_model
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_one_channel_input_gives_a_logit_per_class(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, width=8, dropout=0.1).eval()
+    with torch.no_grad():
+        short = model(torch.randn(2, 1, 64, 64))
+        long = model(torch.randn(1, 1, 64, 160))
+    assert short.shape == (2, 7)
+    assert long.shape == (1, 7)
+    assert torch.isfinite(short).all() and torch.isfinite(long).all()
+
+
+def test_cpu_small_is_small_and_its_width_scales_it():
+    narrow = sum(p.numel() for p in build_model("cpu_small", 8, width=8).parameters())
+    wide = sum(p.numel() for p in build_model("cpu_small", 8, width=32).parameters())
+    assert narrow < wide < 1_000_000
+
+
+def test_cpu_small_output_does_not_depend_on_the_other_clips_in_the_batch():
+    torch.manual_seed(0)
+    model = build_model("cpu_small", 8, width=8).eval()
+    x = torch.randn(5, 1, 64, 100)
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i : i + 1]) for i in range(5)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_model_is_named_in_the_error():
+    with pytest.raises(ValueError, match="resnet99"):
+        build_model("resnet99", 8)
