@@ -32,7 +32,10 @@ def _wav_data_extent(data: bytes) -> tuple[int, int, int] | None:
         return None
     offset, block_align = 12, 0
     while offset + 8 <= len(data):
-        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+        chunk_id, size = (
+            data[offset : offset + 4],
+            struct.unpack("<I", data[offset + 4 : offset + 8])[0],
+        )
         body = offset + 8
         if chunk_id == b"fmt " and body + 14 <= len(data):
             block_align = struct.unpack("<H", data[body + 12 : body + 14])[0]
@@ -77,7 +80,9 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
             raise AudioError(f"corrupt audio ({reason})") from None
         raise AudioError(f"not audio ({reason})") from None
     except (RuntimeError, TypeError, ValueError, EOFError) as e:
-        raise AudioError(f"corrupt audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise AudioError(
+            f"corrupt audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     if samples.shape[0] == 0:
         raise AudioError("no audio frames")
     if not np.isfinite(samples).all():

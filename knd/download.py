@@ -113,7 +113,7 @@ def run(cfg: DownloadConfig) -> DownloadResult:
 
     files = complete_files(out, expected)
     if files:
-        log.info("%s already holds the complete set (%d WAV files); nothing to download", out, files)
+        log.info("%s is complete (%d WAV files): nothing to download", out, files)
         return DownloadResult(str(out), str(archive), True, 0, 0, files)
 
     fetched = FetchResult(0, 0)

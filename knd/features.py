@@ -1,4 +1,4 @@
-"""Log-mel features: the one pure function shared by ``prepare`` (whole clips) and ``score`` (windows).
+"""Log-mel features: one pure function shared by ``prepare`` (clips) and ``score`` (windows).
 
 Training and scoring both go through :func:`clip_features`, and every stored feature set carries
 :func:`feature_hash` of its parameters, so features made with other parameters are refused.

@@ -114,7 +114,9 @@ def metrics_report(
     }
 
 
-def confusion_figure(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str) -> bytes:
+def confusion_figure(
+    confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str
+) -> bytes:
     """A PNG of the confusion matrix with rows normalised to recall and counts in each cell."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -129,8 +131,15 @@ def confusion_figure(confusion: Sequence[Sequence[int]], labels: Sequence[str], 
     for i in range(k):
         for j in range(k):
             colour = "white" if rates[i, j] > 0.55 else "black"
-            ax.text(j, i, f"{rates[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center",
-                    color=colour, fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{rates[i, j]:.2f}\n({counts[i, j]})",
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=8,
+            )
     ax.set_xticks(range(k), labels, rotation=45, ha="right")
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")

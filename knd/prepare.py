@@ -309,9 +309,7 @@ def _write_shards(kept: pa.Table, output: str, folder: str, rows_per_shard: int)
     names = []
     for i, start in enumerate(range(0, kept.num_rows, rows_per_shard)):
         name = f"part-{i:05d}.parquet"
-        pq.write_table(
-            kept.slice(start, rows_per_shard), f"{root}/{staging}/{name}", filesystem=fs
-        )
+        pq.write_table(kept.slice(start, rows_per_shard), f"{root}/{staging}/{name}", filesystem=fs)
         names.append(f"{folder}/{name}")
     if not remote:
         fs.move(f"{root}/{staging}", f"{root}/{folder}")
@@ -407,8 +405,9 @@ def commit(
         return kept, rejected, None
     folder = f"shards-{feature_hash(cfg.features)[:8]}-{uuid.uuid4().hex[:8]}"
     shards = _write_shards(kept, cfg.output, folder, cfg.rows_per_shard)
-    shard_rows = [min(cfg.rows_per_shard, kept.num_rows - i * cfg.rows_per_shard)
-                  for i in range(len(shards))]
+    shard_rows = [
+        min(cfg.rows_per_shard, kept.num_rows - i * cfg.rows_per_shard) for i in range(len(shards))
+    ]
     manifest = build_manifest(kept, shards, shard_rows, rejected, cfg, listing)
     storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
     storage.write_text(storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=2) + "\n")
@@ -444,10 +443,20 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         log.info(
             "nothing to do: %s already holds these %d files prepared with feature hash %s "
             "(%d rows, %d rejected)",
-            cfg.output, len(uris), wanted, current["num_rows"], current.get("num_rejected", 0),
+            cfg.output,
+            len(uris),
+            wanted,
+            current["num_rows"],
+            current.get("num_rejected", 0),
         )
-        return PrepareResult(cfg.output, current, current["num_rows"],
-                             current.get("num_rejected", 0), skipped=True, exit_code=0)
+        return PrepareResult(
+            cfg.output,
+            current,
+            current["num_rows"],
+            current.get("num_rejected", 0),
+            skipped=True,
+            exit_code=0,
+        )
     log.info("preparing %d audio files from %s (feature hash %s)", len(uris), cfg.input, wanted)
     table = _extract(uris, paths, params, cfg)
     kept, rejected, manifest = commit(table, cfg, listing)
@@ -456,11 +465,23 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
     summary = f"{len(rejected)} rejected" + (f" ({detail})" if detail else "")
     if manifest is None:
-        log.error("no usable clip among %d files: %s; nothing committed to %s (see %s)",
-                  len(uris), summary, cfg.output, REJECTED)
+        log.error(
+            "no usable clip among %d files: %s; nothing committed to %s (see %s)",
+            len(uris),
+            summary,
+            cfg.output,
+            REJECTED,
+        )
         return PrepareResult(cfg.output, None, 0, len(rejected), skipped=False, exit_code=1)
-    log.info("prepared %d clips from %d files in %.1f s, %s; wrote %d shard(s) to %s",
-             kept.num_rows, len(uris), elapsed, summary, len(manifest["shards"]), cfg.output)
+    log.info(
+        "prepared %d clips from %d files in %.1f s, %s; wrote %d shard(s) to %s",
+        kept.num_rows,
+        len(uris),
+        elapsed,
+        summary,
+        len(manifest["shards"]),
+        cfg.output,
+    )
     return PrepareResult(cfg.output, manifest, kept.num_rows, len(rejected), False, 0)
 
 
@@ -492,8 +513,11 @@ def _to_numpy_batch(
         table = table.filter(pc.is_in(table["actor"], pa.array(list(actors), pa.int32())))
     feats = table["features"].combine_chunks()
     flat = feats.values.to_numpy(zero_copy_only=False) if len(feats) else np.zeros(0)
-    out = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names
-           if name != "features"}
+    out = {
+        name: table[name].to_numpy(zero_copy_only=False)
+        for name in table.column_names
+        if name != "features"
+    }
     out["features"] = flat.astype(np.float32).reshape(len(table), *shape)
     return out
 

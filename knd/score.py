@@ -1,4 +1,4 @@
-"""Batch emotion scoring of audio folders: Ray Data decode/feature tasks, then an inference actor pool.
+"""Batch emotion scoring of audio folders (``knd score``): Ray Data tasks, then an actor pool.
 
 ::
 
@@ -12,9 +12,10 @@ object store (DESIGN.md, "Facts": shipping bytes ran at 0.53x a plain loop, path
 
 A file goes through exactly the path ``knd prepare`` takes (downmix, resample, trim, fit to
 ``clip_seconds``, log-mel, rounded to the stored feature dtype), so a clip scored here gets the
-probabilities ``knd evaluate`` gives on its prepared features. Only a file still longer than one clip
-after trimming is cut into overlapping windows (hop ``window_hop_seconds``) whose probabilities are
-averaged. A file that cannot be scored becomes a row with its reason in ``error``; nothing raises.
+probabilities ``knd evaluate`` gives on its prepared features. Only a file still longer than one
+clip after trimming is cut into overlapping windows (hop ``window_hop_seconds``) whose probabilities
+are averaged. A file that cannot be scored becomes a row with its reason in ``error``: nothing
+raises.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _read(fs, uri: str) -> bytes:
 
 
 class Scorer:
-    """Ray Data callable class: the model is loaded once per actor, then scores batches of windows."""
+    """Ray Data callable class: loads the model once per actor, then scores batches of windows."""
 
     def __init__(self, checkpoint: str, use_gpu: bool):
         import torch

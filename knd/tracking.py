@@ -26,7 +26,7 @@ MASK = "***"
 
 
 def wandb_mode() -> str:
-    """``WANDB_MODE`` if set, else ``online`` with an API key in the environment, else ``offline``."""
+    """``WANDB_MODE`` if set, else ``online`` given ``WANDB_API_KEY``, else ``offline``."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"

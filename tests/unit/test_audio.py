@@ -24,8 +24,13 @@ def encode(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str = "PCM_16") ->
 
 @pytest.mark.parametrize(
     ("fmt", "subtype", "channels"),
-    [("WAV", "PCM_16", 1), ("WAV", "PCM_24", 2), ("WAV", "FLOAT", 1), ("FLAC", "PCM_16", 2),
-     ("OGG", "VORBIS", 1)],
+    [
+        ("WAV", "PCM_16", 1),
+        ("WAV", "PCM_24", 2),
+        ("WAV", "FLOAT", 1),
+        ("FLAC", "PCM_16", 2),
+        ("OGG", "VORBIS", 1),
+    ],
 )
 def test_decode_formats_give_frames_by_channels(fmt, subtype, channels):
     x = np.stack([tone(0.5, 22050)] * channels, axis=1)

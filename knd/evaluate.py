@@ -1,0 +1,147 @@
+"""``knd evaluate``: metrics of a checkpoint on prepared features, with a per-actor breakdown.
+
+Writes ``metrics.json``, ``confusion.png`` and ``per_actor.csv`` into ``out`` (default: an
+``evaluation`` folder beside the checkpoint folder). Features whose manifest hash differs from the
+checkpoint's are refused: the model would be fed spectrograms it was not trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from knd import storage
+from knd.checkpoint import load_model
+from knd.config import EvaluateConfig
+from knd.features import normalise
+from knd.metrics import metrics_report, split_metrics, write_report
+from knd.ravdess import emotion_to_label_table
+
+log = logging.getLogger(__name__)
+
+PER_ACTOR_FILE = "per_actor.csv"
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    out: str
+    metrics: dict
+    exit_code: int = 0
+
+
+def predict(
+    model: torch.nn.Module,
+    meta: dict,
+    features: np.ndarray,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class predictions and probabilities for raw (un-normalised) log-mel features.
+
+    The model must be in eval mode (``load_model`` returns it so): batch norm then uses its
+    running statistics, so a clip's prediction does not depend on the other clips in its batch.
+
+    Args:
+        model: the classifier.
+        meta: the checkpoint's meta (normalisation mean/std).
+        features: ``[N, n_mels, n_frames]``.
+        batch_size: clips per forward pass.
+        device: where to run the model.
+
+    Returns:
+        ``(predicted label ids [N] int64, probabilities [N, classes] float32)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    mean, std = meta["norm"]["mean"], meta["norm"]["std"]
+    probs = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(features), batch_size):
+            x = torch.as_tensor(np.asarray(features[start : start + batch_size]), device=device)
+            x = normalise(x.float(), mean, std)
+            probs.append(torch.softmax(model(x[:, None]).float(), dim=1).cpu())
+    if not probs:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, len(meta["labels"])), np.float32)
+    p = torch.cat(probs).numpy()
+    return p.argmax(axis=1).astype(np.int64), p.astype(np.float32)
+
+
+def targets_of(emotion: np.ndarray, label_set: str) -> np.ndarray:
+    """Label ids of RAVDESS emotion codes in a label set."""
+    return np.asarray(emotion_to_label_table(label_set))[np.asarray(emotion, dtype=np.int64)]
+
+
+def per_actor_rows(preds, targets, actors, num_classes: int) -> list[dict]:
+    """One row per actor: ``actor, n, accuracy, uar, macro_f1``."""
+    rows = []
+    for actor in np.unique(actors):
+        mask = actors == actor
+        m = split_metrics(preds[mask], targets[mask], num_classes)
+        row = {"actor": int(actor), "n": m["n"]}
+        row |= {k: round(m[k], 6) for k in ("accuracy", "uar", "macro_f1")}
+        rows.append(row)
+    return rows
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run(cfg: EvaluateConfig) -> EvaluateResult:
+    """Evaluate ``cfg.checkpoint`` on ``cfg.data`` (the checkpoint's test actors by default).
+
+    Raises:
+        FileNotFoundError: the checkpoint folder is incomplete.
+        ValueError: features made with other parameters, or none of the asked actors present.
+    """
+    from knd.prepare import load_features
+
+    model, meta = load_model(cfg.checkpoint)
+    actors = tuple(cfg.actors) if cfg.actors else tuple(meta["split"]["test"])
+    table = load_features(cfg.data, actors=actors, expected_hash=meta["feature_hash"])
+    if len(table) == 0:
+        raise ValueError(f"{cfg.data}: no clips of actors {list(actors)}")
+    labels = meta["labels"]
+    targets = targets_of(table.emotion, meta["label_set"])
+    preds, _ = predict(model, meta, table.features, cfg.batch_size)
+    part = split_metrics(preds, targets, len(labels), actors=table.actor)
+    trained_on = set(meta["split"]["train"]) & set(actors)
+    if trained_on:
+        log.warning("actors %s were in this checkpoint's training set", sorted(trained_on))
+    report = metrics_report(
+        labels,
+        test=part,
+        val=None,
+        test_actors=sorted({int(a) for a in table.actor}),
+        checkpoint=cfg.checkpoint,
+        data=cfg.data,
+        epoch=meta.get("epoch"),
+    )
+    out = cfg.out or storage.join(_parent(cfg.checkpoint), "evaluation")
+    write_report(out, report)
+    rows = per_actor_rows(preds, targets, table.actor, len(labels))
+    storage.write_text(storage.join(out, PER_ACTOR_FILE), _csv(rows))
+    log.info(
+        "evaluated %d clips of actors %s: accuracy %.3f, UAR %.3f, macro-F1 %.3f -> %s",
+        part["n"], report["test_actors"], part["accuracy"], part["uar"], part["macro_f1"], out,
+    )  # fmt: skip
+    return EvaluateResult(out=out, metrics=report)
+
+
+def _parent(uri: str) -> str:
+    uri = str(uri).rstrip("/")
+    if storage.is_remote(uri):
+        return uri.rsplit("/", 1)[0]
+    from pathlib import Path
+
+    return str(Path(uri).resolve().parent)
