@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
+BENCH_DIR ?= bench/.work
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast lint format bench clean
@@ -28,16 +29,26 @@ test: $(STAMP) lint  ## lint, then the whole test suite (unit, integration, e2e)
 test-fast: $(STAMP)  ## unit tests only (no Ray)
 	$(BIN)/pytest -q tests/unit
 
-lint: $(STAMP)  ## ruff check + ruff format --check
+lint: $(STAMP)  ## ruff (check + format), hadolint (Dockerfile), actionlint (CI workflow)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/actionlint .github/workflows/ci.yml
 
 format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)  ## benchmarks; figures go to bench/results/*.json
-	$(BIN)/python bench/synth_difficulty.py
+bench: $(STAMP)  ## every benchmark on the 24-actor synthetic corpus; figures in bench/results/*.json
+	$(BIN)/knd synth out=$(BENCH_DIR)/synth
+	$(BIN)/knd prepare input=$(BENCH_DIR)/synth output=$(BENCH_DIR)/features
+	$(BIN)/python bench/prepare.py --corpus $(BENCH_DIR)/synth
+	$(BIN)/knd train data=$(BENCH_DIR)/features recipe=cpu_small run_dir=$(BENCH_DIR)/runs name=cpu_small
+	$(BIN)/python bench/synth_difficulty.py --corpus $(BENCH_DIR)/synth \
+	  --cnn-metrics $(BENCH_DIR)/runs/cpu_small/metrics.json
+	$(BIN)/python bench/train.py --data $(BENCH_DIR)/features --recipe cpu_small --epochs 3
+	$(BIN)/python bench/tune.py
+	$(BIN)/python bench/score.py --actors 6
 
 clean:  ## remove the demo output and caches (keeps .venv)
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

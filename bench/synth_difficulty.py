@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/synth_difficulty.py                      # synthesise 24 actors first
     .venv/bin/python bench/synth_difficulty.py --corpus /tmp/synth24
-    .venv/bin/python bench/synth_difficulty.py --corpus /tmp/synth24 --cnn-metrics runs/x/metrics.json
+    .venv/bin/python bench/synth_difficulty.py --corpus /tmp/synth24 --cnn-metrics RUN/metrics.json
 
 Each clip becomes the mean and standard deviation over time of every log-mel band (the
 parameters of ``configs/prepare.yaml``, computed by ``knd.features.clip_features`` exactly as
@@ -173,20 +173,30 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"corpus {corpus}: {len(y)} files, test actors {test_actors}")
     print(f"chance                     acc {chance:.3f}  UAR {chance:.3f}")
-    print(f"majority ({majority['label']:<8})         acc {majority['accuracy']:.3f}  "
-          f"UAR {majority['uar']:.3f}")
-    print(f"linear, time-averaged mel  acc {linear['accuracy']:.3f}  UAR {linear['uar']:.3f}  "
-          f"(train acc {linear['train_accuracy']:.3f}; "
-          f"{result['ratios']['linear_accuracy_over_majority']:.2f}x majority acc, "
-          f"{result['ratios']['linear_uar_over_chance']:.2f}x chance UAR)")
-    print(f"linear UAR over all {len(per_fold)} EmoBox folds: mean {np.mean(per_fold):.3f} "
-          f"({', '.join(f'{u:.2f}' for u in per_fold)})")
-    print("linear recall per emotion: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in linear["recall"].items()))
+    print(
+        f"majority ({majority['label']:<8})         acc {majority['accuracy']:.3f}  "
+        f"UAR {majority['uar']:.3f}"
+    )
+    print(
+        f"linear, time-averaged mel  acc {linear['accuracy']:.3f}  UAR {linear['uar']:.3f}  "
+        f"(train acc {linear['train_accuracy']:.3f}; "
+        f"{result['ratios']['linear_accuracy_over_majority']:.2f}x majority acc, "
+        f"{result['ratios']['linear_uar_over_chance']:.2f}x chance UAR)"
+    )
+    print(
+        f"linear UAR over all {len(per_fold)} EmoBox folds: mean {np.mean(per_fold):.3f} "
+        f"({', '.join(f'{u:.2f}' for u in per_fold)})"
+    )
+    print(
+        "linear recall per emotion: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in linear["recall"].items())
+    )
     if result["cnn"]:
         cnn = result["cnn"]
-        print(f"CNN (from {cnn['source']})  acc {cnn['accuracy']:.3f}  UAR {cnn['uar']:.3f}  "
-              f"({result['ratios']['cnn_uar_over_linear_uar']:.2f}x linear UAR)")
+        print(
+            f"CNN (from {cnn['source']})  acc {cnn['accuracy']:.3f}  UAR {cnn['uar']:.3f}  "
+            f"({result['ratios']['cnn_uar_over_linear_uar']:.2f}x linear UAR)"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     storage.write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

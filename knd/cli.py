@@ -1,4 +1,4 @@
-"""The ``knd`` command: ``knd <command> key=value ...``; each command delegates to ``<stage>.run``."""
+"""The ``knd`` command: ``knd <command> key=value ...``; each command calls ``<stage>.run(cfg)``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def command_help(command: str) -> str:
     return (
         f"usage: knd {command} [key=value ...] [config=FILE.yaml]\n\n"
         f"{COMMANDS[command][1]}\n"
-        f"defaults from {config_dir() / (command + '.yaml')}; nested keys with dots, lists as [a,b]\n\n"
+        f"defaults from {config_dir() / (command + '.yaml')}; "
+        "nested keys with dots, lists as [a,b]\n\n"
         f"{describe(command)}"
     )
 

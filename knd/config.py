@@ -91,6 +91,8 @@ class AugmentConfig:
     time_mask: int = _help("SpecAugment: widest time mask in frames (0: off)")
     num_masks: int = _help("SpecAugment: masks of each kind per example")
     mixup_alpha: float = _help("mixup Beta(alpha, alpha) (0: off)")
+    freq_shift: int = _help("shift each clip up or down by up to this many mel bands (0: off)")
+    gain_db: float = _help("add a random level of up to +/- this many dB to each clip (0: off)")
 
 
 @dataclass(frozen=True)
@@ -178,20 +180,22 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    required: typing.ClassVar[tuple[str, ...]] = ("data",)
+    # ``data`` is required unless ``resume`` names an experiment (checked by knd.tune.run).
+    required: typing.ClassVar[tuple[str, ...]] = ()
     data: str | None = _help("features written by knd prepare")
-    space: str = _help("search space YAML")
+    space: str = _help("search space YAML (configs/tune/*.yaml)")
     recipe: str = _help("base recipe the space overrides")
     labels: Literal["ravdess8", "ravdess7"] = _help("label set")
     test_actors: tuple[int, ...] = _help("actor group no trial ever sees")
     folds: int = _help("actor-disjoint validation folds per configuration")
-    num_samples: int = _help("configurations to try")
+    num_samples: int = _help("configurations to try (times each grid point)")
     max_epochs: int = _help("epochs per fold (ASHA's max_t)")
     grace_epochs: int = _help("epochs before ASHA may stop a trial")
-    search: Literal["random", "optuna"] = _help("search algorithm")
-    metric: str = _help("score to maximise")
-    storage_path: str = _help("experiment folder (local or s3://)")
-    name: str | None = _help("experiment name (none: derived from time)")
+    reduction_factor: float = _help("ASHA: keep the best 1/reduction_factor at each rung")
+    search: Literal["random", "optuna"] = _help("search algorithm (random also runs grid keys)")
+    metric: Literal["uar", "accuracy", "macro_f1"] = _help("mean fold score to maximise")
+    storage_path: str = _help("folder of experiments (local or s3://)")
+    name: str | None = _help("experiment name (none: derived from recipe and time)")
     resume: str | None = _help("experiment folder of an interrupted search to finish")
     cpus_per_trial: float = _help("CPUs per trial")
     gpus_per_trial: float = _help("GPUs per trial (fractions share a GPU)")

@@ -24,6 +24,10 @@ def init_ray(cfg: RayConfig) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        # "local", not None: ray.init() would otherwise join whatever cluster the last
+        # `ray start` on this machine left behind, and the contract is "no address, local Ray".
+        ray.init(
+            address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True
+        )
     # Ray Data's own progress bars would interleave with ours and the log lines.
     ray.data.DataContext.get_current().enable_progress_bars = False

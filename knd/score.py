@@ -8,7 +8,9 @@
                                     log-mel (one row per window)      GPU + bf16 when asked
 
 Paths, not bytes, go into the dataset: each task reads its own files, so audio bytes never cross the
-object store (DESIGN.md, "Facts": shipping bytes ran at 0.53x a plain loop, paths at 1.73x).
+object store (DESIGN.md, "Facts": shipping bytes ran at 0.53x a plain loop, paths at 1.73x). On
+CPU both steps ask for the same CPUs (:func:`stage_cpus`), so Ray Data fuses them into the actors:
+each actor decodes and scores its own files. On GPU decode tasks on the CPUs feed the GPU actors.
 
 A file goes through exactly the path ``knd prepare`` takes (downmix, resample, trim, fit to
 ``clip_seconds``, log-mel, rounded to the stored feature dtype), so a clip scored here gets the
@@ -205,15 +207,18 @@ class ScoreResult:
     table: pd.DataFrame = field(repr=False)
 
 
-def actor_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
-    """Logical CPUs per inference actor.
+def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
+    """Logical CPUs asked by each decode task and each inference actor.
 
-    On CPU the actors may hold at most half the cluster's CPUs: actors keep their CPUs for the
-    whole job, and with none left the decode tasks that feed them could never be scheduled.
+    On CPU both stages ask for the same share, ``min(1, total / num_actors)``: Ray Data then fuses
+    the decode step into the actors, so each actor reads, decodes and scores its own files, no
+    features cross the object store, and the actors together hold every CPU. Asking less for
+    the actors (to leave CPUs to separate decode tasks) left one decode task at a time on two
+    cores. On GPU the stages stay apart: decode tasks on the CPUs feed one actor per GPU.
     """
     if use_gpu:
         return 1.0
-    return float(min(1.0, max(0.1, total_cpus / (2 * max(1, num_actors)))))
+    return float(min(1.0, max(0.1, total_cpus / max(1, num_actors))))
 
 
 def run(cfg: ScoreConfig) -> ScoreResult:
@@ -246,7 +251,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     log.info("scoring %d files under %s with %s", len(paths), cfg.input, cfg.checkpoint)
 
     started = time.perf_counter()
-    cpus = actor_cpus(ray.cluster_resources().get("CPU", 1.0), cfg.num_actors, cfg.use_gpu)
+    cpus = stage_cpus(ray.cluster_resources().get("CPU", 1.0), cfg.num_actors, cfg.use_gpu)
     ds = ray.data.from_items(
         [{"path": p} for p in paths],
         override_num_blocks=max(1, math.ceil(len(paths) / FILES_PER_TASK)),
@@ -256,13 +261,14 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds},
         batch_size=FILES_PER_TASK,
         batch_format="numpy",
+        num_cpus=1.0 if cfg.use_gpu else cpus,
     )
     ds = ds.map_batches(
         Scorer,
         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": cfg.use_gpu},
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        concurrency=cfg.num_actors,
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cpus,
         num_gpus=1 if cfg.use_gpu else 0,
     )

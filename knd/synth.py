@@ -153,7 +153,7 @@ STYLE_FIELDS = tuple(f.name for f in fields(Style))
 
 # fmt: off
 EMOTION_STYLES: dict[str, Style] = {
-    #                  pitch range r_f fall dip bnc decl final droop trem tempo s_len f_len pause loud acc  att  eff  oq   brth  jit   shim  crk  fmt
+    #                  pitch range r_f fall dip bnc decl final droop trem tempo s_len f_len pause loud acc  att  eff  oq   brth  jit   shim  crk  fmt  # noqa: E501
     "neutral":   Style(0.0, 1.0, 2.5, 0.0, 0.0, .3, -2.0, -2.0, 0.0, 0.0, 1.00, .25, .30, .05, 0.0, 4.0, .025, .50, .60, .06, .008, .04, 0.0, .00),  # noqa: E501
     "calm":      Style(-.8, .85, 2.0, 0.0, 0.0, .2, -3.0, -3.0, 0.4, 0.0, 1.12, .30, .45, .10, -2., 2.5, .050, .40, .68, .12, .008, .04, 0.0, .00),  # noqa: E501
     "happy":     Style(3.5, 1.5, 5.0, 0.0, 0.0, .8, -1.0, 1.5, 0.0, 0.0, 0.90, .30, .20, .03, 3.0, 5.0, .020, .62, .55, .05, .008, .04, 0.0, .04),  # noqa: E501
@@ -228,7 +228,12 @@ def actor_voice(actor: int, seed: int = 0) -> Voice:
     f0 = rng.normal(112.0, 14.0) if male else rng.normal(205.0, 22.0)
     vtl = rng.uniform(0.93, 1.06) if male else rng.uniform(1.10, 1.24)
     quirks = tuple(
-        (rng.normal(0, 1.0), rng.normal(0, 2.0), float(np.exp(rng.normal(0, 0.06))), rng.normal(0, 0.07))
+        (
+            rng.normal(0, 1.0),
+            rng.normal(0, 2.0),
+            float(np.exp(rng.normal(0, 0.06))),
+            rng.normal(0, 0.07),
+        )
         for _ in EMOTIONS
     )
     return Voice(
@@ -386,7 +391,10 @@ def _control_tracks(
             creak[a:b] = style.creak * (1.0 if last else 0.6 * stress)
         formants = np.array(PHONES[phone.name][1]) * scale
         middle = 0.5 * (phone.start + phone.end)
-        for at in (phone.start + 0.3 * (middle - phone.start), phone.end - 0.3 * (phone.end - middle)):
+        for at in (
+            phone.start + 0.3 * (middle - phone.start),
+            phone.end - 0.3 * (phone.end - middle),
+        ):
             knots_t.append(at)
             knots_f.append(formants)
     attack_frames = style.attack * CONTROL_RATE
@@ -463,9 +471,24 @@ def _band(lo: float, hi: float) -> np.ndarray:
     return butter(2, [lo, hi], btype="bandpass", fs=RATE, output="sos")
 
 
-@lru_cache(maxsize=4)
-def _highpass(cutoff: float) -> np.ndarray:
-    return butter(2, cutoff, btype="highpass", fs=RATE, output="sos")
+@lru_cache(maxsize=2)
+def _noise_table(kind: str) -> np.ndarray:
+    """A fixed stretch of unit-RMS noise that clips take random slices of (cheaper than drawing
+    fresh noise per clip; deterministic because the table's seed is a constant)."""
+    rng = np.random.default_rng(np.random.SeedSequence([0x6E6F697365, len(kind)]))
+    if kind == "breath":  # aspiration: white noise above 500 Hz, at the synthesis rate
+        table = sosfilt(
+            butter(2, 500.0, btype="highpass", fs=RATE, output="sos"), rng.normal(0, 1, 8 * RATE)
+        )
+    else:  # room: gently low-passed, at the file rate
+        table = lfilter([1.0], [1.0, -0.7], rng.normal(0, 1, 12 * SAMPLE_RATE))
+    return table / table.std()
+
+
+def _noise_slice(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    table = _noise_table(kind)
+    start = int(rng.integers(0, len(table) - n))
+    return table[start : start + n].copy()
 
 
 def _frication(phones: list[_Phone], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -510,7 +533,7 @@ def synthesize(clip: Clip, seed: int = 0) -> np.ndarray:
     effort = per_sample(tracks["effort"])
     soft = lfilter([1 - _SOFT_POLE], [1, -_SOFT_POLE], pulses) * 2.5
     source = effort * pulses + (1.0 - effort) * soft
-    noise = sosfilt(_highpass(500.0), rng.normal(0, 1.0, n))
+    noise = _noise_slice("breath", n, rng)
     voicing = per_sample(tracks["voicing"])
     breath = style.breath * voicing * (0.4 + 0.6 * open_phase)
     source = voicing * source + (breath + per_sample(tracks["aspiration"])) * noise * 0.35
@@ -528,11 +551,12 @@ def synthesize(clip: Clip, seed: int = 0) -> np.ndarray:
     total = np.clip(lead + n / SAMPLE_RATE + trail, MIN_SECONDS + 0.02, MAX_SECONDS - 0.02)
     lead = min(lead, total - n / SAMPLE_RATE - 0.3)
     n_total = int(round(total * SAMPLE_RATE))
-    # Room noise: low-level and slightly low-passed, never digital silence.
-    out = lfilter([0.3], [1, -0.7], rng.normal(0, 1.0, n_total)) * (voice.noise / 0.42)
+    # Room noise: low-level, never digital silence.
+    out = _noise_slice("room", n_total, rng) * voice.noise
     start = int(round(lead * SAMPLE_RATE))
-    out[start : start + n] += speech
-    return 0.98 * np.tanh(out / 0.98)  # a soft limiter, as a loud actor would hit the recorder's
+    # A soft limiter, as a loud actor drives the recorder's; the room noise is far below its knee.
+    out[start : start + n] = 0.98 * np.tanh((out[start : start + n] + speech) / 0.98)
+    return out
 
 
 def encode_wav(samples: np.ndarray) -> bytes:

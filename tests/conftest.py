@@ -41,6 +41,7 @@ def aws_test_env():
 @pytest.fixture(scope="session")
 def s3_server(aws_test_env):
     """moto's S3 server (real HTTP on 127.0.0.1) with an empty bucket: bucket, endpoint, url."""
+    import logging
     from types import SimpleNamespace
 
     import boto3
@@ -51,6 +52,7 @@ def s3_server(aws_test_env):
         ip_address="127.0.0.1", port=int(endpoint.rsplit(":", 1)[1]), verbose=False
     )
     server.start()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     bucket = "knd-test"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     yield SimpleNamespace(bucket=bucket, endpoint=endpoint, url=f"s3://{bucket}")
@@ -66,6 +68,16 @@ def ray_session(aws_test_env):
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """The synthetic corpus of 8 actors (480 RAVDESS-named WAVs), written once per session."""
+    from knd.synth import write_corpus
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    write_corpus(str(out), actors=8, seed=0, progress=False)
+    return str(out)
 
 
 @pytest.fixture(scope="session")

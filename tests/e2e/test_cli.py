@@ -18,7 +18,8 @@ def knd(*args: str) -> subprocess.CompletedProcess:
 def test_usage_lists_every_command():
     out = knd("--help")
     assert out.returncode == 0
-    for command in ("synth", "download", "prepare", "train", "evaluate", "tune", "analyse", "score"):
+    commands = ("synth", "download", "prepare", "train", "evaluate", "tune", "analyse", "score")
+    for command in commands:
         assert command in out.stdout
 
 

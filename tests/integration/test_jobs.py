@@ -1,15 +1,19 @@
-"""``jobs/*.py`` submitted to a real cluster: a ``ray start --head`` on 127.0.0.1 of this test's own.
+"""``jobs/*.py`` submitted to a real cluster: a ``ray start --head`` on this machine of our own.
 
-The head runs in its own session (``setsid``) with its own temp dir and free ports, so it neither
-joins nor disturbs the in-process ``ray_session`` of other tests; this process only speaks HTTP
-to its dashboard (the Job Submission API), and teardown stops that process group alone (never
+The head runs in its own session (``setsid``) with its own temp dir, free ports and auth token, so
+it neither joins nor disturbs the in-process ``ray_session`` of other tests (``ray.init()`` finds
+a cluster through the default temp dir, and ours is elsewhere); this process only speaks HTTP to
+its dashboard (the Job Submission API), and teardown stops that process group alone (never
 ``ray stop``, which would stop every Ray on the machine).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -18,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,7 +31,7 @@ pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-ACTORS = (1, 2, 3, 4, 5, 6)
+ACTORS = 3  # 180 clips: test actor 1, validation actor 2, training actor 3
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -36,7 +40,7 @@ def free_ports(n: int) -> list[int]:
     sockets = []
     for _ in range(n):
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))  # Ray listens on the node's address, not only on loopback
         sockets.append(s)
     ports = [s.getsockname()[1] for s in sockets]
     for s in sockets:
@@ -44,51 +48,76 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM the head's process group, wait for it to empty, then SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader so the group can empty
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
-def wait_for_dashboard(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 40.0) -> None:
+    """SIGTERM ``ray start --block``, wait for its process group to empty, SIGKILL what is left.
+
+    The leader alone gets SIGTERM: it drains the node and stops its children in order (a SIGTERM
+    to the whole group kills the GCS first and leaves the rest waiting for it).
+    """
+    proc.terminate()
+    deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
+        proc.poll()  # reap the leader so that the group can empty
+        if not group_alive(proc.pid):
+            return
+        time.sleep(0.5)
+    if group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def connect(url: str, token: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0):
+    """A Job Submission client, once the dashboard answers (the client's own version check)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    while True:
         if proc.poll() is not None:
             pytest.fail(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+            return JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"})
+        except ConnectionError as e:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the dashboard at {url} did not answer in {timeout_s:.0f} s: {e}")
         time.sleep(1)
-    pytest.fail(f"the dashboard at {url} did not answer in {timeout_s:.0f} s")
+
+
+def die_with_this_process() -> None:
+    """In the child: SIGTERM it when the test process dies, even by SIGKILL (Linux only).
+
+    ``ray start --block`` then stops its own children, so a test run killed mid-way (a CI
+    timeout) does not leave a head behind with two busy CPUs and ports taken.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A Job Submission client of a fresh 2-CPU head; the head is stopped even if a test fails."""
-    from ray.job_submission import JobSubmissionClient
-
+    """A fresh 2-CPU head: its client, GCS address, dashboard URL and token; always stopped."""
     # A short temp dir: Ray's socket paths must stay under the 107-character Unix limit.
     temp_dir = Path(tempfile.mkdtemp(prefix="knd-ray-", dir="/tmp"))
     gcs, dashboard, client_server, agent_http, agent_grpc, metrics, runtime_env, nm, om = (
         free_ports(9)
     )
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # A job's `python` is the first one on the head's PATH: make it this venv's.
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    # A job's `python` is the first one on the head's PATH: make it this venv's. The token is
+    # this cluster's own (not ~/.ray/auth_token, which other Ray sessions here share). No drain
+    # on SIGTERM: it waits up to 30 s for a Serve hand-over this cluster never has.
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+    )  # fmt: skip
+    # Workers on ports the OS picks (0), not the 10002-19999 every other Ray here draws from.
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
         "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
@@ -96,24 +125,27 @@ def cluster():
         f"--ray-client-server-port={client_server}", f"--dashboard-agent-listen-port={agent_http}",
         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
         f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={nm}",
-        f"--object-manager-port={om}", f"--temp-dir={temp_dir}",
+        f"--object-manager-port={om}", "--min-worker-port=0", "--max-worker-port=0",
+        f"--temp-dir={temp_dir}",
     ]  # fmt: skip
     log = temp_dir / "ray-start.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_this_process,
+        )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{dashboard}"
-        wait_for_dashboard(url, proc, log)
-        yield JobSubmissionClient(url)
+        client = connect(url, token, proc, log)
+        yield SimpleNamespace(client=client, gcs_port=gcs, url=url, token=token)
     finally:
         stop_process_group(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def run_job(client, args: list[str], timeout_s: float = 150.0) -> tuple[str, str]:
+def run_job(cluster, args: list[str], timeout_s: float = 150.0) -> tuple[str, str]:
     """Submit ``python <args>`` with the repo as working_dir; wait; return (status, logs)."""
+    client = cluster.client
     job_id = client.submit_job(
         entrypoint=shlex.join(["python", *args]),
         runtime_env={"working_dir": str(REPO), "env_vars": {"WANDB_MODE": "disabled"}},
@@ -130,11 +162,46 @@ def run_job(client, args: list[str], timeout_s: float = 150.0) -> tuple[str, str
     return status, logs
 
 
-def test_a_misspelt_key_fails_the_job_with_the_key_in_its_logs(cluster, tmp_path):
-    status, logs = run_job(cluster, ["jobs/train.py", f"data={tmp_path}", "optim.epoch=3"])
-    assert status == "FAILED", logs
+def joined(logs: str) -> int | None:
+    """The GCS port of the cluster a job's driver joined, from knd.runtime's log line.
+
+    Inside a job Ray sets RAY_ADDRESS to its own cluster (by the node's IP, not 127.0.0.1).
+    """
+    found = re.search(r"joining Ray cluster at \S+:(\d+)", logs)
+    return int(found.group(1)) if found else None
+
+
+def test_a_misspelt_key_submitted_as_the_readme_does_fails_with_the_key_in_its_logs(
+    cluster, tmp_path
+):
+    """``ray job submit --working-dir . --runtime-env <(python jobs/runtime_env.py)``, the CLI."""
+    secret = "knd-secret-" + secrets.token_hex(8)
+    shell_env = {**os.environ, "WANDB_API_KEY": secret, "WANDB_MODE": "disabled"}
+    env_file = tmp_path / "runtime_env.yaml"
+    with open(env_file, "w") as out:
+        subprocess.run(
+            [sys.executable, "jobs/runtime_env.py"], env=shell_env, cwd=REPO, stdout=out, check=True
+        )
+    job_id = f"knd-bad-key-{secrets.token_hex(4)}"
+    # The client finds the token where a user's shell has it: RAY_AUTH_TOKEN in the environment.
+    cli_env = {**shell_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    submit = subprocess.run(
+        [
+            str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.url,
+            f"--submission-id={job_id}", "--working-dir", ".", "--runtime-env", str(env_file),
+            "--", "python", "jobs/train.py", f"data={tmp_path}", "optim.epoch=3",
+        ],
+        env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 1, output  # `ray job submit` exits 1 when its job FAILED
+    assert str(cluster.client.get_job_status(job_id)) == "FAILED"
+    logs = cluster.client.get_job_logs(job_id)
     assert "unknown key 'optim.epoch'" in logs, logs
     assert "Traceback" not in logs, "a bad argument should fail in one line, not a traceback"
+    info = cluster.client.get_job_info(job_id)
+    assert info.runtime_env["env_vars"]["WANDB_API_KEY"] == secret  # it reached the job...
+    assert secret not in output + logs  # ...and was printed nowhere
 
 
 def test_prepare_then_train_jobs_write_their_artefacts(cluster, tmp_path):
@@ -145,6 +212,7 @@ def test_prepare_then_train_jobs_write_their_artefacts(cluster, tmp_path):
 
     status, logs = run_job(cluster, ["jobs/prepare.py", f"input={corpus}", f"output={features}"])
     assert status == "SUCCEEDED", logs[-3000:]
+    assert joined(logs) == cluster.gcs_port, "the driver should join this test's cluster"
     manifest = json.loads((features / "manifest.json").read_text())
     assert manifest["num_rows"] == len(clips)
     assert manifest["shards"] and all((features / s).is_file() for s in manifest["shards"])
@@ -159,6 +227,7 @@ def test_prepare_then_train_jobs_write_their_artefacts(cluster, tmp_path):
         ],
     )  # fmt: skip
     assert status == "SUCCEEDED", logs[-3000:]
+    assert joined(logs) == cluster.gcs_port
     run = runs / "job"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == sum("Actor_01" in c for c in clips)

@@ -8,7 +8,7 @@ import pytest
 
 from knd.config import load_config
 from knd.features import clip_features, feature_shape
-from knd.score import actor_cpus, aggregate, file_windows
+from knd.score import aggregate, file_windows, stage_cpus
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,8 @@ def test_windows_average_per_file_and_errors_stay_rows():
     assert list(per_window["label"]) == ["", "a", "b", "a"]
 
 
-def test_actors_leave_cpus_for_the_decode_tasks():
-    assert actor_cpus(2, 2, use_gpu=False) == 0.5
-    assert actor_cpus(16, 2, use_gpu=False) == 1.0
-    assert actor_cpus(2, 2, use_gpu=True) == 1.0
+def test_cpu_stages_ask_for_the_same_cpus_so_ray_fuses_them():
+    assert stage_cpus(2, 2, use_gpu=False) == 1.0
+    assert stage_cpus(2, 4, use_gpu=False) == 0.5
+    assert stage_cpus(16, 2, use_gpu=False) == 1.0
+    assert stage_cpus(2, 2, use_gpu=True) == 1.0

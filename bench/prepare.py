@@ -1,0 +1,294 @@
+"""``knd prepare`` throughput: Ray Data against a plain loop and a process pool, in one run.
+
+    .venv/bin/python bench/prepare.py                          # 24-actor synthetic corpus, 2 CPUs
+    .venv/bin/python bench/prepare.py --corpus demo/corpus --num-cpus 4
+
+The corpus is ``knd synth``'s 1440 files (RAVDESS format: 48 kHz mono 16-bit WAVs of 3-5 s),
+written once to a scratch folder unless ``--corpus`` names one. The three contenders run the same
+per-file function (:func:`knd.prepare.process_files`: read, sha256, parse the name, decode, downmix,
+resample, trim, fit, log-mel, float16) and the same commit (:func:`knd.prepare.commit`: reject and
+de-duplicate, Parquet shards, ``rejected.csv``, manifest), each into its own output folder:
+
+- **loop**: one process, a ``for`` loop over batches (torch's default threads);
+- **pool**: ``multiprocessing.Pool(--num-cpus)`` (spawn) mapping the same batches;
+- **ray**: ``knd.prepare.run`` on a local Ray with ``--num-cpus`` CPUs: listing, Ray Data tasks
+  that read and featurise paths, commit on the driver.
+
+Start-up is reported apart from steady state: Ray's ``init`` and the pool's creation, then a
+warm-up over ``--warmup`` files (worker processes import torch and build the mel filterbank).
+Steady-state throughput is the full corpus afterwards, in files/s and audio-seconds/s. Peak
+memory is the largest sum of resident set sizes over this process and all its descendants (Ray's
+GCS, raylet and workers, or the pool's children), sampled every 0.2 s from /proc; shared pages
+(the object store) count once per process that maps them, so it is an upper bound. Figures go to
+``bench/results/prepare.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from knd import storage
+from knd.config import RayConfig, load_config
+from knd.prepare import commit, list_inputs, process_files, run
+
+RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
+TARGETS = {"ray_vs_loop": 1.4, "ray_vs_pool": 0.85, "peak_rss_gb": 3.0}
+
+
+class TreeMemory:
+    """Peak summed RSS of this process and its descendants, sampled on a thread from /proc."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self._stop = interval, threading.Event()
+        self.peak = self.overall = 0  # since the last reset / since the start
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def tree_rss() -> int:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:  # the process ended while we looked
+                continue
+            pid = int(entry.name)
+            children.setdefault(int(fields["PPid"]), []).append(pid)
+            rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        total, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            total += rss.get(pid, 0)
+            todo.extend(children.get(pid, []))
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = self.tree_rss()
+            self.peak, self.overall = max(self.peak, now), max(self.overall, now)
+            time.sleep(self.interval)
+
+    def reset(self) -> None:
+        self.peak = self.tree_rss()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def corpus_dir(requested: str | None, actors: int) -> str:
+    """``--corpus``, or the synthetic corpus of ``actors`` actors, written once to scratch."""
+    if requested:
+        return requested
+    from knd.synth import actor_clips, write_corpus
+
+    folder = Path(tempfile.gettempdir()) / f"knd_bench_corpus_{actors}actors_seed0"
+    expected = sum(len(actor_clips(a)) for a in range(1, actors + 1))
+    if len(list(folder.rglob("*.wav"))) != expected:
+        print(f"writing the {expected}-file synthetic corpus to {folder} ...", flush=True)
+        write_corpus(str(folder), actors, seed=0, progress=False)
+    return str(folder)
+
+
+def _pool_batch(task) -> pa.Table:
+    uris, paths, params, require_labels = task
+    import torch
+
+    torch.set_num_threads(1)  # one process per CPU, as the Ray tasks
+    return process_files(uris, paths, params, require_labels)
+
+
+def batches(uris, paths, params, cfg):
+    size = cfg.batch_size
+    return [
+        (uris[i : i + size], paths[i : i + size], params, cfg.require_labels)
+        for i in range(0, len(uris), size)
+    ]
+
+
+def run_loop(cfg, uris, paths, listing) -> pa.Table:
+    tables = [process_files(*task) for task in batches(uris, paths, cfg.features, cfg)]
+    kept, _, _ = commit(pa.concat_tables(tables), cfg, listing)
+    return kept
+
+
+def run_pool(pool, cfg, uris, paths, listing) -> pa.Table:
+    tables = list(pool.imap(_pool_batch, batches(uris, paths, cfg.features, cfg)))
+    kept, _, _ = commit(pa.concat_tables(tables), cfg, listing)
+    return kept
+
+
+def measure(name, fn, memory: TreeMemory, n_files: int, audio: float | None = None):
+    """Time ``fn``; ``audio`` seconds default to the durations of the rows ``fn`` returns."""
+    memory.reset()
+    started = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - started
+    if audio is None:
+        audio = float(pc.sum(out["duration"]).as_py())
+    row = {**_rates(seconds, n_files, audio), "peak_rss_gb": round(memory.peak / 2**30, 2)}
+    print(
+        f"{name:>5}: {seconds:6.1f} s  {row['files_per_s']:6.1f} files/s  "
+        f"{row['audio_s_per_s']:7.1f} audio-s/s  peak {row['peak_rss_gb']:.2f} GB",
+        flush=True,
+    )
+    return row, audio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", help="audio folder (default: synthesise --actors actors)")
+    parser.add_argument("--actors", type=int, default=24)
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: prepare.yaml's")
+    parser.add_argument("--warmup", type=int, default=64, help="files in each warm-up run")
+    parser.add_argument("--out", default=None, help="scratch output folder (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    corpus = corpus_dir(args.corpus, args.actors)
+    scratch = Path(args.out or tempfile.mkdtemp(prefix="knd_bench_prepare_"))
+    overrides = [f"input={corpus}", f"ray.num_cpus={args.num_cpus}"]
+    if args.batch_size:
+        overrides.append(f"batch_size={args.batch_size}")
+
+    def cfg_for(name: str):
+        storage.delete_dir(str(scratch / name))
+        return load_config("prepare", [*overrides, f"output={scratch / name}"])
+
+    uris, paths, listing = list_inputs(corpus)
+    n, warm = len(uris), min(args.warmup, len(uris))
+    load_before = os.getloadavg()
+    print(f"{n} files from {corpus}; {args.num_cpus} CPUs; load average {load_before}", flush=True)
+    results: dict = {}
+    with TreeMemory() as memory:
+        # loop: warm-up imports torch and builds the filterbank in this process.
+        cfg = cfg_for("loop-warm")
+        started = time.perf_counter()
+        run_loop(cfg, uris[:warm], paths[:warm], listing)
+        loop_warm = time.perf_counter() - started
+        # Every contender keeps the same rows, so the loop's durations serve all three.
+        results["loop"], audio = measure(
+            "loop", lambda: run_loop(cfg_for("loop"), uris, paths, listing), memory, n
+        )
+        results["loop"]["startup_s"] = 0.0
+        results["loop"]["warmup_s"] = round(loop_warm, 2)
+        results["loop"]["torch_threads"] = _torch_threads()
+
+        started = time.perf_counter()
+        with multiprocessing.get_context("spawn").Pool(args.num_cpus) as pool:
+            pool_start = time.perf_counter() - started
+            started = time.perf_counter()
+            run_pool(pool, cfg_for("pool-warm"), uris[:warm], paths[:warm], listing)
+            pool_warm = time.perf_counter() - started
+            results["pool"], _ = measure(
+                "pool",
+                lambda: run_pool(pool, cfg_for("pool"), uris, paths, listing),
+                memory,
+                n,
+                audio,
+            )
+        results["pool"].update(startup_s=round(pool_start, 2), warmup_s=round(pool_warm, 2))
+
+        import ray
+
+        from knd.runtime import init_ray
+
+        started = time.perf_counter()
+        init_ray(RayConfig(address=None, num_cpus=args.num_cpus))
+        ray_start = time.perf_counter() - started
+        warm_dir = scratch / "ray-warm-input"
+        _copy_subset(uris[:warm], paths[:warm], warm_dir)
+        started = time.perf_counter()
+        run(dataclasses.replace(cfg_for("ray-warm"), input=str(warm_dir)))
+        ray_warm = time.perf_counter() - started
+
+        results["ray"], _ = measure("ray", lambda: run(cfg_for("ray")), memory, n, audio)
+        results["ray"].update(startup_s=round(ray_start, 2), warmup_s=round(ray_warm, 2))
+        ray.shutdown()
+
+    ratios = {
+        "ray_vs_loop": round(results["ray"]["files_per_s"] / results["loop"]["files_per_s"], 2),
+        "ray_vs_pool": round(results["ray"]["files_per_s"] / results["pool"]["files_per_s"], 2),
+        "pool_vs_loop": round(results["pool"]["files_per_s"] / results["loop"]["files_per_s"], 2),
+    }
+    peak = round(memory.overall / 2**30, 2)
+    report = {
+        "command": "python bench/prepare.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "corpus": corpus,
+        "files": n,
+        "num_cpus": args.num_cpus,
+        "batch_size": load_config("prepare", [*overrides, "output=x"]).batch_size,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "results": results,
+        "ratios": ratios,
+        "peak_rss_gb": peak,
+        "targets": TARGETS,
+        "meets_targets": {
+            "ray_vs_loop": ratios["ray_vs_loop"] >= TARGETS["ray_vs_loop"],
+            "ray_vs_pool": ratios["ray_vs_pool"] >= TARGETS["ray_vs_pool"],
+            "peak_rss_gb": peak < TARGETS["peak_rss_gb"],
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    storage.write_text(str(RESULTS), json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"ratios": ratios, "peak_rss_gb": peak}, indent=None))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _copy_subset(uris, paths, folder: Path) -> None:
+    """A folder with a few corpus files (hard links where possible): Ray's warm-up input."""
+    for uri, rel in zip(uris, paths, strict=True):
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            continue
+        try:
+            os.link(uri, target)
+        except OSError:
+            shutil.copyfile(uri, target)
+
+
+def _rates(seconds: float, n_files: int, audio: float) -> dict:
+    return {
+        "seconds": round(seconds, 2),
+        "files_per_s": round(n_files / seconds, 1),
+        "audio_s_per_s": round(audio / seconds, 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""``knd score`` throughput: real-time factor, and Ray Data against a plain loop in the same run.
+
+    .venv/bin/python bench/score.py                              # 2 CPUs, cpu_small, 3 actors
+    .venv/bin/python bench/score.py --corpus demo/corpus --actors 4
+    .venv/bin/python bench/score.py --recipe resnet18 --use-gpu --num-cpus 16   # on a GPU machine
+
+The corpus is ``knd synth``'s (RAVDESS format: 48 kHz mono WAVs of 3-5 s), written once to a
+scratch folder unless ``--corpus`` names one. The checkpoint is the recipe's model with random
+weights (``--checkpoint`` takes a trained one instead): throughput does not depend on the weights.
+Both sides run the same functions on every file (read, decode, downmix, resample, trim, window,
+log-mel, normalise, model):
+
+- **baseline**: one process, a plain ``for`` loop, windows batched ``--batch-size`` at a time
+  through the same :class:`knd.score.Scorer` (torch's default threads for the model);
+- **ray**: ``knd.score.run`` on a local Ray with ``--num-cpus`` CPUs, end to end (listing, decode
+  tasks, actor start-up and model loading, aggregation and writing the CSV); Ray's own start-up is
+  measured and reported separately.
+
+Real-time factor = seconds of audio scored per wall-clock second. Each side runs ``--repeats``
+times, alternating, and the best time of each counts (the machine is shared). Figures are
+written to ``bench/results/score.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from knd import storage
+from knd.audio import decode_audio
+from knd.config import FeatureConfig, build, config_dir, load_config, load_yaml
+from knd.ravdess import EMOTIONS
+
+RESULTS = Path(__file__).resolve().parent / "results" / "score.json"
+
+
+def feature_params() -> FeatureConfig:
+    """The feature parameters ``knd prepare`` uses by default."""
+    return build(FeatureConfig, load_yaml(config_dir() / "prepare.yaml")["features"], "features.")
+
+
+def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list[str]) -> None:
+    """A real checkpoint of ``recipe``'s model with random weights and measured norm statistics."""
+    import dataclasses
+
+    import torch
+
+    from knd.checkpoint import save_checkpoint
+    from knd.features import clip_features, feature_hash, feature_shape
+    from knd.models import build_model
+
+    spec = load_config("train", ["data=unused", f"recipe={recipe}"]).model
+    torch.manual_seed(0)
+    model = build_model(spec.name, len(EMOTIONS), width=spec.width, dropout=spec.dropout)
+    sample = [clip_features(*decode_audio(storage.read_bytes(p), p), params)[0] for p in paths]
+    stacked = np.stack(sample)
+    meta = {
+        "label_set": "ravdess8",
+        "labels": list(EMOTIONS),
+        "feature_params": dataclasses.asdict(params),
+        "feature_hash": feature_hash(params),
+        "feature_shape": list(feature_shape(params)),
+        "model": {"name": spec.name, "width": spec.width, "dropout": spec.dropout},
+        "norm": {
+            "mean": stacked.mean(axis=(0, 2)).tolist(),
+            "std": stacked.std(axis=(0, 2)).tolist(),
+        },
+        "epoch": 0,
+        "split": {"train": [], "val": [], "test": []},
+        "metrics": {},
+        "note": "untrained: random weights, for throughput only",
+    }
+    save_checkpoint(folder, model, meta)
+
+
+def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) -> dict:
+    """The plain loop: the same per-file functions and the same model code, one process."""
+    from knd.checkpoint import load_meta
+    from knd.score import Scorer, file_windows
+
+    started = time.perf_counter()
+    meta = load_meta(checkpoint)
+    params = build(FeatureConfig, meta["feature_params"], "feature_params.")
+    hop = load_config("score", ["checkpoint=x", "input=x", "output=x.csv"]).window_hop_seconds
+    scorer = Scorer(checkpoint, use_gpu=use_gpu)
+    stored = np.dtype(params.dtype)
+    pending: list[np.ndarray] = []
+    owners: list[str] = []
+    probs: dict[str, list[np.ndarray]] = {}
+    audio_seconds = 0.0
+
+    def flush() -> None:
+        batch = {"features": np.stack(pending), "error": np.full(len(pending), "", dtype=object)}
+        for path, p in zip(owners, scorer(batch)["probs"], strict=True):
+            probs.setdefault(path, []).append(p)
+        pending.clear()
+        owners.clear()
+
+    for path in paths:
+        samples, rate = decode_audio(storage.read_bytes(path), path)
+        audio_seconds += len(samples) / rate
+        for window in file_windows(samples, rate, params, hop):
+            pending.append(window.features.astype(stored))
+            owners.append(path)
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    means = {path: np.mean(p, axis=0) for path, p in probs.items()}
+    return {
+        "seconds": time.perf_counter() - started,
+        "audio_seconds": audio_seconds,
+        "probs": means,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", help="audio folder (default: synthesise --actors actors)")
+    parser.add_argument("--actors", type=int, default=3, help="synthetic actors (60 files each)")
+    parser.add_argument("--checkpoint", help="default: untrained --recipe model")
+    parser.add_argument("--recipe", default="cpu_small", help="model recipe of the checkpoint")
+    parser.add_argument("--use-gpu", action="store_true", help="inference on GPU (both sides)")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--num-actors", type=int, default=None, help="default: configs/score.yaml")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: configs/score.yaml")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side; best counts")
+    parser.add_argument("--work", help="scratch folder (default: a temporary one)")
+    parser.add_argument("--out", default=str(RESULTS), help="results JSON")
+    args = parser.parse_args()
+
+    from knd.config import RayConfig
+    from knd.runtime import init_ray
+    from knd.score import run
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="knd-bench-score-"))
+    corpus = args.corpus
+    if corpus is None:
+        from knd.synth import write_corpus
+
+        corpus = str(work / f"corpus-{args.actors}")
+        if not Path(corpus).exists():  # kept in --work between runs: synthesis is slow
+            write_corpus(corpus, args.actors, seed=0, progress=False)
+    paths = storage.list_files(corpus, storage.AUDIO_SUFFIXES)
+    params = feature_params()
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = str(work / f"checkpoint-{args.recipe}")
+        make_checkpoint(checkpoint, args.recipe, params, paths[:: max(1, len(paths) // 32)])
+    defaults = load_config("score", ["checkpoint=x", "input=x", "output=x.csv"])
+    num_actors = args.num_actors or defaults.num_actors
+    batch_size = args.batch_size or defaults.batch_size
+
+    started = time.perf_counter()
+    init_ray(RayConfig(address=None, num_cpus=args.num_cpus))
+    ray_start = time.perf_counter() - started
+
+    overrides = [
+        f"checkpoint={checkpoint}",
+        f"input={corpus}",
+        f"output={work / 'scores.csv'}",
+        f"num_actors={num_actors}",
+        f"batch_size={batch_size}",
+        f"use_gpu={str(args.use_gpu).lower()}",
+    ]
+    base_runs, ray_runs = [], []
+    for _ in range(args.repeats):
+        base_runs.append(baseline(checkpoint, paths, batch_size, args.use_gpu))
+        ray_runs.append(run(load_config("score", overrides)))
+    base = min(base_runs, key=lambda r: r["seconds"])
+    best = min(ray_runs, key=lambda r: r.seconds)
+    audio_seconds = base["audio_seconds"]
+
+    table = best.table.set_index("path")
+    columns = [f"p_{name}" for name in EMOTIONS]
+    expected = np.stack([base["probs"][p] for p in paths])
+    diff = float(np.abs(table.loc[paths, columns].to_numpy() - expected).max())
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "checkpoint": args.checkpoint or f"untrained {args.recipe} (random weights)",
+        "device": "gpu" if args.use_gpu else "cpu",
+        "num_cpus": args.num_cpus,
+        "machine_cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "files": len(paths),
+        "audio_seconds": round(audio_seconds, 1),
+        "num_actors": num_actors,
+        "batch_size": batch_size,
+        "baseline_seconds": [round(r["seconds"], 2) for r in base_runs],
+        "ray_seconds": [round(r.seconds, 2) for r in ray_runs],
+        "ray_start_seconds": round(ray_start, 2),
+        "realtime_factor_ray": round(audio_seconds / best.seconds, 1),
+        "realtime_factor_baseline": round(audio_seconds / base["seconds"], 1),
+        "ratio_ray_vs_baseline": round(base["seconds"] / best.seconds, 2),
+        "max_abs_probability_difference": diff,
+        "targets": {"realtime_factor": 200, "ratio": 1.4},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

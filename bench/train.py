@@ -1,0 +1,243 @@
+"""Ray Train (1 worker) against a plain PyTorch loop: same model, data, epochs and step code.
+
+    python bench/train.py --data data/features                      # cpu_small on this CPU
+    python bench/train.py --data data/features --recipe resnet18 --device cuda --mode plain
+
+Both sides run :func:`knd.train.train_step` (same augmentation, optimiser and schedule) with the
+same number of torch threads; the plain loop draws its batches from tensors already in memory,
+Ray Train streams them from a materialised Ray Dataset with ``iter_torch_batches``. Reported:
+
+- ``ratio``: Ray's steady-state training-epoch time (median over epochs after the first) over
+  the plain loop's (target <= 1.15);
+- Ray start-up (``ray.init``) and time to the first epoch (driver data preparation plus worker
+  group start), and the first batch's latency inside the worker, separately;
+- samples/s of both, and on CUDA the GPU utilisation sampled during the plain loop.
+
+``--evaluate`` also scores the plain loop's final model on the validation and test actors (used
+to tune recipes quickly without Ray). Results go to ``bench/results/train.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from knd.config import load_config, replace, to_dict  # noqa: E402
+from knd.metrics import split_metrics  # noqa: E402
+from knd.models import build_model  # noqa: E402
+from knd.ravdess import label_names, split_actors  # noqa: E402
+from knd.train import lr_at, make_optimizer, train_step  # noqa: E402
+
+
+def band_stats_np(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = features.astype(np.float64)
+    mean = f.mean(axis=(0, 2))
+    std = np.sqrt(np.maximum((f**2).mean(axis=(0, 2)) - mean**2, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class GpuSampler:
+    """Samples ``torch.cuda.utilization()`` in a thread while the plain loop runs."""
+
+    def __init__(self, interval: float = 0.2):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.samples.append(float(torch.cuda.utilization()))
+            except Exception:  # no NVML: leave the figure out
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dict:
+    """Train with a plain loop over in-memory tensors; per-epoch times and optional metrics."""
+    from knd.evaluate import targets_of
+    from knd.prepare import load_features
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    manifest_actors = load_features(data, actors=[]).manifest["rows_per_actor"]
+    present = sorted(int(a) for a in manifest_actors if a != "unknown")
+    split = split_actors(cfg.split.test_actors, cfg.split.val_actors, actors=present)
+    train = load_features(data, actors=split.train)
+    mean, std = band_stats_np(train.features)
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
+    x_all = torch.from_numpy(train.features).to(dev)
+    y_all = torch.from_numpy(targets_of(train.emotion, cfg.labels)).to(dev)
+    norm = (torch.from_numpy(mean).to(dev), torch.from_numpy(std).to(dev))
+    labels = label_names(cfg.labels)
+    model = build_model(cfg.model.name, len(labels), cfg.model.width, cfg.model.dropout).to(dev)
+    if gpu:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    n = len(x_all)
+    batch = min(cfg.optim.batch_size, n)
+    steps_per_epoch = n // batch
+    total = cfg.optim.epochs * steps_per_epoch
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    epoch_s, step = [], 0
+    sampler = GpuSampler() if gpu else None
+    if sampler:
+        sampler.__enter__()
+    for _ in range(cfg.optim.epochs):
+        model.train()
+        if gpu:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        order = torch.randperm(n, device=dev)
+        for i in range(steps_per_epoch):
+            index = order[i * batch : (i + 1) * batch]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, warmup, cfg.optim.lr)
+            train_step(model, optimizer, x_all[index], y_all[index], cfg, norm, gpu)
+            step += 1
+        if gpu:
+            torch.cuda.synchronize()
+        epoch_s.append(time.perf_counter() - started)
+        print(f"plain epoch {len(epoch_s)}: {epoch_s[-1]:.2f} s", flush=True)
+    if sampler:
+        sampler.__exit__()
+    out = {
+        "epoch_s": epoch_s,
+        "samples_per_epoch": steps_per_epoch * batch,
+        "steady_epoch_s": statistics.median(epoch_s[1:] or epoch_s),
+    }
+    out["samples_per_s"] = out["samples_per_epoch"] / out["steady_epoch_s"]
+    if sampler and sampler.samples:
+        out["gpu_utilisation_pct"] = statistics.mean(sampler.samples)
+    if evaluate:
+        model.eval()
+        meta = {"norm": {"mean": mean.tolist(), "std": std.tolist()}, "labels": list(labels)}
+        from knd.evaluate import predict
+
+        for part, actors in (("val", split.val), ("test", split.test)):
+            table = load_features(data, actors=actors)
+            preds, _ = predict(model, meta, table.features, 256, dev)
+            m = split_metrics(preds, targets_of(table.emotion, cfg.labels), len(labels))
+            out[part] = {k: m[k] for k in ("accuracy", "uar", "macro_f1", "n")}
+            print(f"plain {part}: {out[part]}", flush=True)
+    return out
+
+
+def ray_loop(cfg, threads: int) -> dict:
+    """The same training through ``knd.train.run`` with one worker."""
+    from knd import train
+    from knd.runtime import init_ray
+
+    started = time.perf_counter()
+    init_ray(cfg.ray)
+    ray_init_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = replace(
+            cfg,
+            **{
+                "run_dir": run_dir,
+                "name": "bench",
+                "train.num_workers": 1,
+                "train.cpus_per_worker": threads,
+                "wandb.enabled": False,
+            },
+        )
+        called = time.time()
+        result = train.run(cfg)
+        total_s = time.time() - called
+    history = result.history
+    epoch_s = [h["train_epoch_s"] for h in history]
+    steady = statistics.median(epoch_s[1:] or epoch_s)
+    first_epoch_start = history[0]["epoch_started_at"]
+    samples_per_epoch = history[0]["epoch_samples"]
+    return {
+        "ray_init_s": ray_init_s,
+        "to_first_epoch_s": first_epoch_start - called,
+        "first_batch_s": history[0]["first_batch_s"],
+        "epoch_s": epoch_s,
+        "steady_epoch_s": steady,
+        "samples_per_epoch": samples_per_epoch,
+        "samples_per_s": samples_per_epoch / steady,
+        "total_s": total_s,
+        "test": {k: result.metrics["test"][k] for k in ("accuracy", "uar", "macro_f1", "n")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="features written by knd prepare")
+    parser.add_argument("--recipe", default="cpu_small")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    parser.add_argument("--mode", default="both", choices=["both", "plain", "ray"])
+    parser.add_argument("--evaluate", action="store_true", help="score the plain loop's model")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    parser.add_argument("overrides", nargs="*", help="knd train key=value overrides")
+    args = parser.parse_args()
+
+    overrides = [f"data={args.data}", f"recipe={args.recipe}", f"optim.epochs={args.epochs}"]
+    overrides.append(f"train.use_gpu={'true' if args.device == 'cuda' else 'false'}")
+    cfg = load_config("train", overrides + args.overrides)
+    result: dict = {
+        "recipe": args.recipe,
+        "device": args.device,
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "config": {k: to_dict(cfg)[k] for k in ("model", "optim", "augment")},
+    }
+    if args.device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(0)
+    if args.mode in ("both", "plain"):
+        result["plain"] = plain_loop(cfg, args.data, args.device, args.threads, args.evaluate)
+    if args.mode in ("both", "ray"):
+        result["ray"] = ray_loop(cfg, args.threads)
+    if args.mode == "both":
+        ray_r, plain = result["ray"], result["plain"]
+        result["ratio"] = ray_r["steady_epoch_s"] / plain["steady_epoch_s"]
+        result["samples_per_s_ratio"] = ray_r["samples_per_s"] / plain["samples_per_s"]
+        print(
+            f"steady-state epoch: ray {ray_r['steady_epoch_s']:.2f} s, plain "
+            f"{plain['steady_epoch_s']:.2f} s, ratio {result['ratio']:.3f} (target <= 1.15); "
+            f"samples/s: ray {ray_r['samples_per_s']:.1f}, plain {plain['samples_per_s']:.1f} "
+            f"({result['samples_per_s_ratio']:.3f}x)"
+        )
+        print(
+            f"ray.init {result['ray']['ray_init_s']:.1f} s, to first epoch "
+            f"{result['ray']['to_first_epoch_s']:.1f} s, first batch "
+            f"{result['ray']['first_batch_s']:.2f} s"
+        )
+    if "plain" in result:
+        plain = result["plain"]
+        line = f"plain loop: {plain['samples_per_s']:.0f} samples/s"
+        if "gpu_utilisation_pct" in plain:
+            line += f", GPU utilisation {plain['gpu_utilisation_pct']:.0f}%"
+        print(line)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""knd prepare on real local Ray: rows and labels, bad files, rerun rules, S3 through moto."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from knd import storage
+from knd.config import load_config
+from knd.features import feature_hash
+from knd.prepare import MANIFEST, REJECTED, load_features, read_features, run
+from knd.ravdess import parse_name
+from knd.synth import actor_clips
+
+pytestmark = pytest.mark.ray
+
+
+def clip_bytes(
+    name: str, seconds: float = 1.2, sr: int = 16000, channels: int = 1, fmt: str = "WAV"
+) -> bytes:
+    """A short harmonic 'voice' whose pitch depends on the name, so every clip differs."""
+    f0 = 100 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 15000 / 100
+    t = np.arange(int(seconds * sr)) / sr
+    wave = 0.3 * sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 5)) * np.hanning(len(t))
+    buf = io.BytesIO()
+    sf.write(
+        buf,
+        np.stack([wave] * channels, axis=1).astype(np.float32),
+        sr,
+        format=fmt,
+        subtype="VORBIS" if fmt == "OGG" else "PCM_16",
+    )
+    return buf.getvalue()
+
+
+def write(root: Path, rel: str, data: bytes) -> str:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return rel
+
+
+def config(input_dir, output, *overrides):
+    return load_config(
+        "prepare", [f"input={input_dir}", f"output={output}", "batch_size=4", *overrides]
+    )
+
+
+def rejected_rows(output) -> dict[str, str]:
+    rows = csv.DictReader(io.StringIO(storage.read_text(storage.join(str(output), REJECTED))))
+    return {row["path"]: row["reason"] for row in rows}
+
+
+def test_tiny_corpus_rows_and_labels(tiny_corpus, tiny_features):
+    files = sorted(p.relative_to(tiny_corpus).as_posix() for p in Path(tiny_corpus).rglob("*.wav"))
+    table = load_features(tiny_features)
+    manifest = table.manifest
+    assert manifest["num_rows"] == len(table) == len(files)
+    assert sorted(table.path) == files
+    assert rejected_rows(tiny_features) == {}
+    clips = [parse_name(p) for p in table.path]
+    np.testing.assert_array_equal(table.actor, [c.actor for c in clips])
+    np.testing.assert_array_equal(table.label, [c.emotion - 1 for c in clips])
+    assert manifest["rows_per_actor"] == {str(a): 60 for a in sorted({c.actor for c in clips})}
+    assert manifest["rows_per_emotion"]["neutral"] * 2 == manifest["rows_per_emotion"]["calm"]
+    assert table.features.shape == (len(files), *manifest["feature_shape"])
+    assert table.features.dtype == np.float32 and np.isfinite(table.features).all()
+
+    ds, _ = read_features(tiny_features, actors=[1, 2], expected_hash=manifest["feature_hash"])
+    batch = ds.take_batch(1000)
+    assert sorted(set(batch["actor"].tolist())) == [1, 2] and len(batch["actor"]) == 120
+    assert batch["features"].dtype == np.float32
+    assert batch["features"].shape[1:] == tuple(manifest["feature_shape"])
+    with pytest.raises(ValueError, match="features were made with other parameters"):
+        read_features(tiny_features, expected_hash="0" * 16)
+
+
+def test_bad_files_are_rejected_with_reasons_and_good_files_kept(ray_session, tmp_path, caplog):
+    src, out = tmp_path / "in", tmp_path / "out"
+    good = [
+        write(src, "Actor_01/03-01-01-01-01-01-01.wav", clip_bytes("a")),
+        write(src, "Actor_01/03-01-03-02-01-01-01.wav", clip_bytes("b", sr=48000)),
+        write(
+            src,
+            "Actor_02/03-01-05-01-02-02-02.flac",
+            clip_bytes("c", sr=44100, channels=2, fmt="FLAC"),
+        ),
+        write(src, "Actor_02/03-01-08-02-01-01-02.ogg", clip_bytes("d", sr=22050, fmt="OGG")),
+        write(src, "Actor_02/03-01-04-01-01-01-02.wav", clip_bytes("e", seconds=6.0)),
+    ]
+    truncated = clip_bytes("f")
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(16000, np.float32), 16000, format="WAV")
+    expected = {
+        write(src, "Actor_01/03-01-02-01-01-01-01.wav", b""): "empty file",
+        write(
+            src, "Actor_01/03-01-02-01-02-01-01.wav", truncated[: len(truncated) // 3]
+        ): "truncated WAV (expected 19200 frames",
+        write(
+            src, "Actor_01/03-01-02-01-01-02-01.wav", b"RIFF" + bytes(range(256)) * 8
+        ): "corrupt audio",
+        write(
+            src, "Actor_01/03-01-02-01-02-02-01.wav", b"# notes, not a recording\n" * 40
+        ): "not audio",
+        write(src, "Actor_01/03-01-06-01-01-01-01.wav", silent.getvalue()): "silent",
+        write(src, "Actor_01/interview_take3.wav", clip_bytes("g")): "not a RAVDESS name",
+        write(
+            src, "Actor_01/03-01-01-02-01-01-01.wav", clip_bytes("h")
+        ): "not a RAVDESS name (neutral has no strong intensity)",
+    }
+    # The Kaggle layout: every file again under audio_speech_actors_01-24/, byte for byte.
+    for rel in good[:2]:
+        dup = write(src, f"audio_speech_actors_01-24/{rel}", (src / rel).read_bytes())
+        expected[dup] = f"duplicate of {rel}"
+    write(src, "README.txt", b"not listed: no audio suffix")
+
+    with caplog.at_level(logging.INFO, logger="knd.prepare"):
+        result = run(config(src, out))
+
+    assert result.exit_code == 0 and not result.skipped
+    table = load_features(str(out))
+    assert sorted(table.path) == sorted(good)
+    # 16 kHz mono, 48 kHz, 44.1 kHz stereo FLAC, 22.05 kHz Ogg and a 6 s clip: one shape.
+    assert table.features.shape == (len(good), *result.manifest["feature_shape"])
+    durations = dict(zip(table.path, table.duration, strict=True))
+    assert [durations[p] for p in good] == pytest.approx([1.2, 1.2, 1.2, 1.2, 6.0], abs=0.05)
+    stereo = table.features[list(table.path).index(good[2])]
+    assert np.isfinite(stereo).all() and stereo.max() > -40  # decoded audio, not padding
+    reasons = rejected_rows(out)
+    assert sorted(reasons) == sorted(expected)
+    for path, start in expected.items():
+        assert reasons[path].startswith(start), (path, reasons[path])
+        assert f"rejected {path}: {reasons[path]}" in caplog.text
+    assert result.manifest["num_rejected"] == len(expected) == result.num_rejected
+    assert result.manifest["rejected_reasons"]["duplicate"] == 2
+    assert f"{len(expected)} rejected (" in caplog.text
+
+
+def test_nothing_usable_exits_nonzero_and_commits_nothing(ray_session, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "Actor_01/03-01-02-01-01-01-01.wav", b"")
+    write(src, "Actor_01/03-01-02-01-02-01-01.wav", b"text, not sound")
+    result = run(config(src, out))
+    assert result.exit_code == 1 and result.manifest is None
+    assert not (out / MANIFEST).exists()
+    assert len(rejected_rows(out)) == 2
+    with pytest.raises(ValueError, match="no prepared features"):
+        load_features(str(out))
+
+
+def test_interrupted_run_then_reruns(ray_session, tmp_path, caplog):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i, actor in enumerate((3, 3, 4, 4, 4)):
+        write(src, f"Actor_{actor:02d}/03-01-0{i + 2}-01-01-01-{actor:02d}.wav", clip_bytes(str(i)))
+    # What an interrupted run leaves: a staging folder and a renamed shard folder, no manifest.
+    stale_tmp = out / ".tmp-shards-0badc0de-11111111"
+    stale = out / "shards-0badc0de-22222222"
+    for folder in (stale_tmp, stale):
+        folder.mkdir(parents=True)
+        (folder / "part-00000.parquet").write_bytes(b"half a shard")
+
+    first = run(config(src, out, "rows_per_shard=2"))
+    assert first.num_rows == 5 and not first.skipped
+    assert len(first.manifest["shards"]) == 3 and first.manifest["shard_rows"] == [2, 2, 1]
+    assert not stale_tmp.exists() and not stale.exists()
+    assert len(load_features(str(out))) == 5
+
+    with caplog.at_level(logging.INFO, logger="knd.prepare"):
+        again = run(config(src, out, "rows_per_shard=2"))
+    assert again.skipped and again.manifest == first.manifest
+    assert "nothing to do" in caplog.text
+
+    other = run(config(src, out, "features.n_mels=32", "rows_per_shard=2"))
+    assert not other.skipped
+    assert other.manifest["feature_hash"] != first.manifest["feature_hash"]
+    assert other.manifest["feature_hash"] == feature_hash(other_params(src, out))
+    old_folder = first.manifest["shards"][0].split("/")[0]
+    assert not (out / old_folder).exists()
+    shard_folders = {p.name for p in out.iterdir() if p.is_dir()}
+    assert shard_folders == {other.manifest["shards"][0].split("/")[0]}
+    table = load_features(str(out))
+    assert table.features.shape == (5, 32, other.manifest["feature_shape"][1])
+    with pytest.raises(ValueError, match="other parameters"):
+        load_features(str(out), expected_hash=first.manifest["feature_hash"])
+
+    write(src, "Actor_04/03-01-08-01-01-01-04.wav", clip_bytes("new"))
+    grown = run(config(src, out, "features.n_mels=32", "rows_per_shard=2"))
+    assert not grown.skipped and grown.num_rows == 6
+
+
+def test_killed_run_leaves_no_dataset_and_rerun_completes(ray_session, tmp_path):
+    """SIGKILL a real ``knd prepare`` while its Ray tasks run, then prepare again."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = [f"Actor_09/{clip.file_name()}" for clip in actor_clips(9)]
+    for name in names:
+        write(src, name, clip_bytes(name, seconds=3.0, sr=44100))
+    # The child joins this session's Ray (a second local Ray would fight it for the 2 CPUs).
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    command = [sys.executable, "-m", "knd.cli", "prepare", f"input={src}", f"output={out}"]
+    child = subprocess.Popen(
+        [*command, "batch_size=2"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    deadline = time.monotonic() + 60
+    for line in child.stderr:  # killed once the Ray Data pipeline is under way
+        seen.append(line)
+        if "preparing" in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    child.stderr.close()
+    assert any("preparing 60 audio files" in line for line in seen), "".join(seen)
+    assert child.returncode == -signal.SIGKILL
+    assert not (out / MANIFEST).exists()
+    assert not [p for p in out.glob("shards-*")], "a killed run left a shard folder"
+    with pytest.raises(ValueError, match="no prepared features"):
+        load_features(str(out))
+
+    result = run(config(src, out))
+    assert result.exit_code == 0 and result.num_rows == 60 and result.num_rejected == 0
+    assert {p.name for p in out.iterdir()} == {
+        MANIFEST,
+        REJECTED,
+        result.manifest["shards"][0].split("/")[0],
+    }
+
+
+def other_params(src, out):
+    return config(src, out, "features.n_mels=32").features
+
+
+def test_s3_round_trip_through_moto(s3_server, ray_session, tmp_path, caplog):
+    src = f"{s3_server.url}/in"
+    out = f"{s3_server.url}/out"
+    names = [
+        "Actor_05/03-01-02-01-01-01-05.wav",
+        "Actor_05/03-01-05-02-01-02-05.wav",
+        "Actor_06/03-01-07-01-02-01-06.wav",
+        "Actor_06/not-ravdess.wav",
+    ]
+    for name in names:
+        storage.write_bytes(f"{src}/{name}", clip_bytes(name, sr=22050))
+
+    with caplog.at_level(logging.INFO):
+        result = run(config(src, out))
+    assert result.exit_code == 0 and result.num_rows == 3 and result.num_rejected == 1
+    listing = storage.list_files(out)
+    assert f"{out}/{MANIFEST}" in listing and f"{out}/{REJECTED}" in listing
+    assert [f.removeprefix(out + "/") for f in listing if f.endswith(".parquet")] == (
+        result.manifest["shards"]
+    )
+    manifest = json.loads(storage.read_text(f"{out}/{MANIFEST}"))
+    ds, _ = read_features(out, expected_hash=manifest["feature_hash"])
+    rows = ds.take_all()
+    assert sorted(r["path"] for r in rows) == sorted(names[:3])
+    assert rows[0]["features"].shape == tuple(manifest["feature_shape"])
+    assert load_features(out).features.shape == (3, *manifest["feature_shape"])
+    assert run(config(src, out)).skipped
+    assert "knd-test-secret" not in caplog.text

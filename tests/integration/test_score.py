@@ -1,0 +1,240 @@
+"""``knd score`` on real local Ray: the probabilities of evaluate, bad files as error rows, S3."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from knd import storage
+from knd.config import load_config
+from knd.ravdess import EMOTIONS
+
+pytestmark = pytest.mark.ray
+
+P_COLUMNS = [f"p_{name}" for name in EMOTIONS]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_features, tmp_path_factory):
+    """A real (untrained) cpu_small checkpoint with the tiny features' parameters and norm stats.
+
+    The classifier's weights are scaled up so probabilities are far from uniform: equality to
+    1e-4 then says something.
+    """
+    import torch
+
+    from knd.checkpoint import save_checkpoint
+    from knd.models import build_model
+    from knd.prepare import load_features
+
+    table = load_features(tiny_features)
+    manifest = table.manifest
+    torch.manual_seed(0)
+    model = build_model("cpu_small", len(EMOTIONS), width=8, dropout=0.0)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20.0)
+    actors = sorted({int(a) for a in table.actor})
+    meta = {
+        "label_set": "ravdess8",
+        "labels": list(EMOTIONS),
+        "feature_params": manifest["feature_params"],
+        "feature_hash": manifest["feature_hash"],
+        "feature_shape": manifest["feature_shape"],
+        "model": {"name": "cpu_small", "width": 8, "dropout": 0.0},
+        "norm": {
+            "mean": table.features.mean(axis=(0, 2)).tolist(),
+            "std": table.features.std(axis=(0, 2)).tolist(),
+        },
+        "epoch": 0,
+        "split": {"train": [], "val": [], "test": actors},
+        "metrics": {},
+    }
+    folder = tmp_path_factory.mktemp("score_ckpt") / "checkpoint"
+    save_checkpoint(str(folder), model, meta)
+    return str(folder)
+
+
+def score(checkpoint: str, input: str, output: str, *overrides: str):
+    from knd.score import run
+
+    args = [f"checkpoint={checkpoint}", f"input={input}", f"output={output}", *overrides]
+    return run(load_config("score", args))
+
+
+def voice(seconds: float, sr: int, f0: float = 160.0, seed: int = 0) -> np.ndarray:
+    """A harmonic tone with a moving pitch and a syllable-like envelope (mono, float32)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    pitch = f0 * (1 + 0.15 * np.sin(2 * np.pi * 0.4 * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / sr
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.3 + 0.7 * np.sin(2 * np.pi * 2.1 * t) ** 2
+    noise = 0.01 * rng.standard_normal(len(t))
+    return (0.2 * wave * envelope + noise).astype(np.float32)
+
+
+def test_scores_equal_evaluate_and_do_not_depend_on_batching(
+    checkpoint, tiny_corpus, tiny_features, tmp_path
+):
+    import shutil
+
+    from knd.checkpoint import load_model
+    from knd.evaluate import predict
+    from knd.prepare import load_features
+
+    # A dozen corpus files spread over the actors and emotions (scoring all 480 would take minutes).
+    folder = tmp_path / "clips"
+    chosen = storage.list_files(tiny_corpus)[5::40]
+    for path in chosen:
+        target = folder / Path(path).relative_to(Path(tiny_corpus).resolve())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    a = score(checkpoint, str(folder), str(tmp_path / "a.parquet"), "batch_size=64", "num_actors=2")
+    score(checkpoint, str(folder), str(tmp_path / "b.csv"), "batch_size=3", "num_actors=1")
+    assert a.exit_code == 0 and a.failed == 0 and a.num_files == len(chosen) == 12
+    table = pd.read_parquet(tmp_path / "a.parquet")
+    assert list(table.columns) == ["path", "label", "confidence", *P_COLUMNS, "duration", "error"]
+    assert (table["error"] == "").all()
+
+    # evaluate's own path: the prepared (stored, float16) features through evaluate.predict.
+    model, meta = load_model(checkpoint)
+    prepared = load_features(tiny_features)
+    _, expected = predict(model, meta, prepared.features)
+    relative = [Path(p).relative_to(folder).as_posix() for p in table["path"]]
+    rows = pd.Series(np.arange(len(prepared.path)), index=prepared.path).loc[relative].to_numpy()
+    np.testing.assert_allclose(table[P_COLUMNS].to_numpy(), expected[rows], atol=1e-4)
+    # The tolerance is far below how much probabilities differ between classes and clips.
+    assert np.ptp(expected[rows], axis=1).min() > 100 * 1e-4
+    assert np.ptp(expected[rows], axis=0).max() > 100 * 1e-4
+    np.testing.assert_allclose(table["duration"], prepared.duration[rows], rtol=1e-5)
+
+    other = pd.read_csv(tmp_path / "b.csv", dtype={"error": str}).fillna({"error": ""})
+    assert list(other["path"]) == list(table["path"])
+    assert list(other["label"]) == list(table["label"])
+    np.testing.assert_allclose(table[P_COLUMNS], other[P_COLUMNS], atol=1e-6)
+
+
+def write_mixed_folder(root: Path) -> dict[str, str]:
+    """Files of every kind score must cope with; returns name -> expected error ('' = scored)."""
+    root.mkdir()
+    (root / "nested").mkdir()
+    base = voice(3.2, 48000)
+    sf.write(root / "mono48k.wav", base, 48000, subtype="PCM_16")
+    sf.write(root / "mono48k.flac", base, 48000, subtype="PCM_16")
+    sf.write(root / "stereo48k.wav", np.stack([base, base], axis=1), 48000, subtype="PCM_16")
+    sf.write(root / "nested/quad44k.wav", np.stack([voice(2.5, 44100)] * 4, 1), 44100, "PCM_24")
+    sf.write(root / "nested/stereo22k.ogg", np.stack([voice(4, 22050, 210)] * 2, 1), 22050)
+    sf.write(root / "mono8k.wav", voice(1.2, 8000, 120), 8000, subtype="FLOAT")
+    sf.write(root / "long8k.wav", voice(300.0, 8000, 140, seed=3), 8000, subtype="PCM_16")
+    (root / "empty.wav").write_bytes(b"")
+    (root / "notes.wav").write_text("these are meeting notes, not audio\n" * 20)
+    buf = io.BytesIO()
+    sf.write(buf, voice(2.0, 16000), 16000, format="WAV", subtype="PCM_16")
+    (root / "truncated.wav").write_bytes(buf.getvalue()[:20000])
+    (root / "README.txt").write_text("not listed: not an audio suffix")
+    return {
+        "mono48k.wav": "",
+        "mono48k.flac": "",
+        "stereo48k.wav": "",
+        "nested/quad44k.wav": "",
+        "nested/stereo22k.ogg": "",
+        "mono8k.wav": "",
+        "long8k.wav": "",
+        "empty.wav": "empty file",
+        "notes.wav": "not audio",
+        "truncated.wav": "truncated WAV",
+    }
+
+
+def test_mixed_folder_scores_what_it_can_and_reports_the_rest(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    expected = write_mixed_folder(folder)
+    folder = folder.resolve()  # listed paths are resolved
+    result = score(checkpoint, str(folder), str(tmp_path / "out.csv"))
+    assert result.exit_code == 0
+    assert result.failed == 3 and result.num_files == len(expected)
+    table = pd.read_csv(tmp_path / "out.csv", dtype={"error": str, "label": str})
+    table = table.fillna({"error": "", "label": ""})
+    table["name"] = [Path(p).relative_to(folder).as_posix() for p in table["path"]]
+    rows = table.set_index("name")
+    assert sorted(rows.index) == sorted(expected)
+    for name, error in expected.items():
+        if error:
+            assert rows.loc[name, "error"].startswith(error), (name, rows.loc[name, "error"])
+            assert rows.loc[name, "label"] == "" and np.isnan(rows.loc[name, "p_happy"])
+        else:
+            assert rows.loc[name, "error"] == "", (name, rows.loc[name, "error"])
+            assert rows.loc[name, "label"] in EMOTIONS
+            assert rows.loc[name, P_COLUMNS].sum() == pytest.approx(1.0, abs=1e-5)
+    # Identical channels downmix to the same input, hence the same scores; libsndfile's FLAC
+    # round trip differs from its WAV one by one 16-bit step, hence a looser tolerance.
+    same = rows.loc[["mono48k.wav", "stereo48k.wav", "mono48k.flac"], P_COLUMNS].to_numpy()
+    np.testing.assert_allclose(same[1], same[0], atol=1e-6)
+    np.testing.assert_allclose(same[2], same[0], atol=1e-4)
+    assert rows.loc["long8k.wav", "duration"] == pytest.approx(300.0)
+    assert result.audio_hours * 3600 == pytest.approx(rows["duration"].sum(), rel=1e-6)
+    err = capsys.readouterr().err
+    assert f"failed {folder / 'empty.wav'}: empty file" in err
+
+    # One row per window: the 5-minute file gets overlapping windows covering it end to end;
+    # strict makes the same failures an exit status.
+    strict = score(
+        checkpoint, str(folder), str(tmp_path / "w.parquet"), "per_window=true", "strict=true"
+    )
+    assert strict.exit_code != 0 and strict.failed == 3
+    per_window = pd.read_parquet(tmp_path / "w.parquet")
+    long = per_window[per_window["path"] == str(folder / "long8k.wav")].sort_values("window")
+    assert len(long) == 1 + int(np.ceil((300.0 - 3.0) / 1.5))
+    assert long["start"].iloc[0] == pytest.approx(0.0, abs=0.05)
+    assert long["end"].iloc[-1] == pytest.approx(300.0, abs=0.05)
+    assert np.allclose(long["end"] - long["start"], 3.0)
+    # Every file's per-file row is the mean of its window rows; a failed file is one error row.
+    per_window["name"] = [Path(p).relative_to(folder).as_posix() for p in per_window["path"]]
+    means = per_window.groupby("name")[P_COLUMNS].mean()
+    np.testing.assert_allclose(
+        means.loc[list(expected)], rows.loc[list(expected), P_COLUMNS], atol=1e-6
+    )
+    counts = per_window.groupby("name").size()
+    assert all(counts[name] == 1 for name, error in expected.items() if error)
+    assert counts["mono8k.wav"] == 1 and counts["mono48k.wav"] == 2  # 1.2 s padded; 3.2 s cut
+    assert strict.num_rows == len(per_window) == counts.sum()
+
+
+def plain_scores(checkpoint: str, path: Path) -> np.ndarray:
+    """Mean window probabilities of one file without Ray, through the same functions."""
+    from knd.audio import decode_audio
+    from knd.checkpoint import load_meta
+    from knd.config import FeatureConfig, build
+    from knd.score import Scorer, file_windows
+
+    params = build(FeatureConfig, load_meta(checkpoint)["feature_params"])
+    samples, rate = decode_audio(path.read_bytes(), path.name)
+    windows = file_windows(samples, rate, params, hop_seconds=1.5)
+    feats = np.stack([w.features.astype(params.dtype) for w in windows])
+    batch = {"features": feats, "error": np.full(len(windows), "", dtype=object)}
+    return Scorer(checkpoint, use_gpu=False)(batch)["probs"].mean(axis=0)
+
+
+def test_s3_input_and_output(checkpoint, s3_server, tmp_path):
+    folder = tmp_path / "local"
+    folder.mkdir()
+    sf.write(folder / "a.wav", voice(2.0, 16000), 16000)
+    sf.write(folder / "b.flac", voice(3.5, 44100, 220), 44100)
+    (folder / "c.wav").write_bytes(b"RIFF")
+    prefix = f"{s3_server.url}/score-in"
+    for path in sorted(folder.iterdir()):
+        storage.write_bytes(f"{prefix}/sub/{path.name}", path.read_bytes())
+
+    output = f"{s3_server.url}/score-out/scores.parquet"
+    remote = score(checkpoint, prefix, output)
+    assert remote.exit_code == 0 and remote.failed == 1
+    table = pd.read_parquet(io.BytesIO(storage.read_bytes(output)))
+    assert list(table["path"]) == [f"{prefix}/sub/{n}" for n in ("a.wav", "b.flac", "c.wav")]
+    assert table["error"].iloc[2].startswith("corrupt audio")
+    expected = np.stack([plain_scores(checkpoint, folder / n) for n in ("a.wav", "b.flac")])
+    np.testing.assert_allclose(table[P_COLUMNS].iloc[:2], expected, atol=1e-5)

@@ -1,0 +1,349 @@
+"""``knd train`` and ``knd evaluate`` on the tiny corpus (8 actors) with a real local Ray.
+
+One training run is made the hard way and shared by most tests: 2 DDP workers (gloo), test actors
+1 and 2, validation actor 3; a hook records the actors of every training batch and SIGKILLs one
+worker process once, in epoch 3, so Ray Train must restart the worker group from the epoch-2
+checkpoint. Every check of learning, leakage, recovery, resuming and evaluation reads that run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from knd.config import load_config
+from knd.train import TrainHooks
+
+pytestmark = pytest.mark.ray
+
+TEST_ACTORS, VAL_ACTORS = (1, 2), (3,)
+EPOCHS, KILL_EPOCH = 5, 3
+TINY = [
+    "split.test_actors=[1,2]",
+    "split.val_actors=[3]",
+    "model.width=16",
+    "optim.batch_size=32",
+    "optim.lr=0.005",
+    "augment.mixup_alpha=0",
+    "optim.warmup_epochs=0.5",
+    "wandb.enabled=false",
+    "train.num_to_keep=2",
+]
+
+
+class RecordAndKill(TrainHooks):
+    """Writes the actors of each training batch to a file; SIGKILLs its own worker once.
+
+    Its state lives in files (the instance is pickled into every worker, and again on restart).
+    """
+
+    def __init__(self, folder: str, kill_epoch: int | None = None, kill_rank: int = 1):
+        self.folder, self.kill_epoch, self.kill_rank = folder, kill_epoch, kill_rank
+
+    def on_batch(self, epoch, index, rank, actors):
+        line = f"{epoch} {index} " + " ".join(str(int(a)) for a in actors.tolist())
+        with open(os.path.join(self.folder, f"actors-{rank}-{os.getpid()}.txt"), "a") as f:
+            f.write(line + "\n")
+        marker = os.path.join(self.folder, "killed")
+        if epoch == self.kill_epoch and rank == self.kill_rank and not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            # Ray Train collects each report at its next poll (every 2 s): let the previous
+            # epoch's report be taken first, as it would in any failure later than that.
+            time.sleep(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_epoch_end(self, epoch, rank, metrics):
+        with open(os.path.join(self.folder, "epochs.txt"), "a") as f:
+            f.write(f"{epoch} {rank} {os.getpid()}\n")
+
+
+# The hooks travel to Ray workers by pickle; this module is not importable there.
+import ray.cloudpickle  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def train_cfg(features: str, run_dir: Path, name: str, *extra: str):
+    return load_config(
+        "train", [f"data={features}", f"run_dir={run_dir}", f"name={name}", *TINY, *extra]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_features, ray_session, tmp_path_factory):
+    """The shared run: 2 workers, killed once in epoch 3, finished from its checkpoint."""
+    from knd.train import run
+
+    root = tmp_path_factory.mktemp("train")
+    hooks_dir = root / "hooks"
+    hooks_dir.mkdir()
+    cfg = train_cfg(
+        tiny_features, root / "runs", "main", f"optim.epochs={EPOCHS}", "train.num_workers=2"
+    )
+    result = run(cfg, hooks=RecordAndKill(str(hooks_dir), kill_epoch=KILL_EPOCH))
+    return SimpleNamespace(
+        cfg=cfg, result=result, root=root, hooks=hooks_dir, features=tiny_features
+    )
+
+
+def read_batches(hooks_dir: Path) -> list[tuple[int, int, int, int, list[int]]]:
+    """(epoch, index, rank, pid, actors) of every recorded training batch."""
+    out = []
+    for path in hooks_dir.glob("actors-*.txt"):
+        _, rank, pid = path.stem.split("-")
+        for line in path.read_text().splitlines():
+            epoch, index, *actors = (int(v) for v in line.split())
+            out.append((epoch, index, int(rank), int(pid), actors))
+    return out
+
+
+def test_learns_well_above_chance_on_held_out_actors(trained):
+    report = trained.result.metrics
+    assert report["test_actors"] == list(TEST_ACTORS)
+    assert report["train_actors"] == [4, 5, 6, 7, 8]
+    test = report["test"]
+    assert test["n"] == 120  # 60 clips per actor
+    chance = 1 / len(report["labels"])
+    assert test["uar"] > 2.5 * chance, test
+    assert test["accuracy"] > 2.5 * chance, test
+    history = trained.result.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # The run folder holds the report the CLI promises.
+    run_dir = Path(trained.result.run_dir)
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["test"]["confusion"] == test["confusion"]
+    assert (run_dir / "confusion.png").read_bytes().startswith(b"\x89PNG")
+    assert set(written["test"]["per_actor"]) == {"1", "2"}
+
+
+def test_test_and_validation_actors_never_reach_a_training_batch(trained):
+    batches = read_batches(trained.hooks)
+    seen = {a for *_, actors in batches for a in actors}
+    assert seen == {4, 5, 6, 7, 8}
+    assert {rank for _, _, rank, _, _ in batches} == {0, 1}  # both DDP ranks trained
+    # Each rank gets its own shard of every epoch: no clip position is counted twice per epoch.
+    per_epoch = {}
+    for epoch, _, _, pid, actors in batches:
+        per_epoch.setdefault((epoch, pid), 0)
+        per_epoch[(epoch, pid)] += len(actors)
+    assert all(n <= 300 // 2 for n in per_epoch.values())
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_without_repeating_epochs(trained):
+    killed_pid = int((trained.hooks / "killed").read_text())
+    history = trained.result.history
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    steps = [h["step"] for h in history]
+    assert steps == [steps[0] * e for e in range(1, EPOCHS + 1)]  # the schedule carried on
+    ends = [line.split() for line in (trained.hooks / "epochs.txt").read_text().splitlines()]
+    by_epoch: dict[int, set[int]] = {}
+    for epoch, _, pid in ends:
+        by_epoch.setdefault(int(epoch), set()).add(int(pid))
+    assert sorted(by_epoch) == list(range(1, EPOCHS + 1))
+    before = by_epoch[1] | by_epoch[KILL_EPOCH - 1]
+    after = by_epoch[KILL_EPOCH] | by_epoch[EPOCHS]
+    assert killed_pid in before and not before & after  # a new worker group finished the run
+    # The killed worker had started epoch 3 before it died: that epoch was redone, not skipped.
+    batches = read_batches(trained.hooks)
+    assert any(e == KILL_EPOCH and pid == killed_pid for e, _, _, pid, _ in batches)
+    assert trained.result.best_epoch in range(1, EPOCHS + 1)
+
+
+def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained):
+    """The validation metrics synced over 2 gloo ranks equal those of one process."""
+    from knd.checkpoint import load_model
+    from knd.evaluate import predict, targets_of
+    from knd.metrics import split_metrics
+    from knd.prepare import load_features
+
+    model, meta = load_model(trained.result.checkpoint)
+    epoch = meta["epoch"]
+    reported = next(h for h in trained.result.history if h["epoch"] == epoch)
+    assert reported["world_size"] == 2
+    table = load_features(trained.features, actors=VAL_ACTORS)
+    preds, _ = predict(model, meta, table.features)
+    one = split_metrics(preds, targets_of(table.emotion, "ravdess8"), len(meta["labels"]))
+    assert reported["val_n"] == one["n"] == 60
+    assert reported["val_accuracy"] == pytest.approx(one["accuracy"], abs=1.5 / 60)
+    assert reported["val_uar"] == pytest.approx(one["uar"], abs=0.03)
+    assert trained.result.metrics["val"]["uar"] == pytest.approx(one["uar"])
+
+
+def test_resume_continues_from_the_checkpoint(trained, tmp_path):
+    from knd.checkpoint import load_meta
+    from knd.train import run
+
+    checkpoint = trained.result.checkpoint
+    done = load_meta(checkpoint)["epoch"]
+    cfg = train_cfg(
+        trained.features,
+        tmp_path / "runs",
+        "resumed",
+        f"resume={checkpoint}",
+        f"optim.epochs={EPOCHS + 1}",
+        "train.num_workers=1",
+    )
+    result = run(cfg)
+    history = result.history
+    assert [h["epoch"] for h in history] == list(range(done + 1, EPOCHS + 2))
+    steps_per_epoch = trained.result.history[0]["step"]
+    # One worker takes the whole global batch, so the step count per epoch is the same.
+    assert history[0]["step"] == (done + 1) * steps_per_epoch
+    assert result.metrics["test"]["uar"] > 2.5 / 8
+    with pytest.raises(ValueError, match="set optim.epochs above it"):
+        run(
+            train_cfg(
+                trained.features,
+                tmp_path / "runs",
+                "again",
+                f"resume={checkpoint}",
+                f"optim.epochs={done}",
+            )
+        )
+
+
+def test_resume_refuses_a_pickle_bearing_checkpoint(trained, tmp_path):
+    from knd.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
+    from knd.evaluate import run as evaluate
+    from knd.train import run
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained.result.checkpoint, bad)
+    marker = tmp_path / "code-ran"
+    torch.save({"epoch": RunsCode(str(marker))}, bad / TRAIN_STATE_FILE)
+    cfg = train_cfg(trained.features, tmp_path, "bad", f"resume={bad}", "optim.epochs=9")
+    with pytest.raises(ValueError, match="refused to load"):
+        run(cfg)
+    torch.save({"w": RunsCode(str(marker))}, bad / MODEL_FILE)
+    eval_cfg = load_config("evaluate", [f"checkpoint={bad}", f"data={trained.features}"])
+    with pytest.raises(ValueError, match="refused to load"):
+        evaluate(eval_cfg)
+    assert not marker.exists()
+
+
+class RunsCode:
+    """Unpickling this would create ``path``: a stand-in for an attacker's payload."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(trained, tmp_path):
+    from knd.checkpoint import load_model
+    from knd.evaluate import predict
+    from knd.evaluate import run as evaluate
+    from knd.prepare import load_features
+
+    results = {}
+    for batch in (1, 7, 256):
+        cfg = load_config(
+            "evaluate",
+            [
+                f"checkpoint={trained.result.checkpoint}",
+                f"data={trained.features}",
+                f"out={tmp_path / str(batch)}",
+                f"batch_size={batch}",
+            ],
+        )
+        results[batch] = evaluate(cfg)
+    for batch in (7, 256):
+        assert results[batch].metrics["test"] == results[1].metrics["test"]
+    out = tmp_path / "256"
+    written = json.loads((out / "metrics.json").read_text())
+    # By default the checkpoint's own test actors are evaluated: the train run's test figures.
+    assert written["test_actors"] == list(TEST_ACTORS)
+    assert written["test"]["confusion"] == trained.result.metrics["test"]["confusion"]
+    assert (out / "confusion.png").read_bytes().startswith(b"\x89PNG")
+    rows = (out / "per_actor.csv").read_text().splitlines()
+    assert rows[0] == "actor,n,accuracy,uar,macro_f1"
+    assert [r.split(",")[:2] for r in rows[1:]] == [["1", "60"], ["2", "60"]]
+
+    model, meta = load_model(trained.result.checkpoint)
+    table = load_features(trained.features, actors=TEST_ACTORS)
+    _, one = predict(model, meta, table.features, batch_size=1)
+    _, many = predict(model, meta, table.features, batch_size=120)
+    np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_refuses_features_made_with_other_parameters(trained, tmp_path):
+    from knd.config import FeatureConfig, build
+    from knd.evaluate import run as evaluate
+    from knd.features import feature_hash
+
+    other = tmp_path / "features"
+    shutil.copytree(trained.features, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    # What prepare with one more mel band would have recorded (the shards are left as they are).
+    manifest["feature_params"]["n_mels"] += 1
+    manifest["feature_hash"] = feature_hash(build(FeatureConfig, manifest["feature_params"]))
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    cfg = load_config("evaluate", [f"checkpoint={trained.result.checkpoint}", f"data={other}"])
+    with pytest.raises(ValueError, match="other parameters"):
+        evaluate(cfg)
+
+
+class Rows:
+    """The slice of Ray's DataIterator that ``validate`` uses, over in-memory rows."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def iter_batches(self, batch_size, batch_format):
+        assert batch_format == "numpy"
+        t = self.table
+        for start in range(0, len(t), batch_size):
+            end = start + batch_size
+            yield {"path": t.path[start:end], "features": t.features[start:end],
+                   "emotion": t.emotion[start:end]}  # fmt: skip
+
+
+def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
+    from knd.checkpoint import load_model
+    from knd.prepare import load_features
+    from knd.ravdess import emotion_to_label_table
+    from knd.train import validate
+
+    torch.set_num_threads(1)
+    model, meta = load_model(checkpoint)
+    table = load_features(features, actors=VAL_ACTORS + TEST_ACTORS)
+    norm = (torch.tensor(meta["norm"]["mean"]), torch.tensor(meta["norm"]["std"]))
+    labels = torch.tensor(emotion_to_label_table("ravdess8"))
+    return validate(model, Rows(table), labels, norm, 8, torch.device("cpu"), rank, world)
+
+
+def _rank_main(rank: int, world: int, init: str, checkpoint: str, features: str, out: str):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        result = _validate(checkpoint, features, rank, world)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_metrics_synced_over_two_gloo_ranks_equal_one_process(trained, tmp_path):
+    """``validate`` in a real 2-process gloo group: each rank scores its half, metrics sync."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    args = (2, init, trained.result.checkpoint, trained.features, str(tmp_path))
+    mp.spawn(_rank_main, args=args, nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    one = _validate(trained.result.checkpoint, trained.features, 0, 1)
+    assert one["n"] == 180
+    one_loss = one.pop("loss")
+    for synced in ranks:  # every rank gets the metrics of all rows, not of its own half
+        assert synced.pop("loss") == pytest.approx(one_loss, rel=1e-5)
+        assert synced == one

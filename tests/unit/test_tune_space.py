@@ -1,0 +1,203 @@
+"""The pure parts of ``knd tune`` and ``knd analyse``: search spaces, fold scores, trial tables.
+
+No Ray session: ``ray.tune``'s domain classes are plain Python objects.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from knd.analyse import best_row, summary_md, trials_csv
+from knd.config import ConfigError, config_dir, load_config, load_yaml, replace, to_dict
+from knd.tune import (
+    CrossValidation,
+    best_train_config,
+    fold_summary,
+    param_space,
+    space_path,
+    space_recipes,
+    trial_train_config,
+)
+
+SPACES = sorted(p.name for p in (config_dir() / "tune").glob("*.yaml"))
+
+
+def bases_for(recipes, max_epochs: int = 4) -> dict:
+    return {
+        r: replace(
+            load_config("train", ["data=/tmp/f", f"recipe={r}"]),
+            **{"optim.epochs": max_epochs, "split.test_actors": [1, 2]},
+        )
+        for r in recipes
+    }
+
+
+def meta_for(recipes=("cpu_small",), max_epochs: int = 4) -> dict:
+    return {
+        "recipe": recipes[0],
+        "bases": {n: to_dict(c) for n, c in bases_for(recipes, max_epochs).items()},
+        "max_epochs": max_epochs,
+    }
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_every_shipped_space_builds_a_param_space(name):
+    from ray.tune.search.sample import Domain
+
+    path = space_path(f"configs/tune/{name}")
+    space = load_yaml(path)
+    recipes = space_recipes(space, "cpu_small")
+    out = param_space(space, bases_for(recipes), "cpu_small", path)
+    assert set(out) == set(space)
+    assert any(isinstance(v, Domain) for v in out.values())
+    assert Path(path).read_text().startswith("# knd tune ")
+
+
+def test_space_by_name_and_unknown_space_is_named():
+    assert space_path("cpu_small").endswith("configs/tune/cpu_small.yaml")
+    with pytest.raises(ConfigError, match="'nope'.*cpu_small"):
+        space_path("nope")
+
+
+@pytest.mark.parametrize(
+    ("space", "match"),
+    [
+        ({"train.num_workers": 2}, "train.num_workers: not searchable"),
+        ({"optim.lr": "fast"}, "optim.lr"),
+        ({"optim.learning_rate": 0.1}, "learning_rate"),
+        ({"optim.lr": {"type": "loguniform", "low": 0.0, "high": 1.0}}, "0 < low < high"),
+        ({"optim.lr": {"type": "normal", "low": 0.1, "high": 1.0}}, "expected a value"),
+        ({"model.width": {"choice": []}}, "non-empty list"),
+        ({"recipe": {"choice": ["cpu_small", "tiny"]}}, "unknown recipe 'tiny'"),
+    ],
+)
+def test_bad_space_entries_are_named(space, match):
+    with pytest.raises(ConfigError, match=match):
+        param_space(space, bases_for(["cpu_small"]), "cpu_small", "space.yaml")
+
+
+def test_space_values_are_typed_by_the_train_schema():
+    from ray.tune.search.sample import Float
+
+    out = param_space(
+        {"optim.lr": {"type": "loguniform", "low": "1e-4", "high": "1e-2"}, "model.width": "8"},
+        bases_for(["cpu_small"]),
+        "cpu_small",
+        "space.yaml",
+    )
+    assert isinstance(out["optim.lr"], Float) and out["model.width"] == 8
+
+
+def test_trial_config_caps_epochs_and_keeps_the_search_split():
+    meta = meta_for(max_epochs=4)
+    assert trial_train_config({"optim.lr": 0.01}, meta).optim.epochs == 4
+    assert trial_train_config({"optim.epochs": 9}, meta).optim.epochs == 4
+    assert trial_train_config({"optim.epochs": 2}, meta).optim.epochs == 2
+    tree = best_train_config({"optim.lr": 0.02, "model.width": 8}, meta)
+    assert set(tree) == {"recipe", "labels", "split", "model", "optim", "augment"}
+    assert tree["optim"]["lr"] == 0.02 and tree["split"]["test_actors"] == [1, 2]
+
+
+def test_fold_summary_is_mean_and_population_std():
+    scores = [
+        {"uar": u, "accuracy": a, "macro_f1": f, "loss": 1.0, "train_loss": 2.0}
+        for u, a, f in ((0.2, 0.3, 0.1), (0.6, 0.5, 0.3), (0.4, 0.4, 0.2))
+    ]
+    out = fold_summary(scores)
+    assert out["uar"] == pytest.approx(0.4)
+    assert out["uar_std"] == pytest.approx(statistics.pstdev([0.2, 0.6, 0.4]))
+    assert out["accuracy_std"] == pytest.approx(statistics.pstdev([0.3, 0.5, 0.4]))
+    assert [out[f"uar_fold_{i}"] for i in (1, 2, 3)] == [0.2, 0.6, 0.4]
+
+
+def test_cross_validation_trains_each_fold_without_its_actors():
+    rng = np.random.default_rng(0)
+    actors = np.repeat(np.arange(3, 9), 8)
+    data = {
+        "features": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
+        "emotion": rng.integers(1, 9, len(actors)).astype(np.int64),
+        "actor": actors,
+        "path": np.array([f"a{a}_{i}.wav" for i, a in enumerate(actors)]),
+    }
+    cfg = replace(
+        load_config("train", ["data=/tmp/f", "recipe=cpu_small"]),
+        **{"model.width": 4, "optim.batch_size": 8, "optim.epochs": 2},
+    )
+    folds = [[3, 5, 7], [4, 6, 8]]
+    cv = CrossValidation(cfg, data, folds, torch.device("cpu"))
+    for fold, model, val in zip(folds, cv.models, cv.val_rows, strict=True):
+        assert set(actors[model.rows]).isdisjoint(fold)
+        assert set(actors[val]) == set(fold)
+    state = cv.state_dict()
+    out = cv.run_epoch()
+    assert out["epoch"] == 1 and out["epochs_planned"] == 2
+    assert out["uar"] == pytest.approx((out["uar_fold_1"] + out["uar_fold_2"]) / 2)
+    assert state["epoch"] == 0 and cv.state_dict()["epoch"] == 1
+    with pytest.raises(ValueError, match=r"actors \[9\] has no clips"):
+        CrossValidation(cfg, data, [[3], [9]], torch.device("cpu"))
+
+
+def row(trial_id, uar, std, status="TERMINATED", epochs=3, planned=3, **params):
+    return {
+        "trial_id": trial_id,
+        "status": status,
+        "epochs": epochs,
+        "epochs_planned": planned,
+        "stopped_early": status == "TERMINATED" and epochs < planned,
+        "time_s": 10.0,
+        "uar": uar,
+        "uar_std": std,
+        "params": params,
+        "history": [],
+    } | ({} if uar is None else {"uar_fold_1": uar - std, "uar_fold_2": uar + std})
+
+
+def test_best_row_prefers_complete_trials_then_smaller_spread():
+    rows = [
+        row("a", 0.5, 0.10, lr=1),
+        row("b", 0.5, 0.05, lr=2),
+        row("c", 0.9, 0.0, epochs=1, lr=3),  # stopped early at a better score: not chosen
+        row("d", None, None, status="ERROR", epochs=0, lr=4),
+    ]
+    assert best_row(rows, "uar")["trial_id"] == "b"
+    assert best_row([rows[2], rows[3]], "uar")["trial_id"] == "c"
+    assert best_row([rows[3]], "uar") is None
+
+
+def test_trials_csv_ranks_and_summary_counts():
+    rows = [row("a", 0.4, 0.1, lr=0.1), row("b", 0.6, 0.0, lr=0.2), row("c", 0.2, 0.1, epochs=1)]
+    table = list(csv.DictReader(io.StringIO(trials_csv(rows, "uar"))))
+    assert [r["trial_id"] for r in table] == ["b", "a", "c"]
+    assert [r["rank"] for r in table] == ["1", "2", "3"]
+    assert table[0]["lr"] == "0.2" and table[2]["stopped_early"] == "True"
+    assert float(table[1]["uar_fold_2"]) == pytest.approx(0.5)
+    text = summary_md("/x/exp", rows, None, None, top=2)
+    assert "trials: 3 (3 TERMINATED)" in text and "stopped early by ASHA: 1" in text
+    assert text.index("| 1 | b |") < text.index("| 2 | a |") and "| 3 | c |" not in text
+
+
+def test_optuna_samples_the_shipped_space_and_refuses_grids():
+    from knd.tune import search_algorithm
+
+    path = space_path("cpu_small")
+    cfg = load_config("tune", ["data=/tmp/f", "search=optuna", "max_concurrent=3"])
+    space = param_space(load_yaml(path), bases_for(["cpu_small"]), "cpu_small", path)
+    optuna, limit = search_algorithm(cfg, space, path)
+    assert limit == 3 and optuna.set_search_properties("uar", "max", space)
+    sample = optuna.suggest("trial_1")
+    sampled = {k for k, v in space.items() if not isinstance(v, str | int | float)}
+    assert set(sample) == sampled and 3.0e-4 <= sample["optim.lr"] <= 1.0e-2
+    grid = param_space(
+        {"optim.lr": {"grid": [0.1, 0.2]}}, bases_for(["cpu_small"]), "cpu_small", "g.yaml"
+    )
+    with pytest.raises(ConfigError, match="g.yaml: grid keys need search=random"):
+        search_algorithm(cfg, grid, "g.yaml")
+    random, limit = search_algorithm(replace(cfg, search="random"), grid, "g.yaml")
+    assert limit is None and random.max_concurrent == 3
