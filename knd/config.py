@@ -101,7 +101,8 @@ class TrainLoopConfig:
     use_gpu: bool = _help("one GPU per worker; bf16 autocast and channels-last")
     cpus_per_worker: float = _help("CPUs reserved per worker")
     max_failures: int = _help("worker failures to recover from by resuming the last checkpoint")
-    num_to_keep: int = _help("checkpoints kept (the best by validation UAR)")
+    num_to_keep: int = _help("checkpoints kept (the best by checkpoint_metric)")
+    checkpoint_metric: str = _help("val_uar (highest) or val_loss (lowest) picks the best epoch")
     seed: int = _help("random seed")
 
 

@@ -219,6 +219,13 @@ def validate(
     used, not the DDP wrapper, so ranks with different row counts never wait on each other.
     """
     plain = unwrap(model)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and world > 1:
+        # BatchNorm running statistics drift apart between ranks (DDP averages gradients and
+        # re-broadcasts buffers only at the next forward): score exactly rank 0's model, the
+        # one that is checkpointed.
+        for buffer in plain.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     was_training = plain.training
     plain.eval()
     gpu = device.type == "cuda"
@@ -239,7 +246,7 @@ def validate(
             collection.update(logits.argmax(dim=1), y)
             loss_sum[0] += F.cross_entropy(logits, y, reduction="sum").double()
             loss_sum[1] += len(y)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed:
         torch.distributed.all_reduce(loss_sum)
     out = summarise(collection.compute())
     out["loss"] = float(loss_sum[0] / loss_sum[1].clamp(min=1))
@@ -427,12 +434,35 @@ def _copy_checkpoint(checkpoint: Any, dest: str) -> None:
     fs.move(tmp, path)
 
 
-def _best(result: Any) -> tuple[Any, dict]:
-    """The kept checkpoint with the highest validation UAR (ties: lower validation loss)."""
+CHECKPOINT_METRICS = {"val_uar": "max", "val_loss": "min"}
+
+
+def checkpoint_order(metric: str) -> str:
+    """``"max"`` or ``"min"``: which end of ``metric`` is the best epoch.
+
+    Raises:
+        ValueError: a metric that training does not rank checkpoints by.
+    """
+    if metric not in CHECKPOINT_METRICS:
+        raise ValueError(
+            f"train.checkpoint_metric must be one of {sorted(CHECKPOINT_METRICS)}, got {metric!r}"
+        )
+    return CHECKPOINT_METRICS[metric]
+
+
+def _best(result: Any, metric: str) -> tuple[Any, dict]:
+    """The best kept checkpoint by ``metric`` (ties: the other metric, then the later epoch)."""
     kept = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None and m]
     if not kept:
         raise RuntimeError(f"training reported no checkpoint (run folder {result.path})")
-    return max(kept, key=lambda cm: (cm[1]["val_uar"], -cm[1]["val_loss"], cm[1]["epoch"]))
+
+    def rank(cm: tuple[Any, dict]) -> tuple[float, float, int]:
+        m = cm[1]
+        if metric == "val_loss":
+            return (-m["val_loss"], m["val_uar"], m["epoch"])
+        return (m["val_uar"], -m["val_loss"], m["epoch"])
+
+    return max(kept, key=rank)
 
 
 def _check_resume(cfg: TrainConfig, manifest: dict, test: tuple[int, ...]) -> dict:
@@ -477,6 +507,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     from knd.prepare import load_features, read_features
     from knd.runtime import init_ray
 
+    checkpoint_order(cfg.train.checkpoint_metric)  # a bad key fails before Ray starts
     init_ray(cfg.ray)
     name = cfg.name or f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     root = _run_root(cfg.run_dir)
@@ -550,14 +581,14 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             storage_filesystem=fs if storage.is_remote(root) else None,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.num_to_keep,
-                checkpoint_score_attribute="val_uar",
-                checkpoint_score_order="max",
+                checkpoint_score_attribute=cfg.train.checkpoint_metric,
+                checkpoint_score_order=checkpoint_order(cfg.train.checkpoint_metric),
             ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
     result = trainer.fit()
-    best, best_metrics = _best(result)
+    best, best_metrics = _best(result, cfg.train.checkpoint_metric)
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)
 
