@@ -42,6 +42,7 @@ from knd.config import (
     config_dir,
     load_config,
     load_yaml,
+    merge,
     replace,
     to_dict,
 )
@@ -161,6 +162,16 @@ def space_recipes(space: dict, recipe: str) -> list[str]:
     return [str(spec)]
 
 
+def stored_base(tree: dict, recipe: str) -> TrainConfig:
+    """A recipe's base train config as the experiment stored it.
+
+    Keys that ``knd train`` gained after the experiment was written take today's defaults, so an
+    older experiment still resumes; every stored value wins.
+    """
+    today = load_config("train", [f"data={tree['data']}", f"recipe={recipe}"])
+    return build(TrainConfig, merge(to_dict(today), tree))
+
+
 def trial_train_config(params: dict, meta: dict) -> TrainConfig:
     """The train config of one trial: its recipe's base, then the sampled keys.
 
@@ -168,7 +179,7 @@ def trial_train_config(params: dict, meta: dict) -> TrainConfig:
     sets ``optim.epochs``, which is capped at ``max_epochs``.
     """
     recipe = params.get("recipe", meta["recipe"])
-    cfg = build(TrainConfig, meta["bases"][recipe])
+    cfg = stored_base(meta["bases"][recipe], recipe)
     overrides = {k: v for k, v in params.items() if k != "recipe"}
     epochs = int(overrides.get("optim.epochs", meta["max_epochs"]))
     overrides["optim.epochs"] = max(1, min(epochs, int(meta["max_epochs"])))
@@ -550,7 +561,7 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
         )
         tuner.fit()
         return
-    bases = {name: build(TrainConfig, tree) for name, tree in meta["bases"].items()}
+    bases = {name: stored_base(tree, name) for name, tree in meta["bases"].items()}
     space = param_space(meta["space"], bases, meta["recipe"], meta["space_file"])
     search_alg, limit = search_algorithm(cfg, space, meta["space_file"])
     scheduler = ASHAScheduler(

@@ -105,6 +105,16 @@ def test_trial_config_caps_epochs_and_keeps_the_search_split():
     assert tree["optim"]["lr"] == 0.02 and tree["split"]["test_actors"] == [1, 2]
 
 
+def test_an_experiment_written_before_a_train_key_existed_still_builds_its_trials():
+    meta = meta_for(max_epochs=4)
+    base = meta["bases"]["cpu_small"]
+    del base["train"]["checkpoint_metric"]
+    base["optim"]["lr"] = 0.123
+    cfg = trial_train_config({}, meta)
+    assert cfg.train.checkpoint_metric == "val_loss"  # today's cpu_small default
+    assert cfg.optim.lr == 0.123 and cfg.split.test_actors == (1, 2)  # stored values win
+
+
 def test_fold_summary_is_mean_and_population_std():
     scores = [
         {"uar": u, "accuracy": a, "macro_f1": f, "loss": 1.0, "train_loss": 2.0}
