@@ -102,7 +102,9 @@ class TrainLoopConfig:
     cpus_per_worker: float = _help("CPUs reserved per worker")
     max_failures: int = _help("worker failures to recover from by resuming the last checkpoint")
     num_to_keep: int = _help("checkpoints kept (the best by checkpoint_metric)")
-    checkpoint_metric: str = _help("val_uar (highest) or val_loss (lowest) picks the best epoch")
+    checkpoint_metric: Literal["val_uar", "val_loss"] = _help(
+        "val_uar (highest) or val_loss (lowest) picks the best epoch"
+    )
     seed: int = _help("random seed")
 
 

@@ -159,7 +159,7 @@ def process_files(
             row |= _describe(path, require_labels)
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(uri)
-            data = _read(fs, uri)
+            data = storage.read_bytes(uri, fs)
             row["sha256"] = hashlib.sha256(data).hexdigest()
             samples, rate = decode_audio(data, path)
             feats, row["duration"] = clip_features(samples, rate, params)
@@ -177,13 +177,6 @@ def process_files(
         else:
             arrays.append(pa.array(cols[field.name], type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _read(fs: pafs.FileSystem, uri: str) -> bytes:
-    # Listed URIs are absolute local paths or s3://bucket/key; pyarrow wants bucket/key for S3.
-    path = uri.removeprefix("s3://") if storage.is_remote(uri) else uri
-    with fs.open_input_stream(path) as f:
-        return f.read()
 
 
 def _feature_array(values: list, kind: pa.FixedSizeBinaryType, dtype: np.dtype) -> pa.Array:

@@ -119,7 +119,7 @@ def featurize_batch(
         try:
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(path)
-            samples, rate = audio.decode_audio(_read(fs, path), path)
+            samples, rate = audio.decode_audio(storage.read_bytes(path, fs), path)
             duration = len(samples) / float(rate)
             wins = file_windows(samples, rate, params, hop_seconds)
         except audio.AudioError as e:
@@ -145,12 +145,6 @@ def featurize_batch(
     out["error"] = np.asarray(rows["error"], dtype=object)
     out["features"] = np.stack(rows["features"])
     return out
-
-
-def _read(fs, uri: str) -> bytes:
-    # Listed URIs are absolute local paths or s3://bucket/key; pyarrow wants bucket/key for S3.
-    with fs.open_input_stream(uri.removeprefix("s3://")) as f:
-        return f.read()
 
 
 class Scorer:

@@ -64,8 +64,18 @@ def makedirs(uri: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
-def read_bytes(uri: str) -> bytes:
-    fs, path = resolve(uri)
+def read_bytes(uri: str, fs: pafs.FileSystem | None = None) -> bytes:
+    """The bytes of a local path or ``s3://`` URI.
+
+    Args:
+        uri: an absolute local path or ``s3://bucket/key`` (as :func:`list_files` returns).
+        fs: the filesystem of ``uri`` from :func:`resolve`, to reuse one (one S3 connection
+            pool) over many files instead of making one per file.
+    """
+    if fs is None:
+        fs, path = resolve(uri)
+    else:
+        path = str(uri).removeprefix("s3://")  # pyarrow's S3 paths are bucket/key
     with fs.open_input_stream(path) as f:
         return f.read()
 

@@ -507,7 +507,6 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     from knd.prepare import load_features, read_features
     from knd.runtime import init_ray
 
-    checkpoint_order(cfg.train.checkpoint_metric)  # a bad key fails before Ray starts
     init_ray(cfg.ray)
     name = cfg.name or f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     root = _run_root(cfg.run_dir)
