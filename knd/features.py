@@ -78,6 +78,14 @@ def log_mel(wave: np.ndarray, params: FeatureConfig) -> np.ndarray:
     return out.numpy()
 
 
+def mono_at_feature_rate(
+    samples: np.ndarray, sample_rate: int, params: FeatureConfig
+) -> np.ndarray:
+    """Decoded audio -> mono float32 at ``params.sample_rate``: the front end every clip shares."""
+    wave = audio.downmix(np.asarray(samples, dtype=np.float32))
+    return audio.resample(wave, sample_rate, params.sample_rate)
+
+
 def clip_features(
     samples: np.ndarray, sample_rate: int, params: FeatureConfig
 ) -> tuple[np.ndarray, float]:
@@ -92,9 +100,7 @@ def clip_features(
         ``(features, duration_s)``: float32 ``feature_shape(params)`` and the input's duration.
     """
     duration = len(samples) / float(sample_rate)
-    wave = audio.downmix(np.asarray(samples, dtype=np.float32))
-    wave = audio.resample(wave, sample_rate, params.sample_rate)
-    wave = audio.trim_silence(wave, params.trim_db)
+    wave = audio.trim_silence(mono_at_feature_rate(samples, sample_rate, params), params.trim_db)
     wave = audio.fit_length(wave, clip_samples(params))
     return log_mel(wave, params), duration
 

@@ -72,8 +72,7 @@ def file_windows(
     Returns:
         Windows in time order; ``start``/``end`` are seconds in the original file.
     """
-    wave = audio.downmix(np.asarray(samples, dtype=np.float32))
-    wave = audio.resample(wave, sample_rate, params.sample_rate)
+    wave = features.mono_at_feature_rate(samples, sample_rate, params)
     trimmed = audio.trim_silence(wave, params.trim_db)
     offset = _view_offset(trimmed, wave)
     clip = features.clip_samples(params)
