@@ -73,8 +73,8 @@ class GpuSampler:
 
 def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dict:
     """Train with a plain loop over in-memory tensors; per-epoch times and optional metrics."""
+    from knd.dataset import load_features
     from knd.evaluate import targets_of
-    from knd.prepare import load_features
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)

@@ -148,7 +148,7 @@ def main() -> int:
     Path(space_file).write_text(yaml.safe_dump(space(args)))
     storage = os.path.join(scratch, "runs")
 
-    from knd.prepare import read_manifest
+    from knd.dataset import read_manifest
 
     base = tune_config(args, data, space_file, storage, "plain", 2)
     figures = {"plain": plain_loop(args, base, experiment_meta(base, read_manifest(data)))}

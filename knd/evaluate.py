@@ -104,7 +104,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         FileNotFoundError: the checkpoint folder is incomplete.
         ValueError: features made with other parameters, or none of the asked actors present.
     """
-    from knd.prepare import load_features
+    from knd.dataset import load_features
 
     model, meta = load_model(cfg.checkpoint)
     actors = tuple(cfg.actors) if cfg.actors else tuple(meta["split"]["test"])

@@ -503,8 +503,8 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from knd.dataset import load_features, read_features
     from knd.evaluate import predict, targets_of
-    from knd.prepare import load_features, read_features
     from knd.runtime import init_ray
 
     init_ray(cfg.ray)

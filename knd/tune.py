@@ -488,7 +488,7 @@ def _experiment_uri(cfg: TuneConfig) -> str:
 
 def load_columns(data: str, actors: list[int], feature_hash: str) -> dict[str, np.ndarray]:
     """The columns a trial trains on (``features, emotion, actor, path``) of ``actors`` only."""
-    from knd.prepare import load_features
+    from knd.dataset import load_features
 
     table = load_features(data, actors=actors, expected_hash=feature_hash)
     if len(table) == 0:
@@ -681,7 +681,7 @@ def run(cfg: TuneConfig) -> TuneResult:
     import ray
 
     from knd.analyse import best_row, load_experiment, trial_rows
-    from knd.prepare import read_manifest
+    from knd.dataset import read_manifest
     from knd.runtime import init_ray
 
     if cfg.resume:

@@ -20,8 +20,9 @@ import soundfile as sf
 
 from knd import storage
 from knd.config import load_config
+from knd.dataset import MANIFEST, REJECTED, load_features, read_features
 from knd.features import feature_hash
-from knd.prepare import MANIFEST, REJECTED, load_features, read_features, run
+from knd.prepare import run
 from knd.ravdess import parse_name
 from knd.synth import actor_clips
 

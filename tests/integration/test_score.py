@@ -29,8 +29,8 @@ def checkpoint(tiny_features, tmp_path_factory):
     import torch
 
     from knd.checkpoint import save_checkpoint
+    from knd.dataset import load_features
     from knd.models import build_model
-    from knd.prepare import load_features
 
     table = load_features(tiny_features)
     manifest = table.manifest
@@ -84,8 +84,8 @@ def test_scores_equal_evaluate_and_do_not_depend_on_batching(
     import shutil
 
     from knd.checkpoint import load_model
+    from knd.dataset import load_features
     from knd.evaluate import predict
-    from knd.prepare import load_features
 
     # A dozen corpus files spread over the actors and emotions (scoring all 480 would take minutes).
     folder = tmp_path / "clips"

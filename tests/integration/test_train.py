@@ -162,9 +162,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint_without_repeating_epochs(tr
 def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained):
     """The validation metrics synced over 2 gloo ranks equal those of one process."""
     from knd.checkpoint import load_model
+    from knd.dataset import load_features
     from knd.evaluate import predict, targets_of
     from knd.metrics import split_metrics
-    from knd.prepare import load_features
 
     model, meta = load_model(trained.result.checkpoint)
     epoch = meta["epoch"]
@@ -243,9 +243,9 @@ class RunsCode:
 
 def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(trained, tmp_path):
     from knd.checkpoint import load_model
+    from knd.dataset import load_features
     from knd.evaluate import predict
     from knd.evaluate import run as evaluate
-    from knd.prepare import load_features
 
     results = {}
     for batch in (1, 7, 256):
@@ -312,7 +312,7 @@ class Rows:
 
 def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
     from knd.checkpoint import load_model
-    from knd.prepare import load_features
+    from knd.dataset import load_features
     from knd.ravdess import emotion_to_label_table
     from knd.train import validate
 
