@@ -88,7 +88,8 @@ def plain_loop(args: argparse.Namespace, cfg, meta: dict) -> dict:
     """The same configurations, one after another, without Ray."""
     import torch
 
-    from knd.tune import CrossValidation, load_columns, trial_train_config
+    from knd.experiment import trial_train_config
+    from knd.tune import CrossValidation, load_columns
 
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -109,8 +110,7 @@ def plain_loop(args: argparse.Namespace, cfg, meta: dict) -> dict:
 
 
 def tune_run(cfg) -> dict:
-    from knd.analyse import load_experiment, trial_rows
-    from knd.tune import read_meta
+    from knd.experiment import load_experiment, read_meta, trial_rows
     from knd.tune import run as tune
 
     started = time.perf_counter()

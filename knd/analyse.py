@@ -26,6 +26,17 @@ import yaml
 
 from knd import storage
 from knd.config import AnalyseConfig
+from knd.experiment import (
+    BEST_CONFIG_FILE,
+    BEST_RESULT_FILE,
+    SCORES,
+    best_row,
+    best_train_config,
+    load_experiment,
+    number,
+    read_meta,
+    trial_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +45,6 @@ SUMMARY_FILE = "summary.md"
 PARAMS_PLOT = "score_vs_params.png"
 CURVES_PLOT = "learning_curves.png"
 SPREAD_PLOT = "fold_spread.png"
-SCORES = ("uar", "uar_std", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std")
 
 
 @dataclass(frozen=True)
@@ -46,95 +56,9 @@ class AnalyseResult:
     exit_code: int = 0
 
 
-def load_experiment(experiment: str) -> Any:
-    """Ray Tune's ``ExperimentAnalysis`` of a local or ``s3://`` experiment folder.
-
-    Raises:
-        FileNotFoundError: no such folder.
-        ValueError: the folder holds no Tune experiment state.
-    """
-    from ray.tune import ExperimentAnalysis
-
-    if not storage.exists(experiment):
-        raise FileNotFoundError(f"experiment not found: {experiment}")
-    fs, path = storage.resolve(experiment)
-    try:
-        return ExperimentAnalysis(path, storage_filesystem=fs)
-    except ValueError:
-        raise ValueError(
-            f"{experiment}: not a Ray Tune experiment (no experiment_state-*.json)"
-        ) from None
-
-
-def trial_rows(analysis: Any, meta: dict | None) -> list[dict]:
-    """One dict per trial: scores of its last report, epochs, status, params, history.
-
-    ``stopped_early`` is true for a trial that ended without error before its planned epochs,
-    which in a ``knd tune`` experiment means ASHA stopped it.
-    """
-    from knd.tune import trial_train_config
-
-    rows = []
-    for trial in analysis.trials:
-        last = trial.last_result or {}
-        params = dict(trial.config or {})
-        planned = last.get("epochs_planned")
-        if planned is None and meta is not None:
-            planned = trial_train_config(params, meta).optim.epochs
-        epochs = int(last.get("epoch") or 0)
-        history = analysis.trial_dataframes.get(trial.trial_id)
-        row = {
-            "trial_id": trial.trial_id,
-            "status": str(trial.status),
-            "epochs": epochs,
-            "epochs_planned": None if planned is None else int(planned),
-            "stopped_early": bool(
-                trial.status == "TERMINATED" and planned is not None and epochs < int(planned)
-            ),
-            "time_s": last.get("time_total_s"),
-        }
-        row |= {key: last.get(key) for key in SCORES}
-        folds = sorted((k for k in last if k.startswith("uar_fold_")), key=lambda k: int(k[9:]))
-        row |= {key: last[key] for key in folds}
-        row["params"] = params
-        row["history"] = _history(history)
-        rows.append(row)
-    return rows
-
-
-def _history(frame: Any) -> list[dict]:
-    if frame is None or len(frame) == 0 or "epoch" not in frame:
-        return []
-    keep = [c for c in ("epoch", "uar", "uar_std", "timestamp", "time_this_iter_s") if c in frame]
-    frame = frame[keep].dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last")
-    return frame.sort_values("epoch").to_dict("records")
-
-
-def best_row(rows: list[dict], metric: str) -> dict | None:
-    """The best trial by mean fold ``metric`` (ties: smaller spread over folds).
-
-    Trials that ran their whole schedule are preferred: the retrained model trains that long, and
-    an early-stopped trial's score is from an earlier epoch.
-    """
-    scored = [r for r in rows if _number(r.get(metric)) is not None]
-    complete = [r for r in scored if r["status"] == "TERMINATED" and not r["stopped_early"]]
-    pool = complete or scored
-    if not pool:
-        return None
-    return max(pool, key=lambda r: (r[metric], -(_number(r.get(f"{metric}_std")) or 0.0)))
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def ranked(rows: list[dict], metric: str) -> list[dict]:
     """Rows by decreasing ``metric``; trials without a score last."""
-    return sorted(rows, key=lambda r: -(_number(r.get(metric)) if r.get(metric) is not None
+    return sorted(rows, key=lambda r: -(number(r.get(metric)) if r.get(metric) is not None
                                         else -math.inf))  # fmt: skip
 
 
@@ -163,21 +87,21 @@ def wall_time(rows: list[dict]) -> float | None:
     starts, ends = [], []
     for row in rows:
         for i, h in enumerate(row["history"]):
-            if _number(h.get("timestamp")) is None:
+            if number(h.get("timestamp")) is None:
                 continue
             ends.append(h["timestamp"])
             if i == 0:
-                starts.append(h["timestamp"] - (_number(h.get("time_this_iter_s")) or 0.0))
+                starts.append(h["timestamp"] - (number(h.get("time_this_iter_s")) or 0.0))
     return float(max(ends) - min(starts)) if starts and ends else None
 
 
 def _fmt(value: Any) -> str:
-    number = _number(value) if not isinstance(value, bool) else None
-    if number is None:
+    x = number(value) if not isinstance(value, bool) else None
+    if x is None:
         return str(value)
-    if number != 0 and (abs(number) < 1e-2 or abs(number) >= 1e4):
-        return f"{number:.2e}"
-    return f"{number:.4g}"
+    if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e4):
+        return f"{x:.2e}"
+    return f"{x:.4g}"
 
 
 def summary_md(
@@ -191,7 +115,7 @@ def summary_md(
     stopped = sum(r["stopped_early"] for r in rows)
     complete = sum(r["status"] == "TERMINATED" and not r["stopped_early"] for r in rows)
     wall = (best_result or {}).get("search_s") or wall_time(rows)
-    summed = sum(_number(r.get("time_s")) or 0.0 for r in rows)
+    summed = sum(number(r.get("time_s")) or 0.0 for r in rows)
     lines = [f"# Tune experiment `{experiment.rstrip('/').rsplit('/', 1)[-1]}`", ""]
     lines.append(f"- experiment: `{experiment}`")
     status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
@@ -262,7 +186,7 @@ def _png(fig) -> bytes:
 
 def params_plot(rows: list[dict], metric: str, space: dict | None) -> bytes:
     """The score of every trial against each hyperparameter that varied (error bar: fold std)."""
-    scored = [r for r in rows if _number(r.get(metric)) is not None]
+    scored = [r for r in rows if number(r.get(metric)) is not None]
     keys = [k for k in param_keys(scored) if len({str(r["params"].get(k)) for r in scored}) > 1]
     keys = keys or ["trial"]
     cols = min(3, len(keys))
@@ -271,9 +195,9 @@ def params_plot(rows: list[dict], metric: str, space: dict | None) -> bytes:
     for i, key in enumerate(keys):
         ax = fig.add_subplot(nrows, cols, i + 1)
         y = np.array([r[metric] for r in scored], dtype=float)
-        err = np.array([_number(r.get(f"{metric}_std")) or 0.0 for r in scored])
+        err = np.array([number(r.get(f"{metric}_std")) or 0.0 for r in scored])
         values = [r["trial_id"] if key == "trial" else r["params"].get(key) for r in scored]
-        if all(_number(v) is not None and not isinstance(v, bool) for v in values):
+        if all(number(v) is not None and not isinstance(v, bool) for v in values):
             x = np.array(values, dtype=float)
             spec = (space or {}).get(key)
             if isinstance(spec, dict) and spec.get("type") == "loguniform":
@@ -303,12 +227,12 @@ def curves_plot(rows: list[dict], metric: str, top: int) -> bytes:
     fig = _figure(6.5, 4.2)
     ax = fig.add_subplot()
     for row in ranked(rows, metric)[:top]:
-        history = [h for h in row["history"] if _number(h.get("uar")) is not None]
+        history = [h for h in row["history"] if number(h.get("uar")) is not None]
         if not history:
             continue
         epoch = np.array([h["epoch"] for h in history], dtype=float)
         uar = np.array([h["uar"] for h in history], dtype=float)
-        std = np.array([_number(h.get("uar_std")) or 0.0 for h in history])
+        std = np.array([number(h.get("uar_std")) or 0.0 for h in history])
         (line,) = ax.plot(epoch, uar, marker="o", label=f"{row['trial_id']} ({_fmt(row[metric])})")
         ax.fill_between(epoch, uar - std, uar + std, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch")
@@ -344,7 +268,6 @@ def run(cfg: AnalyseConfig) -> AnalyseResult:
         FileNotFoundError: no experiment folder.
         ValueError: the folder holds no Tune experiment.
     """
-    from knd.tune import BEST_CONFIG_FILE, BEST_RESULT_FILE, best_train_config, read_meta
 
     experiment = cfg.experiment.rstrip("/")
     meta = read_meta(experiment)

@@ -20,23 +20,48 @@ import torch
 from torch import nn
 
 from knd import storage
-from knd.models import build_model
+from knd.config import TrainConfig
+from knd.models import build_model, unwrap
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 TRAIN_STATE_FILE = "train_state.pt"
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        for attr in ("module", "_orig_mod"):
-            inner = getattr(model, attr, None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                break
-        else:
-            return model
+def make_meta(
+    cfg: TrainConfig,
+    features: dict,
+    norm: dict,
+    split: dict,
+    run: str,
+    **extra: Any,
+) -> dict:
+    """The ``meta.json`` of a checkpoint trained with ``cfg`` (``knd train`` and ``knd tune``).
+
+    Args:
+        cfg: the train config (label set, model, recipe).
+        features: a feature manifest, or anything with its ``feature_params``, ``feature_hash``
+            and ``feature_shape``.
+        norm: per-mel-band ``{"mean": [...], "std": [...]}`` of the training clips.
+        split: ``{"train": [...], "val": [...], "test": [...]}`` actor ids.
+        run: the run's name.
+        extra: more keys (``epoch``, ``metrics``...).
+    """
+    from knd.ravdess import label_names
+
+    return {
+        "label_set": cfg.labels,
+        "labels": list(label_names(cfg.labels)),
+        "feature_params": features["feature_params"],
+        "feature_hash": features["feature_hash"],
+        "feature_shape": features["feature_shape"],
+        "model": {"name": cfg.model.name, "width": cfg.model.width, "dropout": cfg.model.dropout},
+        "norm": {"mean": list(norm["mean"]), "std": list(norm["std"])},
+        "split": {part: [int(a) for a in split.get(part, ())] for part in ("train", "val", "test")},
+        "recipe": cfg.recipe,
+        "run": run,
+        **extra,
+    }
 
 
 def _tensor_bytes(obj: Any) -> bytes:

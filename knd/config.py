@@ -24,6 +24,9 @@ from typing import Any, Literal
 
 import yaml
 
+MODEL_NAMES = ("cpu_small", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn")
+"""Every architecture :func:`knd.models.build_model` builds (the one list of them)."""
+
 
 class ConfigError(ValueError):
     """A configuration problem, described in one line that names the key."""
@@ -67,9 +70,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["cpu_small", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn"] = _help(
-        "architecture"
-    )
+    name: Literal[MODEL_NAMES] = _help("architecture")
     width: int = _help("base channel width (cpu_small only)")
     dropout: float = _help("dropout before the classifier")
 

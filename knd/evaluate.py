@@ -13,14 +13,13 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from knd import storage
 from knd.checkpoint import load_model
 from knd.config import EvaluateConfig
-from knd.features import normalise
+from knd.inference import predict
 from knd.metrics import metrics_report, split_metrics, write_report
-from knd.ravdess import emotion_to_label_table
+from knd.ravdess import targets_of
 
 log = logging.getLogger(__name__)
 
@@ -32,49 +31,6 @@ class EvaluateResult:
     out: str
     metrics: dict
     exit_code: int = 0
-
-
-def predict(
-    model: torch.nn.Module,
-    meta: dict,
-    features: np.ndarray,
-    batch_size: int = 128,
-    device: str | torch.device = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class predictions and probabilities for raw (un-normalised) log-mel features.
-
-    The model must be in eval mode (``load_model`` returns it so): batch norm then uses its
-    running statistics, so a clip's prediction does not depend on the other clips in its batch.
-
-    Args:
-        model: the classifier.
-        meta: the checkpoint's meta (normalisation mean/std).
-        features: ``[N, n_mels, n_frames]``.
-        batch_size: clips per forward pass.
-        device: where to run the model.
-
-    Returns:
-        ``(predicted label ids [N] int64, probabilities [N, classes] float32)``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    mean, std = meta["norm"]["mean"], meta["norm"]["std"]
-    probs = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(features), batch_size):
-            x = torch.as_tensor(np.asarray(features[start : start + batch_size]), device=device)
-            x = normalise(x.float(), mean, std)
-            probs.append(torch.softmax(model(x[:, None]).float(), dim=1).cpu())
-    if not probs:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, len(meta["labels"])), np.float32)
-    p = torch.cat(probs).numpy()
-    return p.argmax(axis=1).astype(np.int64), p.astype(np.float32)
-
-
-def targets_of(emotion: np.ndarray, label_set: str) -> np.ndarray:
-    """Label ids of RAVDESS emotion codes in a label set."""
-    return np.asarray(emotion_to_label_table(label_set))[np.asarray(emotion, dtype=np.int64)]
 
 
 def per_actor_rows(preds, targets, actors, num_classes: int) -> list[dict]:

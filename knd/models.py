@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODEL_NAMES = ("cpu_small", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn")
+from knd.config import MODEL_NAMES
 
 
 class SmallCNN(nn.Module):
@@ -115,3 +115,15 @@ def build_model(name: str, num_classes: int, width: int = 32, dropout: float = 0
     if name in ("vgg11_bn", "vgg16_bn"):
         return SpectrogramVGG(_VGG_LAYOUTS[name], num_classes, dropout)
     raise ValueError(f"unknown model {name!r}; expected one of {list(MODEL_NAMES)}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        for attr in ("module", "_orig_mod"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            return model

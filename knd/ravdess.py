@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import numpy as np
+
 EMOTIONS: tuple[str, ...] = (
     "neutral",
     "calm",
@@ -117,6 +119,11 @@ def emotion_to_label_table(label_set: str) -> list[int]:
     return [-1] + [label_id(code, label_set) for code in range(1, 9)]
 
 
+def targets_of(emotion: np.ndarray, label_set: str) -> np.ndarray:
+    """Label ids of RAVDESS emotion codes in a label set."""
+    return np.asarray(emotion_to_label_table(label_set))[np.asarray(emotion, dtype=np.int64)]
+
+
 @dataclass(frozen=True)
 class ActorSplit:
     """Three disjoint actor groups."""
@@ -124,12 +131,6 @@ class ActorSplit:
     train: tuple[int, ...]
     val: tuple[int, ...]
     test: tuple[int, ...]
-
-    def part_of(self, actor: int) -> str:
-        for name in ("train", "val", "test"):
-            if actor in getattr(self, name):
-                return name
-        raise KeyError(f"actor {actor} is in no part of the split")
 
 
 def split_actors(

@@ -156,8 +156,6 @@ class Scorer:
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model, meta = load_model(checkpoint, device=self.device)
-        if use_gpu:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.as_tensor(meta["norm"]["mean"], dtype=torch.float32, device=self.device)
         self.std = torch.as_tensor(meta["norm"]["std"], dtype=torch.float32, device=self.device)
         self.num_classes = len(meta["labels"])
@@ -165,20 +163,14 @@ class Scorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        from knd.inference import probabilities
+
         feats = batch.pop("features")
         ok = np.asarray(batch["error"] == "", dtype=bool)
         probs = np.full((len(ok), self.num_classes), np.nan, dtype=np.float32)
         if ok.any():
-            x = torch.from_numpy(np.ascontiguousarray(feats[ok])).to(self.device).float()
-            x = features.normalise(x, self.mean, self.std)[:, None]
-            with torch.inference_mode():
-                if self.device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        logits = self.model(x)
-                else:
-                    logits = self.model(x)
-                probs[ok] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            x = torch.from_numpy(np.ascontiguousarray(feats[ok])).to(self.device)
+            probs[ok] = probabilities(self.model, x, self.mean, self.std).cpu().numpy()
         batch["probs"] = probs
         return batch
 

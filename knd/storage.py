@@ -141,10 +141,3 @@ def delete_dir(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
-
-
-def move(src: str, dst: str) -> None:
-    """Rename a file or folder (atomic locally; a copy then delete on S3)."""
-    fs, src_path = resolve(src)
-    _, dst_path = resolve(dst)
-    fs.move(src_path, dst_path)

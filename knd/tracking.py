@@ -69,10 +69,6 @@ class Tracker:
         if self._run is not None:
             self._run.log(scrub(metrics), step=step)
 
-    def summary(self, metrics: dict[str, Any]) -> None:
-        if self._run is not None:
-            self._run.summary.update(scrub(metrics))
-
     def finish(self) -> None:
         if self._run is not None:
             self._run.finish()

@@ -4,21 +4,23 @@ The driver (:func:`run`) splits the prepared features by actor, computes per-mel
 normalisation statistics on the training actors only, and hands Ray Train the Datasets
 ``train_<rank>`` (one fixed, equal share of the training rows per worker) and ``val`` (every
 worker reads it whole and scores its own share of rows). Each worker runs
-:func:`train_loop_per_worker`, whose shape is fixed: dataset shard -> model -> ``prepare_model``
-(DDP) -> resume from the last checkpoint if any -> epochs -> validation metrics synced across
-ranks -> ``ray.train.report(metrics, checkpoint)``.
+:func:`train_loop_per_worker`, whose shape is fixed: dataset shard -> learner (model, DDP,
+optimiser; :mod:`knd.engine`) -> resume from the last checkpoint if any -> epochs -> validation
+metrics synced across ranks -> ``ray.train.report(metrics, checkpoint)``.
 
-After training the driver copies the best checkpoint (by validation UAR) to
-``<run_dir>/<name>/checkpoint/``, scores the validation and test actors with it, and writes
-``metrics.json`` and ``confusion.png`` beside it. Ray Train's own files (every kept checkpoint,
-its bookkeeping) live in the same folder; ``history.jsonl`` has one line per reported epoch.
+Model selection never uses the test actors. With validation actors (``split.val_actors``) the
+kept checkpoint is the best epoch by ``train.checkpoint_metric``; with none
+(``split.val_actors=[]``) every non-test actor trains on a fixed schedule and the last epoch
+is kept. ``metrics.json`` says which (``model_selection``). The driver then copies that
+checkpoint to ``<run_dir>/<name>/checkpoint/``, scores the validation and test actors with it,
+and writes ``metrics.json`` and ``confusion.png`` beside it; ``history.jsonl`` has one line
+per epoch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -30,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
 from knd import storage
@@ -40,14 +41,15 @@ from knd.checkpoint import (
     load_model,
     load_tensors,
     load_train_state,
+    make_meta,
     save_checkpoint,
-    unwrap,
 )
 from knd.config import TrainConfig, build, to_dict
-from knd.features import normalise
-from knd.metrics import metric_collection, metrics_report, split_metrics, summarise, write_report
-from knd.models import build_model
-from knd.ravdess import emotion_to_label_table, label_names, split_actors
+from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
+from knd.inference import predict
+from knd.metrics import metrics_report, split_metrics, write_report
+from knd.models import unwrap
+from knd.ravdess import ActorSplit, emotion_to_label_table, split_actors, targets_of
 from knd.tracking import scrub, start_tracking
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,10 @@ log = logging.getLogger(__name__)
 HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
-VAL_BATCH = 256
+IN_MEMORY_BYTES = 2 * 1024**3
+"""A worker holds its share of the features in memory (on its GPU when it has one) up to this
+size: indexing a tensor costs nothing next to iterating a Ray Dataset every epoch."""
+STREAM_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -86,176 +91,99 @@ class TrainHooks:
 
 
 # ----------------------------------------------------------------------------------------------
-# The pieces of one optimisation step (pure torch, shared with bench/train.py and knd.tune)
+# Feeding the engine inside a worker
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` then cosine decay to zero, by optimiser step."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+def _shard_columns(shard: Any, columns: list[str]) -> dict[str, np.ndarray]:
+    """Every row of a worker's dataset shard, as numpy columns (read once)."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
+        for c in columns:
+            parts[c].append(np.asarray(batch[c]))
+    return {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
 
 
-def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, num_masks: int) -> torch.Tensor:
-    """SpecAugment masking of normalised ``[B, n_mels, frames]``: masked cells become 0 (the mean).
+class StreamedBatches:
+    """A shard too large for memory, streamed from Ray Data every epoch (locally shuffled)."""
 
-    Each example gets ``num_masks`` frequency bands of up to ``freq_mask`` mel bins and as many
-    time spans of up to ``time_mask`` frames, at random places.
-    """
-    if num_masks <= 0 or (freq_mask <= 0 and time_mask <= 0):
-        return x
-    b, m, t = x.shape
-    keep = torch.ones(b, m, t, dtype=torch.bool, device=x.device)
-    for size, width, axis in ((m, freq_mask, 1), (t, time_mask, 2)):
-        if width <= 0:
-            continue
-        index = torch.arange(size, device=x.device)[None, :]
-        for _ in range(num_masks):
-            w = torch.randint(0, min(width, size) + 1, (b, 1), device=x.device)
-            start = (torch.rand(b, 1, device=x.device) * (size - w + 1)).long()
-            hit = (index >= start) & (index < start + w)
-            keep &= ~(hit[:, :, None] if axis == 1 else hit[:, None, :])
-    return x * keep
+    def __init__(self, shard: Any, label_table: torch.Tensor, batch_size: int, rows: int):
+        self.shard, self.label_table = shard, label_table
+        self.batch_size, self.buffer = batch_size, min(rows, 4096)
+
+    def epoch(self, epoch: int):
+        device = self.label_table.device
+        for batch in self.shard.iter_torch_batches(
+            batch_size=self.batch_size, drop_last=True, local_shuffle_buffer_size=self.buffer
+        ):
+            labels = self.label_table[batch["emotion"].to(device).long()]
+            yield batch["features"], labels, batch["actor"]
 
 
-def shift_and_gain(x: torch.Tensor, max_shift: int, gain_db: float) -> torch.Tensor:
-    """Per-example mel-band shift and level change of raw log-mel ``[B, n_mels, frames]`` (dB).
-
-    A shift of ``k`` bands moves the whole spectrum up or down (edge bands repeat), roughly what
-    a higher or lower voice and a longer or shorter vocal tract do: the model must then rely on
-    the shape of the spectrum over time rather than on one speaker's pitch and formant bands. A
-    level change stands for another microphone distance or recording gain.
-    """
-    b, m, _ = x.shape
-    if max_shift > 0:
-        shift = torch.randint(-max_shift, max_shift + 1, (b, 1), device=x.device)
-        index = (torch.arange(m, device=x.device)[None, :] - shift).clamp(0, m - 1)
-        x = x.gather(1, index[:, :, None].expand_as(x))
-    if gain_db > 0:
-        x = x + (torch.rand(b, 1, 1, device=x.device) * 2.0 - 1.0) * gain_db
-    return x
+def _training_batches(shard: Any, label_table: torch.Tensor, config: dict, seed: int):
+    """This rank's training batches: from memory when the shard fits, else streamed."""
+    batch = config["local_batch"]
+    if not config["in_memory"]:
+        return StreamedBatches(shard, label_table, batch, config["rows_per_worker"])
+    cols = _shard_columns(shard, ["features", "emotion", "actor"])
+    device = label_table.device
+    features = torch.from_numpy(cols["features"]).to(device)
+    labels = label_table[torch.from_numpy(cols["emotion"]).to(device).long()]
+    return ArrayBatches(features, labels, batch, seed, extra=torch.from_numpy(cols["actor"]))
 
 
-def mixup(
-    x: torch.Tensor, y: torch.Tensor, alpha: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Mix each example with a random partner: ``(x_mixed, y, y_partner, weight_of_y)``."""
-    if alpha <= 0:
-        return x, y, y, 1.0
-    lam = float(np.random.beta(alpha, alpha))
-    lam = max(lam, 1.0 - lam)  # keep the first example dominant so its label stays meaningful
-    perm = torch.randperm(x.shape[0], device=x.device)
-    return lam * x + (1.0 - lam) * x[perm], y, y[perm], lam
-
-
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    cfg: TrainConfig,
-    norm: tuple[torch.Tensor, torch.Tensor],
-    gpu: bool,
-) -> torch.Tensor:
-    """One optimiser step on raw log-mel ``[B, n_mels, frames]``; returns the (detached) loss."""
-    aug = cfg.augment
-    x = shift_and_gain(features.float(), aug.freq_shift, aug.gain_db)
-    x = normalise(x, norm[0], norm[1])
-    x = spec_augment(x, aug.freq_mask, aug.time_mask, aug.num_masks)
-    x, y_a, y_b, lam = mixup(x[:, None], labels, cfg.augment.mixup_alpha)
-    if gpu:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=gpu):
-        logits = model(x)
-    logits = logits.float()
-    smooth = cfg.optim.label_smoothing
-    loss = lam * F.cross_entropy(logits, y_a, label_smoothing=smooth)
-    if lam < 1.0:
-        loss = loss + (1.0 - lam) * F.cross_entropy(logits, y_b, label_smoothing=smooth)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-    optimizer.step()
-    return loss.detach()
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and normalisation weights get no weight decay."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
-
-
-# ----------------------------------------------------------------------------------------------
-# The worker loop
-
-
-def _mine(paths: np.ndarray, rank: int, world: int) -> np.ndarray:
+def rank_share(paths: np.ndarray, rank: int, world: int) -> np.ndarray:
     """Rows of the (unsplit) validation set that this rank scores: a stable hash of the path."""
     return np.array([zlib.crc32(str(p).encode()) % world == rank for p in paths], dtype=bool)
 
 
-def validate(
-    model: torch.nn.Module,
-    val_iter: Any,
-    label_table: torch.Tensor,
-    norm: tuple[torch.Tensor, torch.Tensor],
-    num_classes: int,
-    device: torch.device,
-    rank: int = 0,
-    world: int = 1,
-) -> dict:
-    """Validation metrics over every rank's share of ``val_iter``, synced across ranks.
+def _validation_batches(
+    val: Any, label_table: torch.Tensor, in_memory: bool, rank: int, world: int
+):
+    """A function giving this rank's share of the validation rows as engine batches."""
+    device = label_table.device
 
-    Every rank must call this (torchmetrics gathers states on ``compute``). The plain module is
-    used, not the DDP wrapper, so ranks with different row counts never wait on each other.
+    def share(batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        mine = rank_share(batch["path"], rank, world)
+        if not mine.any():
+            return None
+        features = torch.from_numpy(np.asarray(batch["features"])[mine])
+        labels = label_table[torch.from_numpy(np.asarray(batch["emotion"])[mine]).to(device).long()]
+        return features.to(device), labels
+
+    if in_memory:
+        kept = share(_shard_columns(val, ["features", "emotion", "path"]))
+        features, labels = kept if kept is not None else (torch.zeros(0), torch.zeros(0))
+        return lambda: ordered_batches(features, labels)
+
+    def streamed():
+        for batch in val.iter_batches(batch_size=STREAM_BATCH, batch_format="numpy"):
+            kept = share(batch)
+            if kept is not None:
+                yield kept
+
+    return streamed
+
+
+def _sync_batch_norm(model: torch.nn.Module, world: int) -> None:
+    """Score exactly rank 0's model (the one that is checkpointed) on every rank.
+
+    BatchNorm running statistics drift apart between ranks: DDP averages gradients and
+    re-broadcasts buffers only at the next forward.
     """
-    plain = unwrap(model)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed and world > 1:
-        # BatchNorm running statistics drift apart between ranks (DDP averages gradients and
-        # re-broadcasts buffers only at the next forward): score exactly rank 0's model, the
-        # one that is checkpointed.
-        for buffer in plain.buffers():
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        for buffer in unwrap(model).buffers():
             torch.distributed.broadcast(buffer, src=0)
-    was_training = plain.training
-    plain.eval()
-    gpu = device.type == "cuda"
-    collection = metric_collection(num_classes, sync=True).to(device)
-    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        for batch in val_iter.iter_batches(batch_size=VAL_BATCH, batch_format="numpy"):
-            mine = _mine(batch["path"], rank, world)
-            if not mine.any():
-                continue
-            x = torch.as_tensor(batch["features"][mine], device=device).float()
-            y = label_table[torch.as_tensor(batch["emotion"][mine], device=device).long()]
-            x = normalise(x, norm[0], norm[1])[:, None]
-            if gpu:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=gpu):
-                logits = plain(x).float()
-            collection.update(logits.argmax(dim=1), y)
-            loss_sum[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            loss_sum[1] += len(y)
-    if distributed:
-        torch.distributed.all_reduce(loss_sum)
-    out = summarise(collection.compute())
-    out["loss"] = float(loss_sum[0] / loss_sum[1].clamp(min=1))
-    plain.train(was_training)
-    return out
 
 
-def _restore(resume: str | None) -> tuple[dict, dict] | None:
-    """``(weights, train_state)`` of Ray's latest checkpoint of this run, else of ``resume``."""
+def _mean_over_ranks(loss_sum: float, count: int, device: torch.device) -> float:
+    totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
+def _restore(resume: str | None) -> dict | None:
+    """The learner state of Ray's latest checkpoint of this run, else of ``resume``."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -263,10 +191,11 @@ def _restore(resume: str | None) -> tuple[dict, dict] | None:
         with checkpoint.as_directory() as folder:
             weights = load_tensors(os.path.join(folder, MODEL_FILE))
             state = load_train_state(folder)
-        return weights, state
-    if resume:
-        return load_tensors(storage.join(resume, MODEL_FILE)), load_train_state(resume)
-    return None
+    elif resume:
+        weights, state = load_tensors(storage.join(resume, MODEL_FILE)), load_train_state(resume)
+    else:
+        return None
+    return {"model": weights} | (state or {})
 
 
 def _append_history(run_path: str, record: dict) -> None:
@@ -276,11 +205,12 @@ def _append_history(run_path: str, record: dict) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """The Ray Train worker: shard -> model -> DDP -> resume -> epochs -> report.
+    """The Ray Train worker: shard -> learner (DDP) -> resume -> epochs -> report.
 
     ``config`` (built by :func:`run`): ``cfg`` (the TrainConfig as a dict), ``meta`` (checkpoint
-    meta without epoch/metrics), ``rows_per_worker``, ``run_path``, ``name``, ``resume``,
-    ``hooks``. Rank ``r`` trains on the dataset ``train_<r>``, its fixed, equal share of the rows.
+    meta without epoch/metrics), ``rows_per_worker``, ``local_batch``, ``in_memory``,
+    ``has_val``, ``run_path``, ``name``, ``resume``, ``hooks``. Rank ``r`` trains on the dataset
+    ``train_<r>``, its fixed, equal share of the rows.
     """
     import ray.train
     import ray.train.torch
@@ -291,92 +221,80 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    gpu = device.type == "cuda"
-    if not gpu:
+    if device.type != "cuda":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + 1000 * rank)
-    np.random.seed(cfg.train.seed + 1000 * rank)
-    num_classes = len(meta["labels"])
+    np.random.seed(cfg.train.seed + 1000 * rank)  # mixup draws from numpy's global generator
     label_table = torch.tensor(emotion_to_label_table(cfg.labels), device=device)
-    norm = (
-        torch.tensor(meta["norm"]["mean"], device=device),
-        torch.tensor(meta["norm"]["std"], device=device),
+
+    loading = time.perf_counter()
+    train_batches = _training_batches(
+        ray.train.get_dataset_shard(f"train_{rank}"), label_table, config, cfg.train.seed + rank
     )
+    val_batches = None
+    if config["has_val"]:
+        val_shard = ray.train.get_dataset_shard("val")
+        val_batches = _validation_batches(val_shard, label_table, config["in_memory"], rank, world)
+    load_s = time.perf_counter() - loading
 
-    train_shard = ray.train.get_dataset_shard(f"train_{rank}")
-    val_data = ray.train.get_dataset_shard("val")
-
-    model = build_model(cfg.model.name, num_classes, cfg.model.width, cfg.model.dropout)
-    if gpu:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    optimizer = make_optimizer(model, cfg)
-
-    start_epoch, step = 1, 0
+    learner = Learner(
+        cfg,
+        num_classes=len(meta["labels"]),
+        norm=(meta["norm"]["mean"], meta["norm"]["std"]),
+        steps_per_epoch=config["rows_per_worker"] // config["local_batch"],
+        device=device,
+        wrap=ray.train.torch.prepare_model,
+    )
+    start_epoch = 1
     restored = _restore(config.get("resume"))
     if restored is not None:
-        weights, state = restored
-        unwrap(model).load_state_dict(weights)
-        if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-
-    rows_per_worker = config["rows_per_worker"]
-    local_batch = max(1, min(cfg.optim.batch_size // world, rows_per_worker))
-    steps_per_epoch = max(1, rows_per_worker // local_batch)
-    total_steps = cfg.optim.epochs * steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+        learner.load_state_dict(restored)
+        start_epoch = int(restored.get("epoch", 0)) + 1
     tracker = start_tracking(
         cfg.wandb, config["run_path"], config["name"], scrub(to_dict(cfg)), rank=rank
     )
 
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        model.train()
         started, started_at = time.perf_counter(), time.time()
-        first_batch_s = None
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
-        batches = train_shard.iter_torch_batches(
-            batch_size=local_batch,
-            drop_last=True,
-            local_shuffle_buffer_size=min(rows_per_worker, 4096),
-        )
-        for index, batch in enumerate(batches):
-            if first_batch_s is None:
-                first_batch_s = time.perf_counter() - started
-            hooks.on_batch(epoch, index, rank, batch["actor"])
-            lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            labels = label_table[batch["emotion"].long()]
-            loss = train_step(model, optimizer, batch["features"], labels, cfg, norm, gpu)
-            loss_sum += torch.stack([loss.double() * len(labels), loss_sum.new_tensor(len(labels))])
-            step += 1
+        first_batch: list[float] = []
+
+        def on_batch(index: int, batch: tuple, epoch=epoch, started=started, first=first_batch):
+            if index == 0:
+                first.append(time.perf_counter() - started)
+            hooks.on_batch(epoch, index, rank, batch[2])
+
+        loss_sum, count = learner.train_epoch(train_batches.epoch(epoch), on_batch)
         train_s = time.perf_counter() - started
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(loss_sum)
-        val = validate(model, val_data, label_table, norm, num_classes, device, rank, world)
         metrics = {
             "epoch": epoch,
-            "step": step,
-            "lr": lr_at(step - 1, total_steps, warmup_steps, cfg.optim.lr),
-            "train_loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "val_uar": val["uar"],
-            "val_macro_f1": val["macro_f1"],
-            "val_n": val["n"],
+            "step": learner.step,
+            "lr": learner.lr(learner.step - 1),
+            "train_loss": _mean_over_ranks(loss_sum, count, device),
+        }
+        if val_batches is not None:
+            _sync_batch_norm(learner.model, world)
+            val = learner.evaluate(val_batches())
+            metrics |= {f"val_{k}": val[k] for k in ("loss", "accuracy", "uar", "macro_f1", "n")}
+        metrics |= {
             "train_epoch_s": train_s,
-            "first_batch_s": first_batch_s or 0.0,
+            "first_batch_s": first_batch[0] if first_batch else 0.0,
             "epoch_s": time.perf_counter() - started,
             "epoch_started_at": started_at,
+            "load_s": load_s if epoch == start_epoch else 0.0,
             "world_size": world,
-            "epoch_samples": steps_per_epoch * local_batch * world,
+            "epoch_samples": count * world,
         }
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
-                state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()}
-                save_checkpoint(folder, model, meta | {"epoch": epoch, "metrics": metrics}, state)
+                state = learner.state_dict()
+                train_state = {
+                    "epoch": epoch,
+                    "step": state["step"],
+                    "optimizer": state["optimizer"],
+                }
+                epoch_meta = meta | {"epoch": epoch, "metrics": metrics}
+                save_checkpoint(folder, learner.model, epoch_meta, train_state)
                 checkpoint = Checkpoint.from_directory(folder)
                 _append_history(config["run_path"], metrics)
                 tracker.log(metrics, step=epoch)
@@ -389,22 +307,36 @@ def train_loop_per_worker(config: dict) -> None:
 # The driver
 
 
-def band_stats(ds: Any) -> tuple[list[float], list[float]]:
-    """Per-mel-band mean and standard deviation over every frame of every clip of ``ds``."""
-    total = squares = None
-    count = 0
-    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        f = np.asarray(batch["features"], dtype=np.float64)  # [B, n_mels, frames]
-        if total is None:
-            total, squares = np.zeros(f.shape[1]), np.zeros(f.shape[1])
-        total += f.sum(axis=(0, 2))
-        squares += np.square(f).sum(axis=(0, 2))
-        count += f.shape[0] * f.shape[2]
-    if not count:
-        raise ValueError("no training clips to compute normalisation statistics on")
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return mean.tolist(), std.tolist()
+@dataclass(frozen=True)
+class SplitData:
+    """The prepared features of one run, split by actor into Ray Datasets."""
+
+    manifest: dict
+    split: ActorSplit
+    train: Any
+    val: Any | None
+    num_train_rows: int
+
+
+def load_split(cfg: TrainConfig) -> SplitData:
+    """Read the features, split them by actor and materialise the training and validation sets.
+
+    Raises:
+        ValueError: no prepared features, or a split that does not fit the corpus.
+    """
+    from knd.dataset import read_features
+
+    _, manifest = read_features(cfg.data)
+    present = sorted(int(a) for a in manifest["rows_per_actor"] if a != "unknown")
+    split = split_actors(cfg.split.test_actors, cfg.split.val_actors, actors=present)
+    columns = ["features", "emotion", "actor"]
+    # Materialised once: the workers then read the object store, not Parquet.
+    train = read_features(cfg.data, actors=split.train)[0].select_columns(columns).materialize()
+    val = None
+    if split.val:
+        val = read_features(cfg.data, actors=split.val)[0].select_columns([*columns, "path"])
+        val = val.materialize()
+    return SplitData(manifest, split, train, val, train.count())
 
 
 def _run_root(run_dir: str) -> str:
@@ -434,37 +366,6 @@ def _copy_checkpoint(checkpoint: Any, dest: str) -> None:
     fs.move(tmp, path)
 
 
-CHECKPOINT_METRICS = {"val_uar": "max", "val_loss": "min"}
-
-
-def checkpoint_order(metric: str) -> str:
-    """``"max"`` or ``"min"``: which end of ``metric`` is the best epoch.
-
-    Raises:
-        ValueError: a metric that training does not rank checkpoints by.
-    """
-    if metric not in CHECKPOINT_METRICS:
-        raise ValueError(
-            f"train.checkpoint_metric must be one of {sorted(CHECKPOINT_METRICS)}, got {metric!r}"
-        )
-    return CHECKPOINT_METRICS[metric]
-
-
-def _best(result: Any, metric: str) -> tuple[Any, dict]:
-    """The best kept checkpoint by ``metric`` (ties: the other metric, then the later epoch)."""
-    kept = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None and m]
-    if not kept:
-        raise RuntimeError(f"training reported no checkpoint (run folder {result.path})")
-
-    def rank(cm: tuple[Any, dict]) -> tuple[float, float, int]:
-        m = cm[1]
-        if metric == "val_loss":
-            return (-m["val_loss"], m["val_uar"], m["epoch"])
-        return (m["val_uar"], -m["val_loss"], m["epoch"])
-
-    return max(kept, key=rank)
-
-
 def _check_resume(cfg: TrainConfig, manifest: dict, test: tuple[int, ...]) -> dict:
     meta = load_meta(cfg.resume)
     state = load_train_state(cfg.resume)
@@ -488,8 +389,106 @@ def _check_resume(cfg: TrainConfig, manifest: dict, test: tuple[int, ...]) -> di
     return meta
 
 
+CHECKPOINT_ORDER = {"val_uar": "max", "val_loss": "min"}
+
+
+def model_selection(split: ActorSplit, metric: str) -> str:
+    """How the kept checkpoint is chosen, in words (recorded in ``metrics.json``)."""
+    if not split.val:
+        return "fixed schedule: last epoch (no validation group; every non-test actor trains)"
+    return f"best epoch by {metric} on validation actors {list(split.val)}"
+
+
+def kept_checkpoint(result: Any, cfg: TrainConfig, has_val: bool) -> tuple[Any, dict]:
+    """The kept checkpoint: the last epoch without validation, else the best by the metric
+    (ties: the other metric, then the later epoch)."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None and m]
+    if not kept:
+        raise RuntimeError(f"training reported no checkpoint (run folder {result.path})")
+    metric = cfg.train.checkpoint_metric
+
+    def rank(cm: tuple[Any, dict]) -> tuple[float, ...]:
+        m = cm[1]
+        if not has_val:
+            return (m["epoch"],)
+        if metric == "val_loss":
+            return (-m["val_loss"], m["val_uar"], m["epoch"])
+        return (m["val_uar"], -m["val_loss"], m["epoch"])
+
+    return max(kept, key=rank)
+
+
+def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
+    """The TorchTrainer: equal training shards per rank, validation read whole by every rank."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    world = cfg.train.num_workers
+    # Equal shards, split once here rather than by Ray Train's per-epoch streaming_split: that
+    # cost 3-5 s before each epoch's first batch (measured on 2 cores), more than a small
+    # epoch's compute. Each rank reshuffles its shard every epoch; DDP averages across shards.
+    shards = data.train.split(world, equal=True) if world > 1 else [data.train]
+    rows_per_worker = shards[0].count()
+    local_batch = max(1, min(cfg.optim.batch_size // world, rows_per_worker))
+    n_mels, n_frames = meta["feature_shape"]
+    row_bytes = n_mels * n_frames * np.dtype(meta["feature_params"]["dtype"]).itemsize
+    datasets = {f"train_{r}": shard for r, shard in enumerate(shards)}
+    if data.val is not None:
+        datasets["val"] = data.val
+    fs, storage_path = storage.resolve(run["root"])
+    has_val = data.val is not None
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "meta": meta,
+            "rows_per_worker": rows_per_worker,
+            "local_batch": local_batch,
+            "in_memory": rows_per_worker * row_bytes <= IN_MEMORY_BYTES,
+            "has_val": has_val,
+            **run,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=world,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        datasets=datasets,
+        # Ray splits nothing: the train shards are made above; validation is read whole by
+        # every rank, which scores its share by path hash (equal splits would drop rows).
+        dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=RunConfig(
+            name=run["name"],
+            storage_path=storage_path,
+            storage_filesystem=fs if storage.is_remote(run["root"]) else None,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.num_to_keep,
+                checkpoint_score_attribute=cfg.train.checkpoint_metric if has_val else None,
+                checkpoint_score_order=CHECKPOINT_ORDER[cfg.train.checkpoint_metric],
+            ),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+    )
+
+
+def _score_split(cfg: TrainConfig, checkpoint: str, split: ActorSplit, feature_hash: str) -> dict:
+    """Validation (when there is a group) and test metrics of the kept checkpoint."""
+    from knd.dataset import load_features
+
+    model, meta = load_model(checkpoint)
+    parts: dict[str, dict | None] = {"val": None}
+    for part, actors in (("val", split.val), ("test", split.test)):
+        if not actors:
+            continue
+        table = load_features(cfg.data, actors=actors, expected_hash=feature_hash)
+        preds, _ = predict(model, meta, table.features)
+        targets = targets_of(table.emotion, cfg.labels)
+        parts[part] = split_metrics(preds, targets, len(meta["labels"]), actors=table.actor)
+    return parts
+
+
 def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
-    """Train, keep the best checkpoint by validation UAR, and report val and test metrics.
+    """Train, keep one checkpoint chosen without the test actors, report val and test metrics.
 
     Args:
         cfg: the ``knd train`` config.
@@ -500,11 +499,6 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             resume from that does not fit.
         ray.train.TrainingFailedError: training failed more often than ``train.max_failures``.
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from knd.dataset import load_features, read_features
-    from knd.evaluate import predict, targets_of
     from knd.runtime import init_ray
 
     init_ray(cfg.ray)
@@ -512,114 +506,54 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     root = _run_root(cfg.run_dir)
     run_path = storage.join(root, name)
 
-    _, manifest = read_features(cfg.data)
-    present = sorted(int(a) for a in manifest["rows_per_actor"] if a != "unknown")
-    split = split_actors(cfg.split.test_actors, cfg.split.val_actors, actors=present)
+    data = load_split(cfg)
+    split, manifest = data.split, data.manifest
     resumed = _check_resume(cfg, manifest, split.test) if cfg.resume else None
-
-    columns = ["features", "emotion", "actor"]
-    train_ds = read_features(cfg.data, actors=split.train)[0].select_columns(columns)
-    val_ds = read_features(cfg.data, actors=split.val)[0].select_columns([*columns, "path"])
-    # Materialised once: every epoch then streams from the object store, not from Parquet.
-    train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-    num_train_rows = train_ds.count()
-    world = cfg.train.num_workers
-    # Equal shards, split once here rather than by Ray Train's per-epoch streaming_split: that
-    # cost 3-5 s before each epoch's first batch (measured on 2 cores), more than a small
-    # epoch's compute. Each rank reshuffles its shard every epoch; DDP averages across shards.
-    shards = train_ds.split(world, equal=True) if world > 1 else [train_ds]
-    rows_per_worker = shards[0].count()
     if resumed is not None:
-        mean, std = resumed["norm"]["mean"], resumed["norm"]["std"]
+        norm = resumed["norm"]
     else:
-        mean, std = band_stats(train_ds)
-    labels = list(label_names(cfg.labels))
-    meta = {
-        "label_set": cfg.labels,
-        "labels": labels,
-        "feature_params": manifest["feature_params"],
-        "feature_hash": manifest["feature_hash"],
-        "feature_shape": manifest["feature_shape"],
-        "model": {"name": cfg.model.name, "width": cfg.model.width, "dropout": cfg.model.dropout},
-        "norm": {"mean": mean, "std": std},
-        "split": {"train": list(split.train), "val": list(split.val), "test": list(split.test)},
-        "recipe": cfg.recipe,
-        "run": name,
-    }
+        mean, std = band_stats(b["features"] for b in data.train.iter_batches(batch_size=256))
+        norm = {"mean": mean, "std": std}
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    meta = make_meta(cfg, manifest, norm, parts, run=name)
     storage.write_text(storage.join(run_path, CONFIG_FILE), yaml.safe_dump(scrub(to_dict(cfg))))
+    selection = model_selection(split, cfg.train.checkpoint_metric)
     log.info(
-        "training %s (%s) on %d clips of actors %s; validating on %s, testing on %s -> %s",
-        name, cfg.model.name, num_train_rows, list(split.train), list(split.val),
+        "training %s (%s) on %d clips of actors %s; %s; testing on %s -> %s",
+        name, cfg.model.name, data.num_train_rows, list(split.train), selection,
         list(split.test), run_path,
     )  # fmt: skip
 
-    fs, storage_path = storage.resolve(root)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "cfg": to_dict(cfg),
-            "meta": meta,
-            "rows_per_worker": rows_per_worker,
-            "run_path": run_path,
-            "name": name,
-            "resume": cfg.resume,
-            "hooks": hooks,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
-        ),
-        datasets={"val": val_ds} | {f"train_{r}": shard for r, shard in enumerate(shards)},
-        # Ray splits nothing: the train shards are made above; validation is read whole by
-        # every rank, which scores its share by path hash (equal splits would drop rows).
-        dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=fs if storage.is_remote(root) else None,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.train.num_to_keep,
-                checkpoint_score_attribute=cfg.train.checkpoint_metric,
-                checkpoint_score_order=checkpoint_order(cfg.train.checkpoint_metric),
-            ),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        ),
-    )
-    result = trainer.fit()
-    best, best_metrics = _best(result, cfg.train.checkpoint_metric)
+    run_info = {"root": root, "run_path": run_path, "name": name, "resume": cfg.resume}
+    result = _trainer(cfg, data, meta, run_info | {"hooks": hooks}).fit()
+    best, best_metrics = kept_checkpoint(result, cfg, has_val=data.val is not None)
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)
 
-    model, ckpt_meta = load_model(checkpoint_uri)
-    parts = {}
-    for part, actors in (("val", split.val), ("test", split.test)):
-        table = load_features(cfg.data, actors=actors, expected_hash=manifest["feature_hash"])
-        preds, _ = predict(model, ckpt_meta, table.features)
-        targets = targets_of(table.emotion, cfg.labels)
-        parts[part] = split_metrics(preds, targets, len(labels), actors=table.actor)
+    scores = _score_split(cfg, checkpoint_uri, split, manifest["feature_hash"])
     history = _read_history(run_path)
     report = metrics_report(
-        labels,
-        test=parts["test"],
-        val=parts["val"],
+        meta["labels"],
+        test=scores["test"],
+        val=scores["val"],
         test_actors=split.test,
         val_actors=list(split.val),
         train_actors=list(split.train),
         label_set=cfg.labels,
         model=meta["model"],
         recipe=cfg.recipe,
+        model_selection=selection,
         best_epoch=int(best_metrics["epoch"]),
         epochs=[int(h["epoch"]) for h in history],
         feature_hash=manifest["feature_hash"],
         checkpoint=checkpoint_uri,
     )
     write_report(run_path, report)
-    test = parts["test"]
+    test = scores["test"]
     log.info(
-        "best epoch %d (val UAR %.3f): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",
-        best_metrics["epoch"], best_metrics["val_uar"], test["accuracy"], test["uar"],
-        test["macro_f1"], run_path,
+        "kept epoch %d (%s): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",
+        best_metrics["epoch"], selection, test["accuracy"], test["uar"], test["macro_f1"],
+        run_path,
     )  # fmt: skip
     return TrainResult(
         run_dir=run_path,

@@ -42,22 +42,30 @@ from knd.config import (
     config_dir,
     load_config,
     load_yaml,
-    merge,
     replace,
     to_dict,
+)
+from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
+from knd.experiment import (
+    BEST_CONFIG_FILE,
+    BEST_DIR,
+    BEST_RESULT_FILE,
+    META_FILE,
+    best_row,
+    best_train_config,
+    load_experiment,
+    read_meta,
+    stored_base,
+    trial_rows,
+    trial_train_config,
 )
 from knd.ravdess import actor_folds, emotion_to_label_table, label_names
 
 log = logging.getLogger(__name__)
 
-META_FILE = "knd_tune.json"
-BEST_RESULT_FILE = "best_result.json"
-BEST_CONFIG_FILE = "best_config.yaml"
-BEST_DIR = "best"
 FOLDS_FILE = "folds.pt"
 SPACE_SECTIONS = ("model.", "optim.", "augment.")
 SPACE_KEYS = ("recipe", "train.seed")
-BEST_CONFIG_SECTIONS = ("recipe", "labels", "split", "model", "optim", "augment")
 
 
 @dataclass(frozen=True)
@@ -162,133 +170,70 @@ def space_recipes(space: dict, recipe: str) -> list[str]:
     return [str(spec)]
 
 
-def stored_base(tree: dict, recipe: str) -> TrainConfig:
-    """A recipe's base train config as the experiment stored it.
-
-    Keys that ``knd train`` gained after the experiment was written take today's defaults, so an
-    older experiment still resumes; every stored value wins.
-    """
-    today = load_config("train", [f"data={tree['data']}", f"recipe={recipe}"])
-    return build(TrainConfig, merge(to_dict(today), tree))
-
-
-def trial_train_config(params: dict, meta: dict) -> TrainConfig:
-    """The train config of one trial: its recipe's base, then the sampled keys.
-
-    Every trial trains ``max_epochs`` epochs per fold (the schedule's length) unless the space
-    sets ``optim.epochs``, which is capped at ``max_epochs``.
-    """
-    recipe = params.get("recipe", meta["recipe"])
-    cfg = stored_base(meta["bases"][recipe], recipe)
-    overrides = {k: v for k, v in params.items() if k != "recipe"}
-    epochs = int(overrides.get("optim.epochs", meta["max_epochs"]))
-    overrides["optim.epochs"] = max(1, min(epochs, int(meta["max_epochs"])))
-    return replace(cfg, **overrides)
-
-
-def best_train_config(params: dict, meta: dict) -> dict:
-    """The ``best_config.yaml`` tree that ``knd train config=best_config.yaml data=...`` takes.
-
-    Its split keeps the search's test actors and validates on one group of about four actors
-    (``knd train`` chooses its checkpoint on validation actors); model, schedule and augmentation
-    are the trial's.
-    """
-    tree = to_dict(trial_train_config(params, meta))
-    return {key: tree[key] for key in BEST_CONFIG_SECTIONS}
-
-
 # ----------------------------------------------------------------------------------------------
 # One configuration, K fold models trained side by side
 
 
-class ArrayColumns:
-    """Rows of in-memory columns behind ``iter_batches``, the one ``ray.data.Dataset`` method
-    that :func:`knd.train.band_stats` and :func:`knd.train.validate` read."""
-
-    def __init__(self, columns: dict[str, np.ndarray], rows: np.ndarray, names: tuple[str, ...]):
-        self._columns, self._rows, self._names = columns, rows, names
-
-    def iter_batches(self, batch_size: int, batch_format: str = "numpy"):
-        for start in range(0, len(self._rows), batch_size):
-            rows = self._rows[start : start + batch_size]
-            yield {name: self._columns[name][rows] for name in self._names}
-
-
 class FoldModel:
-    """One model trained on some rows of ``data`` with knd.train's optimisation step.
+    """One model of a trial, trained by the engine on some rows of the trial's data.
 
-    Normalisation statistics come from the training rows only.
+    Normalisation statistics come from its training rows only.
+
+    Args:
+        cfg: the trial's train config.
+        data: the trial's columns as tensors on ``device`` (``features``, ``label``).
+        train_rows: row indices this model trains on.
+        val_rows: row indices it is scored on (none for a final retrain).
+        seed: the model's seed (initialisation and shuffling).
     """
 
     def __init__(
         self,
         cfg: TrainConfig,
-        data: dict[str, np.ndarray],
+        data: dict[str, torch.Tensor],
         train_rows: np.ndarray,
+        val_rows: np.ndarray,
         device: torch.device,
         seed: int,
     ):
-        from knd.models import build_model
-        from knd.train import band_stats, make_optimizer
-
         if len(train_rows) == 0:
             raise ValueError("a fold has no training clips")
-        self.cfg, self.data, self.rows, self.seed = cfg, data, train_rows, seed
-        self.device, self.gpu = device, device.type == "cuda"
-        mean, std = band_stats(ArrayColumns(data, train_rows, ("features",)))
-        self.norm_stats = {"mean": mean, "std": std}
-        self.norm = (torch.tensor(mean, device=device), torch.tensor(std, device=device))
-        self.label_table = torch.tensor(emotion_to_label_table(cfg.labels), device=device)
-        self.num_classes = len(label_names(cfg.labels))
+        self.train_rows, self.val_rows = train_rows, val_rows
+        features = data["features"]
+        rows = torch.as_tensor(train_rows, device=features.device)
+        chunks = (features[rows[i : i + 256]].cpu().numpy() for i in range(0, len(rows), 256))
+        mean, std = band_stats(chunks)
         torch.manual_seed(seed)
-        model = build_model(cfg.model.name, self.num_classes, cfg.model.width, cfg.model.dropout)
-        model = model.to(device)
-        self.model = model.to(memory_format=torch.channels_last) if self.gpu else model
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.batch = max(1, min(cfg.optim.batch_size, len(train_rows)))
-        self.steps_per_epoch = max(1, len(train_rows) // self.batch)
-        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
-        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
-        self.step = 0
+        self.batches = ArrayBatches(features, data["label"], cfg.optim.batch_size, seed, rows=rows)
+        self.learner = Learner(
+            cfg, len(label_names(cfg.labels)), (mean, std), self.batches.steps, device
+        )
+        val = torch.as_tensor(val_rows, device=features.device, dtype=torch.long)
+        self.val = (features[val], data["label"][val])
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over the training rows (shuffled by seed and epoch); the mean loss."""
-        from knd.train import lr_at, train_step
+        loss_sum, count = self.learner.train_epoch(self.batches.epoch(epoch))
+        return loss_sum / max(1, count)
 
-        self.model.train()
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
-        total = torch.zeros((), device=self.device)
-        for i in range(self.steps_per_epoch):
-            rows = order[i * self.batch : (i + 1) * self.batch]
-            x = torch.from_numpy(self.data["features"][rows]).to(self.device)
-            y = self.label_table[torch.from_numpy(self.data["emotion"][rows]).to(self.device)]
-            lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.cfg.optim.lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            total += train_step(self.model, self.optimizer, x, y, self.cfg, self.norm, self.gpu)
-            self.step += 1
-        return float(total) / self.steps_per_epoch
-
-    def validate(self, rows: np.ndarray) -> dict:
-        """Accuracy, UAR, macro-F1, loss and confusion on ``rows`` (model left in train mode)."""
-        from knd.train import validate
-
-        batches = ArrayColumns(self.data, rows, ("features", "emotion", "path"))
-        return validate(
-            self.model, batches, self.label_table, self.norm, self.num_classes, self.device
-        )
+    def validate(self) -> dict:
+        """Accuracy, UAR, macro-F1, loss and confusion on the held-out rows."""
+        return self.learner.evaluate(ordered_batches(*self.val))
 
     def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-        }
+        return self.learner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
+        self.learner.load_state_dict(state)
+
+
+def trial_tensors(data: dict[str, np.ndarray], label_set: str, device: torch.device) -> dict:
+    """The trial's features and label ids as tensors on ``device`` (one copy for all folds)."""
+    table = np.asarray(emotion_to_label_table(label_set))
+    return {
+        "features": torch.tensor(data["features"], device=device),
+        "label": torch.as_tensor(table[data["emotion"]], device=device, dtype=torch.long),
+    }
 
 
 def fold_summary(scores: list[dict]) -> dict:
@@ -314,23 +259,23 @@ class CrossValidation:
         device: torch.device,
     ):
         actor = data["actor"]
-        self.val_rows = [np.flatnonzero(np.isin(actor, fold)) for fold in folds]
-        for fold, rows in zip(folds, self.val_rows, strict=True):
-            if len(rows) == 0:
+        tensors = trial_tensors(data, cfg.labels, device)
+        self.models = []
+        for i, fold in enumerate(folds):
+            held_out = np.isin(actor, fold)
+            if not held_out.any():
                 raise ValueError(f"fold of actors {list(fold)} has no clips")
-        self.models = [
-            FoldModel(cfg, data, np.flatnonzero(~np.isin(actor, fold)), device, cfg.train.seed + i)
-            for i, fold in enumerate(folds)
-        ]
+            rows, val = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+            self.models.append(FoldModel(cfg, tensors, rows, val, device, cfg.train.seed + i))
         self.epochs, self.epoch = cfg.optim.epochs, 0
 
     def run_epoch(self) -> dict:
         """Train every fold's model one epoch, then score each on its held-out actors."""
         started = time.perf_counter()
         scores = []
-        for model, rows in zip(self.models, self.val_rows, strict=True):
+        for model in self.models:
             loss = model.train_epoch(self.epoch + 1)
-            scores.append(model.validate(rows) | {"train_loss": loss})
+            scores.append(model.validate() | {"train_loss": loss})
         self.epoch += 1
         out = fold_summary(scores)
         return out | {
@@ -402,13 +347,15 @@ def retrain(params: dict, data: dict[str, np.ndarray], meta: dict, cpus: float) 
     device = _trial_device(cpus)
     _seed(cfg)
     started = time.perf_counter()
-    model = FoldModel(cfg, data, np.arange(len(data["actor"])), device, cfg.train.seed)
+    every_row = np.arange(len(data["actor"]))
+    tensors = trial_tensors(data, cfg.labels, device)
+    model = FoldModel(cfg, tensors, every_row, every_row[:0], device, cfg.train.seed)
     for epoch in range(1, cfg.optim.epochs + 1):
         model.train_epoch(epoch)
-    state = {k: v.detach().cpu() for k, v in model.model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.learner.model.state_dict().items()}
     return {
         "model": state,
-        "norm": model.norm_stats,
+        "norm": model.learner.norm_stats,
         "epochs": cfg.optim.epochs,
         "train_s": time.perf_counter() - started,
     }
@@ -469,14 +416,6 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         "feature_shape": manifest["feature_shape"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def read_meta(experiment: str) -> dict | None:
-    """The ``knd_tune.json`` of an experiment folder, or None (not made by ``knd tune``)."""
-    uri = storage.join(experiment, META_FILE)
-    if not storage.exists(uri):
-        return None
-    return json.loads(storage.read_text(uri))
 
 
 def _experiment_uri(cfg: TuneConfig) -> str:
@@ -582,6 +521,8 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
             num_samples=cfg.num_samples,
             max_concurrent_trials=limit,
             trial_dirname_creator=_trial_dirname,
+            # A trial's process (torch, the fold data) serves the next trial: no start-up each.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -617,10 +558,11 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     """
     import ray
 
-    from knd.checkpoint import load_model, save_checkpoint
-    from knd.evaluate import predict, targets_of
+    from knd.checkpoint import load_model, make_meta, save_checkpoint
+    from knd.inference import predict
     from knd.metrics import metrics_report, split_metrics, write_report
     from knd.models import build_model
+    from knd.ravdess import targets_of
 
     params = best["params"]
     train_cfg = trial_train_config(params, meta)
@@ -635,20 +577,15 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
         train_cfg.model.name, len(labels), train_cfg.model.width, train_cfg.model.dropout
     )
     model.load_state_dict(trained["model"])
-    ckpt_meta = {
-        "label_set": cfg.labels,
-        "labels": labels,
-        "feature_params": meta["feature_params"],
-        "feature_hash": meta["feature_hash"],
-        "feature_shape": meta["feature_shape"],
-        "model": {k: getattr(train_cfg.model, k) for k in ("name", "width", "dropout")},
-        "norm": trained["norm"],
-        "split": {"train": meta["train_actors"], "val": [], "test": meta["test_actors"]},
-        "recipe": train_cfg.recipe,
-        "run": f"{experiment.rstrip('/').rsplit('/', 1)[-1]}/best",
-        "epoch": trained["epochs"],
-        "metrics": {},
-    }
+    ckpt_meta = make_meta(
+        train_cfg,
+        meta,
+        trained["norm"],
+        {"train": meta["train_actors"], "test": meta["test_actors"]},
+        run=f"{experiment.rstrip('/').rsplit('/', 1)[-1]}/best",
+        epoch=trained["epochs"],
+        metrics={},
+    )
     checkpoint = storage.join(experiment, BEST_DIR, "checkpoint")
     save_checkpoint(checkpoint, model, ckpt_meta)
     # The test actors are read only now, after the search, and scored exactly once.
@@ -670,19 +607,12 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     return test | {"checkpoint": checkpoint, "train_s": trained["train_s"]}
 
 
-def run(cfg: TuneConfig) -> TuneResult:
-    """Search, pick the best configuration by mean fold score, retrain it and test it once.
+def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
+    """``(config, meta, experiment folder)`` of a new search, or of the one ``resume`` names.
 
-    Raises:
-        ConfigError: neither ``data`` nor ``resume``, or a bad search space.
-        ValueError: no prepared features, an experiment folder that already exists, or too few
-            actors for the folds.
+    A new search writes its ``knd_tune.json`` now, so a killed run can be resumed.
     """
-    import ray
-
-    from knd.analyse import best_row, load_experiment, trial_rows
     from knd.dataset import read_manifest
-    from knd.runtime import init_ray
 
     if cfg.resume:
         cfg, meta, experiment = _resumed_config(cfg)
@@ -700,30 +630,17 @@ def run(cfg: TuneConfig) -> TuneResult:
         storage.write_text(storage.join(experiment, META_FILE), json.dumps(meta, indent=2) + "\n")
     elif manifest["feature_hash"] != meta["feature_hash"]:
         raise ValueError(f"{cfg.data}: features differ from the ones this search started on")
-    log.info(
-        "searching %s: test actors %s set aside; %d folds %s; %d samples x %d epochs -> %s",
-        meta["space_file"], meta["test_actors"], len(meta["folds"]), meta["folds"],
-        cfg.num_samples, cfg.max_epochs, experiment,
-    )  # fmt: skip
-    init_ray(cfg.ray)
-    data = load_columns(cfg.data, meta["train_actors"], meta["feature_hash"])
-    started = time.time()
-    _search(cfg, meta, data, experiment)
-    search_s = time.time() - started
+    return cfg, meta, experiment
 
-    rows = trial_rows(load_experiment(experiment), meta)
-    best = best_row(rows, cfg.metric)
-    if best is None:
-        log.error("no trial reported a score; see the trial errors under %s", experiment)
-        return TuneResult(experiment, len(rows), None, None, exit_code=1)
+
+def write_best(cfg: TuneConfig, meta: dict, best: dict, experiment: str, extra: dict) -> dict:
+    """``best_config.yaml`` and ``best_result.json`` of the search; returns the summary."""
     best_cfg = best_train_config(best["params"], meta)
     text = f"# knd train data={cfg.data} config={BEST_CONFIG_FILE}\n" + yaml.safe_dump(
         best_cfg, sort_keys=False
     )
     storage.write_text(storage.join(experiment, BEST_CONFIG_FILE), text)
-    test = None
-    if cfg.retrain_best:
-        test = retrain_best(cfg, meta, best, ray.put(data), experiment)
+    test = extra.get("test")
     summary = {
         "experiment": experiment,
         "trial_id": best["trial_id"],
@@ -734,12 +651,49 @@ def run(cfg: TuneConfig) -> TuneResult:
         "test": None if test is None else {k: v for k, v in test.items() if k != "confusion"},
         "test_actors": meta["test_actors"],
         "folds": meta["folds"],
-        "num_trials": len(rows),
-        "search_s": search_s,
+        "num_trials": extra["num_trials"],
+        "search_s": extra["search_s"],
         "train_config": best_cfg,
     }
     storage.write_text(
         storage.join(experiment, BEST_RESULT_FILE), json.dumps(summary, indent=2) + "\n"
+    )
+    return summary
+
+
+def run(cfg: TuneConfig) -> TuneResult:
+    """Search, pick the best configuration by mean fold score, retrain it and test it once.
+
+    Raises:
+        ConfigError: neither ``data`` nor ``resume``, or a bad search space.
+        ValueError: no prepared features, an experiment folder that already exists, or too few
+            actors for the folds.
+    """
+    import ray
+
+    from knd.runtime import init_ray
+
+    cfg, meta, experiment = open_experiment(cfg)
+    log.info(
+        "searching %s: test actors %s set aside; %d folds %s; %d samples x %d epochs -> %s",
+        meta["space_file"], meta["test_actors"], len(meta["folds"]), meta["folds"],
+        cfg.num_samples, cfg.max_epochs, experiment,
+    )  # fmt: skip
+    init_ray(cfg.ray)
+    # Only the non-test actors are ever loaded while the search runs.
+    data = load_columns(cfg.data, meta["train_actors"], meta["feature_hash"])
+    started = time.time()
+    _search(cfg, meta, data, experiment)
+    search_s = time.time() - started
+
+    rows = trial_rows(load_experiment(experiment), meta)
+    best = best_row(rows, cfg.metric)
+    if best is None:
+        log.error("no trial reported a score; see the trial errors under %s", experiment)
+        return TuneResult(experiment, len(rows), None, None, exit_code=1)
+    test = retrain_best(cfg, meta, best, ray.put(data), experiment) if cfg.retrain_best else None
+    write_best(
+        cfg, meta, best, experiment, {"test": test, "num_trials": len(rows), "search_s": search_s}
     )
     log.info(
         "best of %d trials %s: fold %s %.3f +- %.3f%s; results in %s",

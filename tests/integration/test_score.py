@@ -85,7 +85,7 @@ def test_scores_equal_evaluate_and_do_not_depend_on_batching(
 
     from knd.checkpoint import load_model
     from knd.dataset import load_features
-    from knd.evaluate import predict
+    from knd.inference import predict
 
     # A dozen corpus files spread over the actors and emotions (scoring all 480 would take minutes).
     folder = tmp_path / "clips"

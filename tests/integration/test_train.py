@@ -163,8 +163,9 @@ def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained
     """The validation metrics synced over 2 gloo ranks equal those of one process."""
     from knd.checkpoint import load_model
     from knd.dataset import load_features
-    from knd.evaluate import predict, targets_of
+    from knd.inference import predict
     from knd.metrics import split_metrics
+    from knd.ravdess import targets_of
 
     model, meta = load_model(trained.result.checkpoint)
     epoch = meta["epoch"]
@@ -244,8 +245,8 @@ class RunsCode:
 def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(trained, tmp_path):
     from knd.checkpoint import load_model
     from knd.dataset import load_features
-    from knd.evaluate import predict
     from knd.evaluate import run as evaluate
+    from knd.inference import predict
 
     results = {}
     for batch in (1, 7, 256):
@@ -295,33 +296,22 @@ def test_evaluate_refuses_features_made_with_other_parameters(trained, tmp_path)
         evaluate(cfg)
 
 
-class Rows:
-    """The slice of Ray's DataIterator that ``validate`` uses, over in-memory rows."""
-
-    def __init__(self, table):
-        self.table = table
-
-    def iter_batches(self, batch_size, batch_format):
-        assert batch_format == "numpy"
-        t = self.table
-        for start in range(0, len(t), batch_size):
-            end = start + batch_size
-            yield {"path": t.path[start:end], "features": t.features[start:end],
-                   "emotion": t.emotion[start:end]}  # fmt: skip
-
-
 def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
+    """The engine's evaluation of this rank's share of the rows, as a training worker runs it."""
     from knd.checkpoint import load_model
     from knd.dataset import load_features
-    from knd.ravdess import emotion_to_label_table
-    from knd.train import validate
+    from knd.engine import evaluate, ordered_batches
+    from knd.ravdess import targets_of
+    from knd.train import rank_share
 
     torch.set_num_threads(1)
     model, meta = load_model(checkpoint)
     table = load_features(features, actors=VAL_ACTORS + TEST_ACTORS)
+    mine = rank_share(table.path, rank, world)
     norm = (torch.tensor(meta["norm"]["mean"]), torch.tensor(meta["norm"]["std"]))
-    labels = torch.tensor(emotion_to_label_table("ravdess8"))
-    return validate(model, Rows(table), labels, norm, 8, torch.device("cpu"), rank, world)
+    x = torch.from_numpy(table.features[mine])
+    y = torch.from_numpy(targets_of(table.emotion[mine], "ravdess8"))
+    return evaluate(model, ordered_batches(x, y, 7), norm, 8, torch.device("cpu"))
 
 
 def _rank_main(rank: int, world: int, init: str, checkpoint: str, features: str, out: str):
@@ -334,7 +324,7 @@ def _rank_main(rank: int, world: int, init: str, checkpoint: str, features: str,
 
 
 def test_metrics_synced_over_two_gloo_ranks_equal_one_process(trained, tmp_path):
-    """``validate`` in a real 2-process gloo group: each rank scores its half, metrics sync."""
+    """Engine evaluation in a real 2-process gloo group: each rank scores half, metrics sync."""
     import torch.multiprocessing as mp
 
     init = f"file://{tmp_path / 'rendezvous'}"

@@ -235,7 +235,7 @@ def test_best_config_trains(resumed, analysis, tiny_features, tmp_path):
 
 
 def test_asha_stops_a_hopeless_trial_on_s3(tiny_features, ray_session, s3_server, tmp_path):
-    from knd.analyse import load_experiment, trial_rows
+    from knd.experiment import load_experiment, trial_rows
     from knd.tune import run
 
     # The good configuration runs first (one trial at a time), so it sets every rung's cutoff.

@@ -14,17 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from knd.analyse import best_row, summary_md, trials_csv
+from knd.analyse import summary_md, trials_csv
 from knd.config import ConfigError, config_dir, load_config, load_yaml, replace, to_dict
-from knd.tune import (
-    CrossValidation,
-    best_train_config,
-    fold_summary,
-    param_space,
-    space_path,
-    space_recipes,
-    trial_train_config,
-)
+from knd.experiment import best_row, best_train_config, trial_train_config
+from knd.tune import CrossValidation, fold_summary, param_space, space_path, space_recipes
 
 SPACES = sorted(p.name for p in (config_dir() / "tune").glob("*.yaml"))
 
@@ -142,9 +135,9 @@ def test_cross_validation_trains_each_fold_without_its_actors():
     )
     folds = [[3, 5, 7], [4, 6, 8]]
     cv = CrossValidation(cfg, data, folds, torch.device("cpu"))
-    for fold, model, val in zip(folds, cv.models, cv.val_rows, strict=True):
-        assert set(actors[model.rows]).isdisjoint(fold)
-        assert set(actors[val]) == set(fold)
+    for fold, model in zip(folds, cv.models, strict=True):
+        assert set(actors[model.train_rows]).isdisjoint(fold)
+        assert set(actors[model.val_rows]) == set(fold)
     state = cv.state_dict()
     out = cv.run_epoch()
     assert out["epoch"] == 1 and out["epochs_planned"] == 2

@@ -1,0 +1,355 @@
+"""The one training engine: plain PyTorch, no Ray.
+
+``knd train``'s Ray Train worker, each fold model of a ``knd tune`` trial and the plain-loop
+baseline of ``bench/train.py`` all train through :class:`Learner`, so a hyperparameter means the
+same thing wherever it is set. The engine takes batches as plain iterables of
+``(raw log-mel [B, n_mels, frames], label ids [B])`` tensors; where they come from (a Ray Dataset
+shard, in-memory arrays, a GPU-resident copy) is the caller's business.
+
+Augmentation runs on raw log-mel in dB, in this order: band shift and gain (another voice, another
+recording level), normalisation per mel band, SpecAugment masks (masked cells become the mean),
+then mixup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from knd.config import TrainConfig
+from knd.features import normalise
+from knd.inference import logits_of
+from knd.metrics import metric_collection, summarise
+from knd.models import build_model, unwrap
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""Raw log-mel features ``[B, n_mels, frames]`` and label ids ``[B]``."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule and augmentation
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up to ``peak`` then cosine decay to zero, by optimiser step."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, num_masks: int) -> torch.Tensor:
+    """SpecAugment masking of normalised ``[B, n_mels, frames]``: masked cells become 0 (the mean).
+
+    Each example gets ``num_masks`` frequency bands of up to ``freq_mask`` mel bins and as many
+    time spans of up to ``time_mask`` frames, at random places.
+    """
+    if num_masks <= 0 or (freq_mask <= 0 and time_mask <= 0):
+        return x
+    b, m, t = x.shape
+    keep = torch.ones(b, m, t, dtype=torch.bool, device=x.device)
+    for size, width, axis in ((m, freq_mask, 1), (t, time_mask, 2)):
+        if width <= 0:
+            continue
+        index = torch.arange(size, device=x.device)[None, :]
+        for _ in range(num_masks):
+            w = torch.randint(0, min(width, size) + 1, (b, 1), device=x.device)
+            start = (torch.rand(b, 1, device=x.device) * (size - w + 1)).long()
+            hit = (index >= start) & (index < start + w)
+            keep &= ~(hit[:, :, None] if axis == 1 else hit[:, None, :])
+    return x * keep
+
+
+def shift_and_gain(x: torch.Tensor, max_shift: int, gain_db: float) -> torch.Tensor:
+    """Per-example mel-band shift and level change of raw log-mel ``[B, n_mels, frames]`` (dB).
+
+    A shift of ``k`` bands moves the whole spectrum up or down (edge bands repeat), roughly what
+    a higher or lower voice and a longer or shorter vocal tract do: the model must then rely on
+    the shape of the spectrum over time rather than on one speaker's pitch and formant bands. A
+    level change stands for another microphone distance or recording gain.
+    """
+    b, m, _ = x.shape
+    if max_shift > 0:
+        shift = torch.randint(-max_shift, max_shift + 1, (b, 1), device=x.device)
+        index = (torch.arange(m, device=x.device)[None, :] - shift).clamp(0, m - 1)
+        x = x.gather(1, index[:, :, None].expand_as(x))
+    if gain_db > 0:
+        x = x + (torch.rand(b, 1, 1, device=x.device) * 2.0 - 1.0) * gain_db
+    return x
+
+
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mix each example with a random partner: ``(x_mixed, y, y_partner, weight_of_y)``."""
+    if alpha <= 0:
+        return x, y, y, 1.0
+    lam = float(np.random.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)  # keep the first example dominant so its label stays meaningful
+    perm = torch.randperm(x.shape[0], device=x.device)
+    return lam * x + (1.0 - lam) * x[perm], y, y[perm], lam
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; biases and normalisation weights get no weight decay."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data in memory
+
+
+def band_stats(features: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-mel-band mean and standard deviation over every frame of every clip.
+
+    Args:
+        features: batches of raw log-mel ``[B, n_mels, frames]`` (any float dtype).
+
+    Raises:
+        ValueError: no clip at all.
+    """
+    total = squares = None
+    count = 0
+    for batch in features:
+        f = np.asarray(batch, dtype=np.float64)
+        if total is None:
+            total, squares = np.zeros(f.shape[1]), np.zeros(f.shape[1])
+        total += f.sum(axis=(0, 2))
+        squares += np.square(f).sum(axis=(0, 2))
+        count += f.shape[0] * f.shape[2]
+    if not count:
+        raise ValueError("no training clips to compute normalisation statistics on")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return mean.tolist(), std.tolist()
+
+
+def in_chunks(array: np.ndarray, size: int = 256) -> Iterator[np.ndarray]:
+    """``array`` in consecutive slices of ``size`` rows (bounded float64 copies in band_stats)."""
+    for start in range(0, len(array), size):
+        yield array[start : start + size]
+
+
+class ArrayBatches:
+    """Shuffled mini-batches of in-memory tensors, reshuffled by ``(seed, epoch)``.
+
+    A batch is ``(features, labels)``, plus the rows of ``extra`` (e.g. actor ids) when given.
+    ``rows`` restricts the batches to some row indices (a fold's training actors) without copying.
+
+    The tensors may live on the GPU: then a batch is an index on the device, with no host copy.
+    """
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        extra: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        if len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+        self.features, self.labels, self.seed = features, labels, seed
+        self.extra = None if extra is None else extra.to(features.device)
+        all_rows = torch.arange(len(labels), device=features.device)
+        self.rows = all_rows if rows is None else rows.to(features.device)
+        self.batch_size = max(1, min(batch_size, len(self.rows)))
+        self.steps = max(1, len(self.rows) // self.batch_size)  # drop the ragged last batch
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        shuffled = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        order = self.rows[torch.from_numpy(shuffled).to(self.rows.device)]
+        for i in range(self.steps):
+            rows = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if self.extra is None:
+                yield self.features[rows], self.labels[rows]
+            else:
+                yield self.features[rows], self.labels[rows], self.extra[rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def ordered_batches(
+    features: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> Iterator[Batch]:
+    """``(features, labels)`` in order, in batches of ``batch_size`` (for evaluation)."""
+    for start in range(0, len(labels), batch_size):
+        yield features[start : start + batch_size], labels[start : start + batch_size]
+
+
+# ----------------------------------------------------------------------------------------------
+# The learner
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """How many optimiser steps an epoch and the whole schedule take."""
+
+    steps_per_epoch: int
+    epochs: int
+    warmup_epochs: float
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_epochs * self.steps_per_epoch)
+
+
+class Learner:
+    """A model, its optimiser and learning-rate schedule, trained one epoch at a time.
+
+    Args:
+        cfg: the train config (model, optimiser, schedule, augmentation).
+        num_classes: size of the label set.
+        norm: per-mel-band ``(mean, std)`` of the training clips.
+        steps_per_epoch: optimiser steps in one epoch (fixes the LR schedule).
+        device: where the model runs.
+        wrap: applied to the model before the optimiser is built (Ray Train's ``prepare_model``
+            for DDP); the identity by default.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        num_classes: int,
+        norm: tuple[list[float], list[float]],
+        steps_per_epoch: int,
+        device: torch.device,
+        wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    ) -> None:
+        self.cfg, self.device, self.gpu = cfg, device, device.type == "cuda"
+        self.num_classes = num_classes
+        self.norm_stats = {"mean": list(norm[0]), "std": list(norm[1])}
+        self.norm = (
+            torch.tensor(norm[0], dtype=torch.float32, device=device),
+            torch.tensor(norm[1], dtype=torch.float32, device=device),
+        )
+        model = build_model(cfg.model.name, num_classes, cfg.model.width, cfg.model.dropout)
+        model = model.to(device)
+        if self.gpu:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = wrap(model) if wrap is not None else model
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.plan = EpochPlan(max(1, steps_per_epoch), cfg.optim.epochs, cfg.optim.warmup_epochs)
+        self.step = 0
+
+    def lr(self, step: int | None = None) -> float:
+        """The learning rate at ``step`` (default: the next step)."""
+        step = self.step if step is None else step
+        plan = self.plan
+        return lr_at(step, plan.total_steps, plan.warmup_steps, self.cfg.optim.lr)
+
+    def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on raw log-mel ``[B, n_mels, frames]``; the (detached) loss."""
+        cfg, aug = self.cfg, self.cfg.augment
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr()
+        x = shift_and_gain(features.to(self.device).float(), aug.freq_shift, aug.gain_db)
+        x = normalise(x, *self.norm)
+        x = spec_augment(x, aug.freq_mask, aug.time_mask, aug.num_masks)
+        x, y_a, y_b, lam = mixup(x[:, None], labels.to(self.device), aug.mixup_alpha)
+        logits = logits_of(self.model, x)
+        smooth = cfg.optim.label_smoothing
+        loss = lam * F.cross_entropy(logits, y_a, label_smoothing=smooth)
+        if lam < 1.0:
+            loss = loss + (1.0 - lam) * F.cross_entropy(logits, y_b, label_smoothing=smooth)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    def train_epoch(
+        self,
+        batches: Iterable[Batch],
+        on_batch: Callable[[int, Batch], None] | None = None,
+    ) -> tuple[float, int]:
+        """Train on every batch once: ``(loss summed over examples, examples)``.
+
+        Args:
+            batches: the epoch's ``(features, labels)`` batches.
+            on_batch: called with ``(index, batch)`` before each optimiser step.
+        """
+        self.model.train()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        for index, batch in enumerate(batches):
+            if on_batch is not None:
+                on_batch(index, batch)
+            loss = self.train_step(batch[0], batch[1])
+            total += loss.double() * len(batch[1])
+            count += len(batch[1])
+        return float(total), count
+
+    def evaluate(self, batches: Iterable[Batch]) -> dict:
+        """Metrics of the plain model (see :func:`evaluate`)."""
+        return evaluate(self.model, batches, self.norm, self.num_classes, self.device)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if "model" in state:
+            unwrap(self.model).load_state_dict(state["model"])
+        if "optimizer" in state:  # a checkpoint without train state resumes weights only
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state.get("step", 0))
+
+
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    norm: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    device: torch.device,
+) -> dict:
+    """Accuracy, UAR, macro-F1, confusion, ``n`` and mean cross-entropy ``loss`` over ``batches``.
+
+    Under ``torch.distributed`` every rank must call this: metric states and the loss are summed
+    over ranks, so each rank passes only its own share of the rows. The plain module is used (not
+    a DDP wrapper), so ranks with different row counts never wait on each other mid-way; the model
+    is left in the mode it was in.
+    """
+    plain = unwrap(model)
+    was_training = plain.training
+    plain.eval()
+    collection = metric_collection(num_classes, sync=True).to(device)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for features, labels in batches:
+            x = normalise(features.to(device).float(), *norm)[:, None]
+            y = labels.to(device)
+            logits = logits_of(plain, x)
+            collection.update(logits.argmax(dim=1), y)
+            loss_sum[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            loss_sum[1] += len(y)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(loss_sum)
+    out = summarise(collection.compute())
+    out["loss"] = float(loss_sum[0] / loss_sum[1].clamp(min=1))
+    plain.train(was_training)
+    return out
