@@ -168,6 +168,8 @@ def process_files(
             row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
         except OSError as e:
             row["error"] = f"unreadable ({e.strerror or type(e).__name__})"
+        except Exception as e:  # noqa: BLE001 - any failure is this file's, never the batch's
+            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
         for name in schema.names:
             cols[name].append(row[name])
     arrays = []
