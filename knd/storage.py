@@ -122,8 +122,10 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
         raise FileNotFoundError(f"input not found: {uri}")
     if info.type == pafs.FileType.File:
         infos = [info]
-    else:
+    elif is_remote(uri):
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    else:
+        infos = [pafs.FileInfo(p, pafs.FileType.File) for p in _walk_local(root)]
     out = []
     for item in infos:
         if item.type != pafs.FileType.File:
@@ -135,6 +137,41 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
             continue
         out.append("s3://" + item.path if is_remote(uri) else item.path)
     return sorted(out)
+
+
+def _walk_local(root: str) -> list[str]:
+    """Every file under a local folder, each once, following symlinks but never into a loop.
+
+    A directory is entered once per real path (a ``ln -s .. loop`` or two links to one folder
+    add nothing), never through a link to an ancestor of the root, and a file reached by two
+    names is listed under the first. Hidden entries are not entered.
+    """
+    out: list[str] = []
+    top = os.path.realpath(root)
+    seen_dirs = {top}
+    seen_files: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        real = os.path.realpath(entry.path)
+                        # A link to an ancestor of the root would list the root again (and more).
+                        if real not in seen_dirs and not top.startswith(real.rstrip("/") + "/"):
+                            seen_dirs.add(real)
+                            stack.append(entry.path)
+                    elif entry.is_file():
+                        st = entry.stat()
+                        if (st.st_dev, st.st_ino) not in seen_files:
+                            seen_files.add((st.st_dev, st.st_ino))
+                            out.append(entry.path)
+                except OSError:  # a dangling or unreadable link: not a file we can list
+                    continue
+    return out
 
 
 def delete_dir(uri: str) -> None:
