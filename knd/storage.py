@@ -87,12 +87,19 @@ def read_text(uri: str) -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a file so that readers see either nothing or all of it.
 
-    Locally: write a temporary sibling and ``os.replace`` it. On S3 a PUT is already atomic.
+    Locally: write a temporary sibling and ``os.replace`` it. On S3 likewise a hidden temporary
+    key, then a server-side copy to the final key: pyarrow's output stream completes its upload
+    even when the write raised, so writing the final key directly could leave a partial object.
     """
     fs, path = resolve(uri)
     if is_remote(uri):
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        tmp = _tmp_sibling(path)
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, path)
+        finally:
+            _delete_quietly(fs, tmp)
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +112,54 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _tmp_sibling(path: str) -> str:
+    parent, name = posixpath.split(path)
+    return posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    """Remove a temporary file if it is there (after a failure; a success already moved it)."""
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)
+    except OSError:
+        pass  # best effort: a hidden .tmp key is never listed or read
+
+
+def replace_folder(src_fs: pafs.FileSystem, src_path: str, dest: str, last: tuple = ()) -> None:
+    """Make ``dest`` a copy of the folder ``src_path`` without a moment where it holds nothing.
+
+    Each file is copied to a hidden temporary name and then moved onto its final name (files
+    named in ``last`` go after the others, e.g. the ``meta.json`` that marks a checkpoint
+    complete), and only then are files of the old copy that the new one lacks deleted. Readers
+    see the old files or the new ones; an interruption leaves the old copy or a complete new one
+    plus, at worst, hidden temporary files.
+    """
+    fs, root = resolve(dest)
+    names = sorted(
+        posixpath.relpath(i.path, src_path)
+        for i in src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True))
+        if i.type == pafs.FileType.File
+    )
+    names.sort(key=lambda n: n in last)
+    fs.create_dir(root, recursive=True)
+    for name in names:
+        target = posixpath.join(root, name) if is_remote(dest) else str(Path(root, name))
+        if not is_remote(dest):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_sibling(target)
+        try:
+            pafs.copy_files(posixpath.join(src_path, name), tmp, src_fs, fs)
+            fs.move(tmp, target)
+        finally:
+            _delete_quietly(fs, tmp)
+    keep = set(names)
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = posixpath.relpath(info.path, root)
+        if info.type == pafs.FileType.File and rel not in keep:
+            fs.delete_file(info.path)
 
 
 def write_text(uri: str, text: str) -> None:

@@ -35,6 +35,7 @@ import yaml
 
 from knd import storage
 from knd.checkpoint import (
+    META_FILE,
     MODEL_FILE,
     load_meta,
     load_model,
@@ -424,8 +425,8 @@ def _copy_checkpoint(checkpoint: Any, dest: str) -> None:
 
     fs, path = storage.resolve(dest)
     if storage.is_remote(dest):
-        storage.delete_dir(dest)
-        pafs.copy_files(checkpoint.path, path, checkpoint.filesystem, fs)
+        # File by file, meta.json last, stale files after: never a moment without a checkpoint.
+        storage.replace_folder(checkpoint.filesystem, checkpoint.path, dest, last=(META_FILE,))
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     fs.create_dir(tmp, recursive=True)
