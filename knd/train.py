@@ -273,7 +273,14 @@ def _restore(resume: str | None) -> tuple[dict, dict] | None:
 def _append_history(run_path: str, record: dict) -> None:
     uri = storage.join(run_path, HISTORY_FILE)
     old = storage.read_text(uri) if storage.exists(uri) else ""
-    storage.write_text(uri, old + json.dumps(record) + "\n")
+    # After a recovery from a checkpoint the epochs after it run again: their new records
+    # replace the old ones, so every epoch appears once.
+    kept = [
+        line
+        for line in old.splitlines()
+        if line.strip() and json.loads(line).get("epoch", -1) < record["epoch"]
+    ]
+    storage.write_text(uri, "".join(line + "\n" for line in kept) + json.dumps(record) + "\n")
 
 
 def train_loop_per_worker(config: dict) -> None:
