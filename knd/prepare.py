@@ -237,7 +237,8 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str], str]:
         infos = {root: root_info}
         root = posixpath.dirname(root)
     else:
-        infos = {i.path: i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))}
+        # storage's listing: a directory link is never followed into a loop
+        infos = {i.path: i for i in storage.list_file_infos(input_uri, storage.AUDIO_SUFFIXES)}
     paths, digest = [], hashlib.sha256()
     for uri in uris:
         inside = uri[len("s3://") :] if storage.is_remote(uri) else uri

@@ -170,7 +170,14 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
     """Every file under ``uri`` (recursive), sorted, as URIs of the same kind as ``uri``.
 
     Hidden files and folders (a leading dot) are skipped. ``suffixes`` filters case-insensitively.
+    Locally each file is listed once, and directory links are never followed into a loop.
     """
+    remote = is_remote(uri)
+    return ["s3://" + i.path if remote else i.path for i in list_file_infos(uri, suffixes)]
+
+
+def list_file_infos(uri: str, suffixes: tuple[str, ...] | None = None) -> list[pafs.FileInfo]:
+    """The file infos (path inside the filesystem, size, mtime) behind :func:`list_files`."""
     fs, root = resolve(uri)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -180,7 +187,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
     elif is_remote(uri):
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     else:
-        infos = [pafs.FileInfo(p, pafs.FileType.File) for p in _walk_local(root)]
+        infos = _walk_local(root)
     out = []
     for item in infos:
         if item.type != pafs.FileType.File:
@@ -190,18 +197,18 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
             continue
         if suffixes and not item.path.lower().endswith(tuple(s.lower() for s in suffixes)):
             continue
-        out.append("s3://" + item.path if is_remote(uri) else item.path)
-    return sorted(out)
+        out.append(item)
+    return sorted(out, key=lambda i: i.path)
 
 
-def _walk_local(root: str) -> list[str]:
+def _walk_local(root: str) -> list[pafs.FileInfo]:
     """Every file under a local folder, each once, following symlinks but never into a loop.
 
     A directory is entered once per real path (a ``ln -s .. loop`` or two links to one folder
     add nothing), never through a link to an ancestor of the root, and a file reached by two
     names is listed under the first. Hidden entries are not entered.
     """
-    out: list[str] = []
+    out: list[pafs.FileInfo] = []
     top = os.path.realpath(root)
     seen_dirs = {top}
     seen_files: set[tuple[int, int]] = set()
@@ -223,7 +230,14 @@ def _walk_local(root: str) -> list[str]:
                         st = entry.stat()
                         if (st.st_dev, st.st_ino) not in seen_files:
                             seen_files.add((st.st_dev, st.st_ino))
-                            out.append(entry.path)
+                            out.append(
+                                pafs.FileInfo(
+                                    entry.path,
+                                    pafs.FileType.File,
+                                    size=st.st_size,
+                                    mtime_ns=st.st_mtime_ns,
+                                )
+                            )
                 except OSError:  # a dangling or unreadable link: not a file we can list
                     continue
     return out

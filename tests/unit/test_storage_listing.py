@@ -36,3 +36,14 @@ def test_listing_a_single_file_and_a_missing_path(tmp_path):
     assert storage.list_files(str(tmp_path / "x.wav")) == [str(tmp_path / "x.wav")]
     with pytest.raises(FileNotFoundError, match="input not found"):
         storage.list_files(str(tmp_path / "nope"))
+
+
+def test_two_loops_list_quickly_with_sizes(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.wav").write_bytes(b"12345")
+    os.symlink("..", tmp_path / "a" / "loop1")  # two loops hung pyarrow's recursive listing
+    os.symlink("..", tmp_path / "a" / "loop2")
+    os.symlink(".", tmp_path / "loop3")
+    infos = storage.list_file_infos(str(tmp_path))
+    assert [(os.path.relpath(i.path, tmp_path), i.size) for i in infos] == [("a/x.wav", 5)]
+    assert infos[0].mtime_ns == (tmp_path / "a" / "x.wav").stat().st_mtime_ns
