@@ -17,6 +17,31 @@ import soundfile as sf
 SILENT_PEAK = 10 ** (-80 / 20)
 """A clip whose peak amplitude stays below -80 dBFS carries no usable speech."""
 
+MIN_SAMPLE_RATE = 4_000
+MAX_SAMPLE_RATE = 384_000
+"""Rates outside these bounds are not speech recordings (and 1 Hz-scale rates are attacks)."""
+
+MAX_CHANNELS = 32
+MIN_SECONDS = 0.1
+"""Shorter files (a single sample, a click) hold no speech; they used to be padded and kept."""
+
+MAX_SECONDS = 3 * 3600
+MAX_DECODED_BYTES = 1 << 30
+"""Bounds on what one file may decode to (float32 frames x channels), checked from the header
+before decoding and enforced while decoding, so a small file cannot claim gigabytes."""
+
+FLOAT_PEAK_LIMIT = 1.5
+"""Float formats are full scale at 1.0; a peak above this (+3.5 dBFS) is an integer-scaled or
+corrupt file (e.g. 1e30 samples, whose squares overflow to inf), not an over-driven recording."""
+
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+MAX_KERNEL_ELEMENTS = 1 << 20
+"""torchaudio's sinc resampler builds a (sr_to/g) x (sr_from/g) kernel (g = gcd); for common rates
+(8/11.025/16/22.05/32/44.1/48/96 kHz to 16 kHz) it is small and we keep it, as the features were
+made with it. An odd rate (44,101 Hz: 16000 x 44135, 5.6 GB) goes to soxr, whose memory does
+not depend on the ratio."""
+
 
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message is a one-line reason."""
@@ -73,7 +98,13 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
                 f"read {max(available, 0) // block_align})"
             )
     try:
-        samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        info = sf.info(io.BytesIO(data))
+        max_frames = _check_header(info)
+        samples, sample_rate = sf.read(
+            io.BytesIO(data), frames=max_frames + 1, dtype="float32", always_2d=True
+        )
+    except AudioError:
+        raise
     except sf.LibsndfileError as e:
         reason = str(e.error_string if hasattr(e, "error_string") else e).strip().rstrip(".")
         if data[:4] in (b"RIFF", b"fLaC", b"OggS"):
@@ -85,13 +116,55 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
         ) from None
     if samples.shape[0] == 0:
         raise AudioError("no audio frames")
+    if samples.shape[0] > max_frames:  # the header understated the length (e.g. streamed)
+        raise AudioError(f"too long (over {max_frames} frames at {sample_rate} Hz)")
+    if samples.shape[0] < MIN_SECONDS * sample_rate:
+        raise AudioError(
+            f"too short ({samples.shape[0]} frames, {samples.shape[0] / sample_rate:.3f} s; "
+            f"at least {MIN_SECONDS:g} s)"
+        )
     if not np.isfinite(samples).all():
         raise AudioError("non-finite samples (NaN or inf)")
     peak = float(np.abs(samples).max())
+    if info.subtype in _FLOAT_SUBTYPES and peak > FLOAT_PEAK_LIMIT:
+        raise AudioError(
+            f"float samples out of range (peak {peak:.4g}, full scale is 1.0; "
+            "integer-scaled or corrupt float audio)"
+        )
+    check_not_silent(samples)
+    return samples, int(sample_rate)
+
+
+def check_not_silent(samples: np.ndarray, what: str = "silent") -> None:
+    """Raise :class:`AudioError` when the peak stays below -80 dBFS."""
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
     if peak < SILENT_PEAK:
         level = "-inf" if peak == 0 else f"{20 * math.log10(peak):.0f}"
-        raise AudioError(f"silent (peak {level} dBFS)")
-    return samples, int(sample_rate)
+        raise AudioError(f"{what} (peak {level} dBFS)")
+
+
+def _check_header(info) -> int:
+    """Check a file's declared rate, channels and length; return the most frames to decode.
+
+    Raises:
+        AudioError: a bound is exceeded; the message names the value and the bound.
+    """
+    rate, channels = int(info.samplerate), int(info.channels)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"unsupported sample rate {rate} Hz (expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE})"
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"unsupported channel count {channels} (expected 1..{MAX_CHANNELS})")
+    max_frames = min(int(MAX_SECONDS * rate), MAX_DECODED_BYTES // (4 * channels))
+    if info.frames > max_frames:
+        seconds, size = info.frames / rate, info.frames * channels * 4
+        raise AudioError(
+            f"too large ({info.frames} frames x {channels} channels = {seconds:.0f} s, "
+            f"{size / 2**20:.0f} MiB decoded; limits {MAX_SECONDS} s, "
+            f"{MAX_DECODED_BYTES >> 20} MiB)"
+        )
+    return max_frames
 
 
 def downmix(x: np.ndarray) -> np.ndarray:
@@ -103,22 +176,42 @@ def downmix(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=1, dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=16)
+def sinc_kernel_elements(sr_from: int, sr_to: int) -> int:
+    """Size of torchaudio's sinc resampling kernel for this pair of rates."""
+    g = math.gcd(sr_from, sr_to)
+    return (sr_to // g) * (sr_from // g)
+
+
+@functools.lru_cache(maxsize=8)
 def _resampler(sr_from: int, sr_to: int):
     import torchaudio
 
     # The transform precomputes its sinc kernel once; functional.resample would redo it per call.
+    # Only bounded kernels are built (see MAX_KERNEL_ELEMENTS), so 8 cached ones stay small.
     return torchaudio.transforms.Resample(sr_from, sr_to)
 
 
 def resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
-    """Resample a mono float32 signal with torchaudio's band-limited sinc interpolation."""
+    """Resample a mono float32 signal; memory is bounded whatever the two rates.
+
+    Common rate pairs use torchaudio's band-limited sinc interpolation (the features were made
+    with it); a pair whose sinc kernel would exceed :data:`MAX_KERNEL_ELEMENTS` uses soxr's
+    streaming resampler (very high quality), whose memory does not grow with the ratio.
+    """
+    sr_from, sr_to = int(sr_from), int(sr_to)
     if sr_from == sr_to:
         return x
+    if sr_from <= 0 or sr_to <= 0:
+        raise AudioError(f"cannot resample from {sr_from} Hz to {sr_to} Hz")
+    if sinc_kernel_elements(sr_from, sr_to) > MAX_KERNEL_ELEMENTS:
+        import soxr
+
+        out = soxr.resample(np.ascontiguousarray(x, dtype=np.float32), sr_from, sr_to, "VHQ")
+        return np.asarray(out, dtype=np.float32)
     import torch
 
     with torch.inference_mode():
-        out = _resampler(int(sr_from), int(sr_to))(torch.from_numpy(np.ascontiguousarray(x)))
+        out = _resampler(sr_from, sr_to)(torch.from_numpy(np.ascontiguousarray(x)))
     return out.numpy()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 from typing import Any
 
@@ -122,10 +123,82 @@ def load_meta(folder: str) -> dict:
     uri = storage.join(folder, META_FILE)
     if not storage.exists(uri):
         raise FileNotFoundError(f"not a checkpoint folder (no {META_FILE}): {folder}")
+    data = storage.read_bytes(uri)
+    if len(data) > MAX_META_BYTES:
+        raise ValueError(
+            f"{uri}: {len(data)} bytes, over the {MAX_META_BYTES} of a checkpoint meta"
+        )
     try:
-        return json.loads(storage.read_text(uri))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{uri}: not valid JSON ({e})") from None
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{uri}: not valid JSON ({str(e).splitlines()[0]})") from None
+    problem = meta_problem(meta)
+    if problem:
+        raise ValueError(f"{uri}: not a valid checkpoint meta ({problem})")
+    return meta
+
+
+MAX_META_BYTES = 16 << 20
+MAX_CLASSES = 64
+MAX_WIDTH = 1024
+MAX_BANDS = 1024
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def meta_problem(meta: Any) -> str | None:
+    """What is wrong with a parsed ``meta.json`` (None when it fits the schema).
+
+    Checks what loading and using the model reads: types, and sizes bounded so a hostile file
+    cannot ask for a huge model (``width``), label set or normalisation vector.
+    """
+    if not isinstance(meta, dict):
+        return f"expected an object, got {type(meta).__name__}"
+    required = {
+        "labels": list, "model": dict, "norm": dict, "feature_params": dict,
+        "feature_hash": str, "feature_shape": list, "label_set": str, "split": dict,
+    }  # fmt: skip
+    for key, kind in required.items():
+        if key not in meta:
+            return f"missing key {key!r}"
+        if not isinstance(meta[key], kind):
+            return f"{key}: expected {kind.__name__}, got {type(meta[key]).__name__}"
+    labels = meta["labels"]
+    if not 2 <= len(labels) <= MAX_CLASSES or not all(
+        isinstance(x, str) and 0 < len(x) <= 64 for x in labels
+    ):
+        return f"labels: expected 2..{MAX_CLASSES} names"
+    model = meta["model"]
+    if not isinstance(model.get("name"), str) or len(model["name"]) > 64:
+        return "model.name: expected a model name"
+    if "width" in model and not (_is_int(model["width"]) and 1 <= model["width"] <= MAX_WIDTH):
+        return f"model.width: expected an integer in 1..{MAX_WIDTH}, got {model['width']!r}"
+    if "dropout" in model and not (_is_number(model["dropout"]) and 0 <= model["dropout"] < 1):
+        return f"model.dropout: expected a number in [0, 1), got {model['dropout']!r}"
+    shape = meta["feature_shape"]
+    if len(shape) != 2 or not all(_is_int(x) and 1 <= x <= 1_000_000 for x in shape):
+        return f"feature_shape: expected [n_mels, n_frames], got {shape!r}"
+    if len(meta["feature_hash"]) > 128:
+        return "feature_hash: too long"
+    for key in ("mean", "std"):
+        values = meta["norm"].get(key)
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_BANDS:
+            return f"norm.{key}: expected a list of 1..{MAX_BANDS} numbers"
+        if not all(_is_number(v) for v in values):
+            return f"norm.{key}: expected finite numbers"
+    if len(meta["norm"]["mean"]) != len(meta["norm"]["std"]):
+        return "norm: mean and std differ in length"
+    for key in ("train", "val", "test"):
+        actors = meta["split"].get(key)
+        if not isinstance(actors, list) or not all(_is_int(a) for a in actors):
+            return f"split.{key}: expected a list of actor numbers"
+    return None
 
 
 def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -140,12 +213,16 @@ def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     """
     meta = load_meta(folder)
     spec = meta["model"]
-    model = build_model(
-        spec["name"],
-        num_classes=len(meta["labels"]),
-        width=int(spec.get("width", 32)),
-        dropout=float(spec.get("dropout", 0.0)),
-    )
+    try:
+        model = build_model(
+            spec["name"],
+            num_classes=len(meta["labels"]),
+            width=int(spec.get("width", 32)),
+            dropout=float(spec.get("dropout", 0.0)),
+        )
+    except (KeyError, ValueError) as e:  # e.g. an unknown model name
+        uri = storage.join(folder, META_FILE)
+        raise ValueError(f"{uri}: not a valid checkpoint meta ({e})") from None
     uri = storage.join(folder, MODEL_FILE)
     state = load_tensors(uri, device)
     if not isinstance(state, dict):

@@ -76,6 +76,10 @@ def run_command(command: str, args: list[str]) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"knd {command}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, permissions, a file where a folder should be...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"knd {command}: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     return int(getattr(result, "exit_code", 0) or 0)
 
 

@@ -15,6 +15,7 @@ An unknown key at any layer is an error that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -32,8 +33,13 @@ class ConfigError(ValueError):
     """A configuration problem, described in one line that names the key."""
 
 
-def _help(text: str) -> Any:
-    return field(metadata={"help": text})
+def _help(text: str, **check: Any) -> Any:
+    """A schema field with its help text and optional checks on its value.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (each element of a tuple); ``plain_name`` asks for
+    a single folder or file name (no ``/``, no ``..``, not empty). Every float must be finite.
+    """
+    return field(metadata={"help": text, **check})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,70 +49,101 @@ def _help(text: str) -> Any:
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = _help("Ray cluster to join ('auto' or ray://...); none starts local Ray")
-    num_cpus: int | None = _help("CPUs for a local Ray (none: all of this machine's)")
+    num_cpus: int | None = _help("CPUs for a local Ray (none: all of this machine's)", ge=1)
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     """Everything that decides the log-mel features; its hash is checked by train and score."""
 
-    sample_rate: int = _help("feature sample rate in Hz; audio is resampled to it")
-    clip_seconds: float = _help("fixed clip length after trimming: shorter is padded, longer cut")
-    trim_db: float = _help("leading/trailing audio quieter than peak minus this (dB) is trimmed")
-    n_fft: int = _help("FFT size in samples")
-    win_length: int = _help("analysis window in samples")
-    hop_length: int = _help("hop between frames in samples")
-    n_mels: int = _help("mel bands")
-    f_min: float = _help("lowest mel frequency in Hz")
-    f_max: float = _help("highest mel frequency in Hz")
+    sample_rate: int = _help(
+        "feature sample rate in Hz; audio is resampled to it", ge=1000, le=384_000
+    )
+    clip_seconds: float = _help(
+        "fixed clip length after trimming: shorter is padded, longer cut", gt=0, le=600
+    )
+    trim_db: float = _help(
+        "leading/trailing audio quieter than peak minus this (dB) is trimmed", gt=0, le=200
+    )
+    n_fft: int = _help("FFT size in samples", ge=8, le=65536)
+    win_length: int = _help("analysis window in samples", ge=1, le=65536)
+    hop_length: int = _help("hop between frames in samples", ge=1, le=65536)
+    n_mels: int = _help("mel bands", ge=1, le=1024)
+    f_min: float = _help("lowest mel frequency in Hz", ge=0)
+    f_max: float = _help("highest mel frequency in Hz", gt=0)
     dtype: Literal["float16", "float32"] = _help("stored feature dtype")
+
+    @staticmethod
+    def cross_checks(cfg: FeatureConfig) -> list[tuple[str, str]]:
+        """Relations between the fields that torchaudio's transforms rely on."""
+        problems = []
+        if cfg.win_length > cfg.n_fft:
+            problems.append(("win_length", f"must be <= n_fft ({cfg.n_fft}), got {cfg.win_length}"))
+        if cfg.f_min >= cfg.f_max:
+            problems.append(("f_min", f"must be < f_max ({cfg.f_max:g}), got {cfg.f_min:g}"))
+        if cfg.f_max > cfg.sample_rate / 2:
+            problems.append(
+                (
+                    "f_max",
+                    f"must be <= sample_rate / 2 ({cfg.sample_rate / 2:g}), got {cfg.f_max:g}",
+                )
+            )
+        return problems
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    test_actors: tuple[int, ...] = _help("held-out test actors (speaker-independent)")
-    val_actors: tuple[int, ...] = _help("validation actors, disjoint from the test actors")
+    test_actors: tuple[int, ...] = _help("held-out test actors (speaker-independent)", ge=1, le=24)
+    val_actors: tuple[int, ...] = _help(
+        "validation actors, disjoint from the test actors", ge=1, le=24
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal[MODEL_NAMES] = _help("architecture")
-    width: int = _help("base channel width (cpu_small only)")
-    dropout: float = _help("dropout before the classifier")
+    width: int = _help("base channel width (cpu_small only)", ge=1, le=1024)
+    dropout: float = _help("dropout before the classifier", ge=0, lt=1)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _help("peak learning rate (AdamW)")
-    weight_decay: float = _help("AdamW weight decay")
-    batch_size: int = _help("global batch size, split across workers")
-    epochs: int = _help("training epochs")
-    warmup_epochs: float = _help("linear warm-up before cosine decay, in epochs")
-    label_smoothing: float = _help("cross-entropy label smoothing")
-    grad_clip: float = _help("max gradient norm (0: off)")
+    lr: float = _help("peak learning rate (AdamW)", gt=0, le=10)
+    weight_decay: float = _help("AdamW weight decay", ge=0, le=10)
+    batch_size: int = _help("global batch size, split across workers", ge=1, le=1_000_000)
+    epochs: int = _help("training epochs", ge=1, le=100_000)
+    warmup_epochs: float = _help("linear warm-up before cosine decay, in epochs", ge=0, le=100_000)
+    label_smoothing: float = _help("cross-entropy label smoothing", ge=0, lt=1)
+    grad_clip: float = _help("max gradient norm (0: off)", ge=0)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    freq_mask: int = _help("SpecAugment: widest frequency mask in mel bands (0: off)")
-    time_mask: int = _help("SpecAugment: widest time mask in frames (0: off)")
-    num_masks: int = _help("SpecAugment: masks of each kind per example")
-    mixup_alpha: float = _help("mixup Beta(alpha, alpha) (0: off)")
-    freq_shift: int = _help("shift each clip up or down by up to this many mel bands (0: off)")
-    gain_db: float = _help("add a random level of up to +/- this many dB to each clip (0: off)")
+    freq_mask: int = _help("SpecAugment: widest frequency mask in mel bands (0: off)", ge=0)
+    time_mask: int = _help("SpecAugment: widest time mask in frames (0: off)", ge=0)
+    num_masks: int = _help("SpecAugment: masks of each kind per example", ge=0, le=100)
+    mixup_alpha: float = _help("mixup Beta(alpha, alpha) (0: off)", ge=0, le=1000)
+    freq_shift: int = _help(
+        "shift each clip up or down by up to this many mel bands (0: off)", ge=0
+    )
+    gain_db: float = _help(
+        "add a random level of up to +/- this many dB to each clip (0: off)", ge=0, le=100
+    )
 
 
 @dataclass(frozen=True)
 class TrainLoopConfig:
-    num_workers: int = _help("Ray Train workers (DDP ranks)")
+    num_workers: int = _help("Ray Train workers (DDP ranks)", ge=1, le=10_000)
     use_gpu: bool = _help("one GPU per worker; bf16 autocast and channels-last")
-    cpus_per_worker: float = _help("CPUs reserved per worker")
-    max_failures: int = _help("worker failures to recover from by resuming the last checkpoint")
-    num_to_keep: int = _help("checkpoints kept (the best by checkpoint_metric)")
+    cpus_per_worker: float = _help("CPUs reserved per worker", gt=0)
+    max_failures: int = _help(
+        "worker failures to recover from by resuming the last checkpoint", ge=-1
+    )
+    num_to_keep: int = _help("checkpoints kept (the best by checkpoint_metric)", ge=1)
     checkpoint_metric: Literal["val_uar", "val_loss"] = _help(
         "val_uar (highest) or val_loss (lowest) picks the best epoch"
     )
-    seed: int = _help("random seed")
+    seed: int = _help("random seed", ge=0)
 
 
 @dataclass(frozen=True)
@@ -123,9 +160,9 @@ class WandbConfig:
 class SynthConfig:
     required: typing.ClassVar[tuple[str, ...]] = ("out",)
     out: str | None = _help("output folder")
-    actors: int = _help("number of actors (1..24)")
-    seed: int = _help("random seed; the same seed gives byte-identical files")
-    workers: int = _help("parallel processes (0: one per CPU)")
+    actors: int = _help("number of actors (1..24)", ge=1, le=24)
+    seed: int = _help("random seed; the same seed gives byte-identical files", ge=0)
+    workers: int = _help("parallel processes (0: one per CPU)", ge=0, le=10_000)
 
 
 @dataclass(frozen=True)
@@ -134,9 +171,11 @@ class DownloadConfig:
     out: str | None = _help("folder to extract RAVDESS into")
     url: str = _help("address of the speech zip")
     md5: str = _help("expected MD5 of the zip")
-    archive_name: str = _help("file name of the zip kept beside the extracted tree")
-    chunk_bytes: int = _help("download chunk size")
-    timeout_s: float = _help("network timeout per request")
+    archive_name: str = _help(
+        "file name of the zip kept beside the extracted tree", plain_name=True
+    )
+    chunk_bytes: int = _help("download chunk size", ge=1, le=1 << 30)
+    timeout_s: float = _help("network timeout per request", gt=0, le=86_400)
 
 
 @dataclass(frozen=True)
@@ -146,8 +185,8 @@ class PrepareConfig:
     output: str | None = _help("features folder or s3:// prefix")
     require_labels: bool = _help("reject files whose names are not RAVDESS names")
     features: FeatureConfig = _help("feature parameters")
-    rows_per_shard: int = _help("rows per Parquet shard")
-    batch_size: int = _help("files per Ray Data batch")
+    rows_per_shard: int = _help("rows per Parquet shard", ge=1, le=10_000_000)
+    batch_size: int = _help("files per Ray Data batch", ge=1, le=1_000_000)
     ray: RayConfig = _help("Ray connection")
 
 
@@ -157,8 +196,8 @@ class TrainConfig:
     applies_recipe: typing.ClassVar[bool] = True
     data: str | None = _help("features written by knd prepare (folder or s3://)")
     run_dir: str = _help("where checkpoints, metrics.json and confusion.png go")
-    name: str | None = _help("run name (none: derived from recipe and time)")
-    recipe: str = _help("recipe in configs/recipes/ (model and schedule)")
+    name: str | None = _help("run name (none: derived from recipe and time)", plain_name=True)
+    recipe: str = _help("recipe in configs/recipes/ (model and schedule)", plain_name=True)
     labels: Literal["ravdess8", "ravdess7"] = _help("label set")
     resume: str | None = _help("checkpoint folder to continue from")
     split: SplitConfig = _help("speaker-independent split")
@@ -177,9 +216,11 @@ class EvaluateConfig:
     data: str | None = _help("features written by knd prepare")
     out: str | None = _help("report folder (none: beside the checkpoint)")
     actors: tuple[int, ...] | None = _help(
-        "actors to evaluate (none: the checkpoint's test actors)"
+        "actors to evaluate (none: the checkpoint's test actors)", ge=1, le=24
     )
-    batch_size: int = _help("inference batch size (does not change predictions)")
+    batch_size: int = _help(
+        "inference batch size (does not change predictions)", ge=1, le=1_000_000
+    )
 
 
 @dataclass(frozen=True)
@@ -188,24 +229,26 @@ class TuneConfig:
     required: typing.ClassVar[tuple[str, ...]] = ()
     data: str | None = _help("features written by knd prepare")
     space: str = _help("search space YAML (configs/tune/*.yaml)")
-    recipe: str = _help("base recipe the space overrides")
+    recipe: str = _help("base recipe the space overrides", plain_name=True)
     labels: Literal["ravdess8", "ravdess7"] = _help("label set")
-    test_actors: tuple[int, ...] = _help("actor group no trial ever sees")
-    folds: int = _help("actor-disjoint validation folds per configuration")
-    num_samples: int = _help("configurations to try (times each grid point)")
-    max_epochs: int = _help("epochs per fold (ASHA's max_t)")
-    grace_epochs: int = _help("epochs before ASHA may stop a trial")
-    reduction_factor: float = _help("ASHA: keep the best 1/reduction_factor at each rung")
+    test_actors: tuple[int, ...] = _help("actor group no trial ever sees", ge=1, le=24)
+    folds: int = _help("actor-disjoint validation folds per configuration", ge=2, le=24)
+    num_samples: int = _help("configurations to try (times each grid point)", ge=1)
+    max_epochs: int = _help("epochs per fold (ASHA's max_t)", ge=1, le=100_000)
+    grace_epochs: int = _help("epochs before ASHA may stop a trial", ge=1)
+    reduction_factor: float = _help("ASHA: keep the best 1/reduction_factor at each rung", gt=1)
     search: Literal["random", "optuna"] = _help("search algorithm (random also runs grid keys)")
     metric: Literal["uar", "accuracy", "macro_f1"] = _help("mean fold score to maximise")
     storage_path: str = _help("folder of experiments (local or s3://)")
-    name: str | None = _help("experiment name (none: derived from recipe and time)")
+    name: str | None = _help(
+        "experiment name (none: derived from recipe and time)", plain_name=True
+    )
     resume: str | None = _help("experiment folder of an interrupted search to finish")
-    cpus_per_trial: float = _help("CPUs per trial")
-    gpus_per_trial: float = _help("GPUs per trial (fractions share a GPU)")
-    max_concurrent: int = _help("trials at once (0: as resources allow)")
+    cpus_per_trial: float = _help("CPUs per trial", gt=0)
+    gpus_per_trial: float = _help("GPUs per trial (fractions share a GPU)", ge=0)
+    max_concurrent: int = _help("trials at once (0: as resources allow)", ge=0)
     retrain_best: bool = _help("retrain the best configuration and evaluate it on the test actors")
-    seed: int = _help("random seed")
+    seed: int = _help("random seed", ge=0)
     wandb: WandbConfig = _help("experiment tracking")
     ray: RayConfig = _help("Ray connection")
 
@@ -215,7 +258,7 @@ class AnalyseConfig:
     required: typing.ClassVar[tuple[str, ...]] = ("experiment",)
     experiment: str | None = _help("Tune experiment folder (local or s3://)")
     out: str | None = _help("report folder (none: <experiment>/analysis)")
-    top: int = _help("configurations in the summary table and learning curves")
+    top: int = _help("configurations in the summary table and learning curves", ge=1)
 
 
 @dataclass(frozen=True)
@@ -224,10 +267,10 @@ class ScoreConfig:
     checkpoint: str | None = _help("checkpoint folder written by knd train")
     input: str | None = _help("audio folder or s3:// prefix (searched recursively)")
     output: str | None = _help("result file: .parquet or .csv (local or s3://)")
-    batch_size: int = _help("windows per inference batch")
-    num_actors: int = _help("inference actors")
+    batch_size: int = _help("windows per inference batch", ge=1, le=1_000_000)
+    num_actors: int = _help("inference actors", ge=1, le=10_000)
     use_gpu: bool = _help("run inference on GPU")
-    window_hop_seconds: float = _help("hop between windows of long files")
+    window_hop_seconds: float = _help("hop between windows of long files", gt=0, le=86_400)
     per_window: bool = _help("one row per window instead of per file")
     strict: bool = _help("exit non-zero if any file fails")
     ray: RayConfig = _help("Ray connection")
@@ -272,8 +315,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[1,2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML)."""
+class _Typed(str):
+    """A ``key=value`` value as typed, with its YAML reading in ``parsed``.
+
+    A field declared as a string takes the text as typed (``name=no`` is "no", not False;
+    ``md5=0123...`` keeps its leading zero); any other field takes the YAML reading.
+    """
+
+    parsed: Any
+
+
+def _typed(raw: str, parsed: Any) -> _Typed:
+    out = _Typed(raw)
+    out.parsed = parsed
+    return out
+
+
+def parse_overrides(overrides: list[str], keep_text: bool = False) -> dict[str, Any]:
+    """``["a.b=1", "c=[1,2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML).
+
+    With ``keep_text`` each value also keeps the text as typed, for fields declared as strings.
+    """
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -283,6 +345,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if keep_text and not isinstance(value, dict):
+            value = _typed(raw, value)
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -319,7 +383,7 @@ def load_config(command: str, overrides: list[str] | None = None, **values: Any)
         raise ConfigError(f"unknown command {command!r}; expected one of {sorted(SCHEMAS)}")
     schema = SCHEMAS[command]
     tree = load_yaml(config_dir() / f"{command}.yaml")
-    cli = merge(parse_overrides(list(overrides or [])), values)
+    cli = merge(parse_overrides(list(overrides or []), keep_text=True), values)
     config_file = cli.pop("config", None)
     from_file = load_yaml(config_file) if config_file else {}
     if getattr(schema, "applies_recipe", False):
@@ -356,17 +420,63 @@ def build(schema: type, tree: dict[str, Any], prefix: str = ""):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown key {prefix + key!r}{hint}")
     kwargs = {}
-    for name in fields:
+    for name, f in fields.items():
         if name not in tree:
             raise ConfigError(f"key {prefix + name!r} has no value (add it to the YAML)")
         kwargs[name] = coerce(tree[name], hints[name], prefix + name)
-    return schema(**kwargs)
+        check_value(kwargs[name], f.metadata, prefix + name)
+    cfg = schema(**kwargs)
+    for name, problem in getattr(schema, "cross_checks", lambda c: [])(cfg):
+        raise ConfigError(f"{prefix + name}: {problem}")
+    return cfg
+
+
+_BOUNDS = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
+
+
+def check_value(value: Any, rules: Any, key: str) -> None:
+    """Check a coerced value against its field's rules; raise a ConfigError naming ``key``.
+
+    Floats must be finite; ``ge``/``gt``/``le``/``lt`` bound numbers (each element of a tuple);
+    ``plain_name`` asks for one file or folder name.
+    """
+    if value is None:
+        return
+    if isinstance(value, tuple):
+        for v in value:
+            check_value(v, rules, key)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for rule, (ok, sign) in _BOUNDS.items():
+            if rule in rules and not ok(value, rules[rule]):
+                raise ConfigError(f"{key}: must be {sign} {rules[rule]:g}, got {value!r}")
+    if rules.get("plain_name") and not _is_plain_name(str(value)):
+        raise ConfigError(
+            f"{key}: must be a plain name (no '/', '\\', '..', not empty), got {value!r}"
+        )
+
+
+def _is_plain_name(value: str) -> bool:
+    return value not in ("", ".", "..") and not any(c in value for c in "/\\\0")
 
 
 def coerce(value: Any, kind: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type, or raise a ConfigError naming ``key``."""
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
+    if isinstance(value, _Typed):
+        if kind is str:
+            return str(value)  # the text as typed: ``name=no`` stays "no"
+        if origin in (typing.Union, types.UnionType) and str in args and value.parsed is not None:
+            return str(value)
+        value = value.parsed
     if dataclasses.is_dataclass(kind):
         return build(kind, value, key + ".")
     if origin in (typing.Union, types.UnionType):
@@ -393,14 +503,18 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
             number = kind(value) if not isinstance(value, str) else kind(float(value))
-        except (TypeError, ValueError):
+            if kind is int and float(value) != number:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        except (TypeError, ValueError, OverflowError) as e:
+            if isinstance(e, ConfigError):
+                raise
             raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
-        if kind is int and float(value) != number:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return number
     if kind is str:
         if isinstance(value, dict | list):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML read yes/no/on/off as a boolean
+            raise ConfigError(f"{key}: expected a string, got {value!r} (quote it)")
         return str(value)
     return value
 

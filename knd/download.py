@@ -19,6 +19,7 @@ and extracted without any network access.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -47,6 +48,13 @@ MARKER = ".knd_download.json"
 
 RAVDESS_ACTORS = 24
 RAVDESS_CLIPS_PER_ACTOR = 60
+
+MAX_EXTRACTED_BYTES = 8 << 30
+"""The speech set unpacks to about 0.2 GB; more than this is not RAVDESS (or is a zip bomb)."""
+
+MAX_MEMBERS = 100_000
+MAX_RATIO = 100
+"""WAV barely compresses; a member over 1 MiB that unpacks to 100x its packed size is a bomb."""
 
 _ACTOR_DIR = re.compile(r"^Actor_\d\d$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -103,6 +111,21 @@ def run(cfg: DownloadConfig) -> DownloadResult:
     """
     if storage.is_remote(cfg.out):
         raise DownloadError(f"knd download writes to a local folder, got {cfg.out}")
+    name = cfg.archive_name
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise DownloadError(f"archive_name must be a plain file name, got {name!r}")
+    try:
+        return _run(cfg)
+    except OSError as e:  # disk full, permissions, a file where a folder should be...
+        raise DownloadError(f"download failed: {_os_reason(e, cfg.url)}") from None
+
+
+def _os_reason(e: OSError, url: str) -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    return _scrub(f"{where}{e.strerror or e}", url)
+
+
+def _run(cfg: DownloadConfig) -> DownloadResult:
     out = Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     archive = out / cfg.archive_name
@@ -179,7 +202,10 @@ def fetch(url: str, part: Path, chunk_bytes: int, timeout_s: float) -> FetchResu
     """
     shown = _redact(url)
     offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "knd-download"})
+    plain_url, auth = _split_credentials(url)
+    request = urllib.request.Request(plain_url, headers={"User-Agent": "knd-download"})
+    if auth:
+        request.add_header("Authorization", auth)
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     received = 0
@@ -214,11 +240,14 @@ def fetch(url: str, part: Path, chunk_bytes: int, timeout_s: float) -> FetchResu
             log.info("%s refused to resume %s; downloading from the start", shown, part.name)
             part.unlink()
             return fetch(url, part, chunk_bytes, timeout_s)
-        raise DownloadError(f"download failed: {shown}: HTTP {e.code} {e.reason}") from None
+        reason = _scrub(f"HTTP {e.code} {e.reason}", url)
+        raise DownloadError(f"download failed: {shown}: {reason}") from None
     except urllib.error.URLError as e:
-        raise DownloadError(f"download failed: {shown}: {_reason(e.reason, timeout_s)}") from None
-    except (http.client.HTTPException, OSError) as e:
-        raise DownloadError(f"download failed: {shown}: {_reason(e, timeout_s)}") from None
+        reason = _scrub(_reason(e.reason, timeout_s), url)
+        raise DownloadError(f"download failed: {shown}: {reason}") from None
+    except (http.client.HTTPException, OSError, ValueError) as e:
+        reason = _scrub(_reason(e, timeout_s), url)
+        raise DownloadError(f"download failed: {shown}: {reason}") from None
     size = part.stat().st_size
     if total is not None and size != total:
         raise DownloadError(
@@ -253,14 +282,56 @@ def _reason(error: object, timeout_s: float) -> str:
     return str(error) or type(error).__name__
 
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^?#]*)@")
+
+
+def _userinfo(url: str) -> str | None:
+    """The ``user:password`` part of ``url``, or None.
+
+    Normally the authority up to its last ``@``. A password with an unescaped ``/`` ends the
+    authority early (``user:pa`` then a non-numeric port); then everything up to the last ``@``
+    before any query counts, so no part of the secret is shown.
+    """
+    match = _USERINFO.match(url)
+    if not match:
+        return None
+    netloc = urllib.parse.urlsplit(url).netloc
+    if "@" in netloc:
+        return netloc.rpartition("@")[0]
+    port = netloc.rpartition(":")[2] if ":" in netloc else ""
+    return match.group(2) if port and not port.isdigit() else None
+
+
 def _redact(url: str) -> str:
-    """``url`` without any ``user:password@`` part, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with any ``user:password@`` part replaced by ``***@``, for messages."""
+    info = _userinfo(url)
+    return url.replace(info + "@", "***@", 1) if info else url
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (raw or percent-decoded) anywhere in it."""
+    info = _userinfo(url)
+    if not info:
+        return text
+    password = info.partition(":")[2]  # the user name is not a secret; the password is
+    secrets = {info, urllib.parse.unquote(info), password, urllib.parse.unquote(password)}
+    for secret in sorted((x for x in secrets if x), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _split_credentials(url: str) -> tuple[str, str | None]:
+    """``(url without user:password@, Basic Authorization header or None)``.
+
+    urllib does not send credentials written into a URL (it reads them as a port), so they go
+    in a header instead, and they never reach a message.
+    """
+    info = _userinfo(url)
+    if not info:
+        return url, None
+    user, _, password = info.partition(":")
+    token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+    return url.replace(info + "@", "", 1), "Basic " + base64.b64encode(token).decode()
 
 
 def verify_md5(path: Path, expected: str) -> None:
@@ -304,9 +375,22 @@ def safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
             reason = "symlink"
         elif "\x00" in name:
             reason = "NUL character"
+        elif info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            reason = (
+                f"compression ratio {info.file_size / max(info.compress_size, 1):.0f}:1 "
+                f"(over {MAX_RATIO}:1)"
+            )
         else:
             continue
         raise DownloadError(f"unsafe archive {archive.filename}: member {name!r}: {reason}")
+    # zipfile never yields more than a member's declared size, so the declared sizes bound
+    # what extraction writes.
+    total = sum(info.file_size for info in members)
+    if len(members) > MAX_MEMBERS or total > MAX_EXTRACTED_BYTES:
+        raise DownloadError(
+            f"unsafe archive {archive.filename}: {len(members)} members, {total} bytes unpacked "
+            f"(limits {MAX_MEMBERS} members, {MAX_EXTRACTED_BYTES} bytes)"
+        )
     return members
 
 

@@ -75,14 +75,22 @@ def log_mel(wave: np.ndarray, params: FeatureConfig) -> np.ndarray:
     with torch.inference_mode():
         mel = _mel_transform(params)(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
         out = 10.0 * torch.log10(torch.clamp(mel, min=LOG_FLOOR))
-    return out.numpy()
+    out = out.numpy()
+    if not np.isfinite(out).all():  # never store or score NaN/inf: it poisons the statistics
+        raise audio.AudioError("non-finite features (NaN or inf in the log-mel)")
+    return out
 
 
 def mono_at_feature_rate(
     samples: np.ndarray, sample_rate: int, params: FeatureConfig
 ) -> np.ndarray:
-    """Decoded audio -> mono float32 at ``params.sample_rate``: the front end every clip shares."""
+    """Decoded audio -> mono float32 at ``params.sample_rate``: the front end every clip shares.
+
+    Raises:
+        AudioError: the channels cancel out in the downmix (e.g. antiphase stereo).
+    """
     wave = audio.downmix(np.asarray(samples, dtype=np.float32))
+    audio.check_not_silent(wave, "silent after the downmix to mono")
     return audio.resample(wave, sample_rate, params.sample_rate)
 
 

@@ -130,6 +130,8 @@ def process_files(
             row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
         except OSError as e:
             row["error"] = f"unreadable ({e.strerror or type(e).__name__})"
+        except Exception as e:  # noqa: BLE001 - any failure is this file's, never the batch's
+            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
         for name in schema.names:
             cols[name].append(row[name])
     arrays = []
@@ -168,7 +170,8 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str], str]:
         infos = {root: root_info}
         root = posixpath.dirname(root)
     else:
-        infos = {i.path: i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))}
+        # storage's listing: a directory link is never followed into a loop
+        infos = {i.path: i for i in storage.list_file_infos(input_uri, storage.AUDIO_SUFFIXES)}
     paths, digest = [], hashlib.sha256()
     for uri in uris:
         inside = uri[len("s3://") :] if storage.is_remote(uri) else uri

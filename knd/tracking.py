@@ -21,8 +21,14 @@ from knd.config import WandbConfig
 
 log = logging.getLogger(__name__)
 
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"KEY|TOKEN|SECRET|PASS|PWD|CREDENTIAL|PRIVATE|SIGNATURE|COOKIE|SESSION_ID", re.IGNORECASE
+)
+_NOT_SECRET = {"PWD", "OLDPWD"}  # the shell's working folders
 MASK = "***"
+MIN_SUBSTRING = 3
+"""Secret values this long are masked wherever they occur in a string; shorter ones only where
+a whole string equals them (masking every "a" of every message would make logs unreadable)."""
 
 
 def wandb_mode() -> str:
@@ -32,22 +38,39 @@ def wandb_mode() -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a variable or key named ``name`` holds a secret (``MY_PASS``, ``*_TOKEN``...)."""
+    return name.upper() not in _NOT_SECRET and bool(_SECRET_NAME.search(name))
+
+
 def _secret_values() -> list[str]:
-    values = [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6]
+    values = {v for k, v in os.environ.items() if is_secret_name(k) and v}
     return sorted(values, key=len, reverse=True)
 
 
 def scrub(obj: Any) -> Any:
-    """A copy of ``obj`` (nested dicts/lists/strings) with secret environment values masked."""
+    """A copy of ``obj`` (nested dicts/lists/strings) with secrets masked.
+
+    Masked: the values of secret-named environment variables (however short: inside strings
+    from :data:`MIN_SUBSTRING` characters, else where a whole string equals one), and any string
+    under a secret-named key (``{"password": "x"}``).
+    """
     secrets = _secret_values()
+    long = [x for x in secrets if len(x) >= MIN_SUBSTRING]
+    short = {x for x in secrets if len(x) < MIN_SUBSTRING}
 
     def clean(v: Any) -> Any:
         if isinstance(v, str):
-            for secret in secrets:
+            if v in short:
+                return MASK
+            for secret in long:
                 v = v.replace(secret, MASK)
             return v
         if isinstance(v, dict):
-            return {clean(k): clean(x) for k, x in v.items()}
+            return {
+                clean(k): MASK if isinstance(x, str) and x and is_secret_name(str(k)) else clean(x)
+                for k, x in v.items()
+            }
         if isinstance(v, list | tuple):
             return [clean(x) for x in v]
         return v

@@ -36,6 +36,7 @@ import yaml
 
 from knd import storage
 from knd.checkpoint import (
+    META_FILE,
     MODEL_FILE,
     load_meta,
     load_model,
@@ -201,7 +202,14 @@ def _restore(resume: str | None) -> dict | None:
 def _append_history(run_path: str, record: dict) -> None:
     uri = storage.join(run_path, HISTORY_FILE)
     old = storage.read_text(uri) if storage.exists(uri) else ""
-    storage.write_text(uri, old + json.dumps(record) + "\n")
+    # After a recovery from a checkpoint the epochs after it run again: their new records
+    # replace the old ones, so every epoch appears once.
+    kept = [
+        line
+        for line in old.splitlines()
+        if line.strip() and json.loads(line).get("epoch", -1) < record["epoch"]
+    ]
+    storage.write_text(uri, "".join(line + "\n" for line in kept) + json.dumps(record) + "\n")
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -356,8 +364,8 @@ def _copy_checkpoint(checkpoint: Any, dest: str) -> None:
 
     fs, path = storage.resolve(dest)
     if storage.is_remote(dest):
-        storage.delete_dir(dest)
-        pafs.copy_files(checkpoint.path, path, checkpoint.filesystem, fs)
+        # File by file, meta.json last, stale files after: never a moment without a checkpoint.
+        storage.replace_folder(checkpoint.filesystem, checkpoint.path, dest, last=(META_FILE,))
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     fs.create_dir(tmp, recursive=True)

@@ -7,6 +7,7 @@ cuts the body in half unless the request resumes with ``Range``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import stat
@@ -275,3 +276,79 @@ def test_http_error_and_timeout_are_one_line_naming_the_url(serve, tmp_path):
     with pytest.raises(download.DownloadError) as err:
         download.run(config(tmp_path / "b", slow, md5, "timeout_s=0.2"))
     assert str(err.value) == f"download failed: {slow}: no answer within 0.2 s (timeout_s)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile inputs: credentials in the URL, zip bombs, odd archive names, OS errors
+
+
+def test_credentials_in_the_url_are_sent_but_never_shown(serve, tmp_path):
+    url, md5 = serve(make_zip(WAVS))
+    secret_url = url.replace("http://", "http://user:s3cr%2Fet@")
+    download.run(config(tmp_path / "ok", secret_url, md5))  # sent as a Basic header
+    assert_tree(tmp_path / "ok")
+
+    missing = secret_url.replace(ARCHIVE, "missing.zip")
+    with pytest.raises(download.DownloadError) as err:
+        download.run(config(tmp_path / "a", missing, md5))
+    assert "s3cr" not in str(err.value) and "***@" in str(err.value)
+    # The report's case: an unreachable host, and a password that urllib would read as a port.
+    for bad in ("http://user:secret@127.0.0.1:1/x.zip", "http://user:sec/ret@nohost.invalid/x"):
+        with pytest.raises(download.DownloadError) as err:
+            download.run(config(tmp_path / "b", bad, md5, "timeout_s=2"))
+        assert "secret" not in str(err.value) and "ret@" not in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_a_zip_bomb_member_is_refused(serve, tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(NAMES[0], WAVS[NAMES[0]])
+        zf.writestr("Actor_01/bomb.wav", bytes(16 << 20))  # 16 MiB of zeros: ~1000:1
+    url, md5 = serve(buf.getvalue())
+    with pytest.raises(download.DownloadError, match=r"'Actor_01/bomb.wav': compression ratio"):
+        download.run(config(tmp_path, url, md5))
+    assert not list(tmp_path.glob("Actor_*"))
+
+
+def test_an_archive_over_the_size_cap_is_refused(serve, tmp_path, monkeypatch):
+    url, md5 = serve(make_zip(WAVS))
+    monkeypatch.setattr(download, "MAX_EXTRACTED_BYTES", 1000)  # the real cap is 8 GiB
+    with pytest.raises(download.DownloadError, match=r"bytes unpacked \(limits"):
+        download.run(config(tmp_path, url, md5))
+    assert not list(tmp_path.glob("Actor_*"))
+
+
+@pytest.mark.parametrize("name", ["/abs/path.zip", "../x.zip", "a/b.zip", ".."])
+def test_archive_name_must_be_a_plain_file_name(tmp_path, name):
+    from knd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="archive_name: must be a plain name"):
+        config(tmp_path, "http://127.0.0.1:1/x.zip", "0" * 32, f"archive_name={name}")
+    cfg = dataclasses.replace(
+        config(tmp_path, "http://127.0.0.1:1/x.zip", "0" * 32), archive_name=name
+    )
+    with pytest.raises(download.DownloadError, match="archive_name must be a plain file name"):
+        download.run(cfg)
+
+
+def test_os_errors_are_one_line_download_errors(serve, tmp_path):
+    url, md5 = serve(make_zip(WAVS))
+    clash = tmp_path / "file"
+    clash.write_text("a file where the output folder should be")
+    with pytest.raises(download.DownloadError, match=r"^download failed: .*file.*: File exists"):
+        download.run(config(clash, url, md5))
+    out = tmp_path / "out"
+    (out / ARCHIVE).mkdir(parents=True)  # a folder under the archive's name
+    with pytest.raises(download.DownloadError, match=r"^download failed: .*: Is a directory$"):
+        download.run(config(out, url, md5))
+
+
+def test_the_cli_prints_os_errors_in_one_line(tmp_path, capsys):
+    from knd.cli import main
+
+    clash = tmp_path / "file"
+    clash.write_text("x")
+    assert main(["synth", f"out={clash}/corpus", "actors=1", "workers=1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"knd synth: {clash}/corpus/Actor_01: Not a directory"

@@ -42,6 +42,8 @@ def test_runtime_env_passes_only_the_listed_credentials_that_are_set():
         "AWS_SECRET_ACCESS_KEY": "secret",
         "AWS_SESSION_TOKEN": "",  # set but empty: left out, not passed as ""
         "WANDB_API_KEY": "wandb-secret",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
         "HOME": "/home/me",
         "PATH": "/usr/bin",
     }
@@ -50,8 +52,18 @@ def test_runtime_env_passes_only_the_listed_credentials_that_are_set():
             "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
             "AWS_SECRET_ACCESS_KEY": "secret",
             "WANDB_API_KEY": "wandb-secret",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_ENDPOINT_URL_S3": "http://minio:9000",
         }
     }
+
+
+def test_runtime_env_forwards_every_variable_storage_reads():
+    import re
+
+    runtime_env = runpy.run_path(str(REPO / "jobs" / "runtime_env.py"))
+    read = set(re.findall(r"AWS_[A-Z0-9_]+", (REPO / "knd" / "storage.py").read_text()))
+    assert read <= set(runtime_env["PASSED"])
 
 
 def test_runtime_env_script_feeds_ray_job_submit_through_a_pipe():
