@@ -45,9 +45,10 @@ from knd.checkpoint import (
 )
 from knd.config import TrainConfig, build, to_dict
 from knd.features import normalise
-from knd.metrics import metric_collection, metrics_report, split_metrics, summarise, write_report
+from knd.metrics import metric_collection, metrics_report, split_metrics, summarise
 from knd.models import build_model
 from knd.ravdess import emotion_to_label_table, label_names, split_actors
+from knd.report import write_report
 from knd.tracking import scrub, start_tracking
 
 log = logging.getLogger(__name__)
@@ -614,7 +615,9 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         feature_hash=manifest["feature_hash"],
         checkpoint=checkpoint_uri,
     )
-    write_report(run_path, report)
+    write_report(
+        run_path, report, config=scrub(to_dict(cfg)), history=history, title=f"knd train: {name}"
+    )
     test = parts["test"]
     log.info(
         "best epoch %d (val UAR %.3f): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",

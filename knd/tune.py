@@ -619,8 +619,9 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
 
     from knd.checkpoint import load_model, save_checkpoint
     from knd.evaluate import predict, targets_of
-    from knd.metrics import metrics_report, split_metrics, write_report
+    from knd.metrics import metrics_report, split_metrics
     from knd.models import build_model
+    from knd.report import write_report
 
     params = best["params"]
     train_cfg = trial_train_config(params, meta)
