@@ -41,6 +41,7 @@ def _help(text: str) -> Any:
 class RayConfig:
     address: str | None = _help("Ray cluster to join ('auto' or ray://...); none starts local Ray")
     num_cpus: int | None = _help("CPUs for a local Ray (none: all of this machine's)")
+    verbose: bool = _help("show Ray's own logs on the console (also KND_VERBOSE=1)")
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
             the later record wins.
         best_epoch: marked with a dashed line (the epoch whose checkpoint was kept).
     """
+    from matplotlib.ticker import MaxNLocator
+
     by_epoch = {int(h["epoch"]): h for h in history if "epoch" in h}
     epochs = sorted(by_epoch)
     fig = _figure(9.0, 3.4, dpi=110)
@@ -102,10 +104,12 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
             points = [(e, by_epoch[e][key]) for e in epochs if by_epoch[e].get(key) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, label=key.replace("_", " "))
+                label = key.replace("_", " ").replace("uar", "UAR")
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label="kept epoch")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -44,6 +44,7 @@ from knd.checkpoint import (
     unwrap,
 )
 from knd.config import TrainConfig, build, to_dict
+from knd.console import follow_epochs
 from knd.features import normalise
 from knd.metrics import metric_collection, metrics_report, split_metrics, summarise
 from knd.models import build_model
@@ -587,7 +588,9 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
-    result = trainer.fit()
+    # One console line per epoch, from history.jsonl (rank 0 appends to it every epoch).
+    with follow_epochs(lambda: _read_history(run_path), cfg.optim.epochs):
+        result = trainer.fit()
     best, best_metrics = _best(result, cfg.train.checkpoint_metric)
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)

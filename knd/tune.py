@@ -46,6 +46,7 @@ from knd.config import (
     replace,
     to_dict,
 )
+from knd.console import is_verbose, tune_callback
 from knd.ravdess import actor_folds, emotion_to_label_table, label_names
 
 log = logging.getLogger(__name__)
@@ -588,8 +589,8 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
             storage_path=parent,
             storage_filesystem=remote_fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=_callbacks(cfg, experiment),
-            verbose=1,
+            callbacks=[*_callbacks(cfg, experiment), tune_callback(cfg.metric, cfg.max_epochs)],
+            verbose=2 if is_verbose(cfg.ray.verbose) else 0,  # knd's lines (knd.console) instead
         ),
     )
     tuner.fit()
