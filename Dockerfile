@@ -27,4 +27,4 @@ COPY --chown=1000:100 knd/ knd/
 RUN pip install --no-cache-dir --no-deps . && rm -rf build knd.egg-info
 
 # No credentials in the image: S3/GCS access comes from the node's IAM role or service account,
-# a job's WANDB_API_KEY from its runtime environment (README, "Run on a cluster").
+# a job's WANDB_API_KEY from its runtime environment (docs/guides/cluster.md).

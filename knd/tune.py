@@ -1,6 +1,6 @@
 """``knd tune``: hyperparameter search with Ray Tune, every configuration scored by actor folds.
 
-How the pieces fit (see the README section "Tuning" for the reasoning):
+How the pieces fit (see docs/guides/tuning.md for the reasoning):
 
 - The test actors (``test_actors``) are removed before anything else: their clips are never loaded
   while the search runs, so no trial (and no normalisation statistic) can see them.
