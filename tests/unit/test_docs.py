@@ -100,3 +100,18 @@ def test_site_builds_strict_and_a_broken_link_fails_it(tmp_path):
     page.write_text(page.read_text() + "\nSee [a page that is not there](nowhere.md).\n")
     broken = build(copy, tmp_path / "broken")
     assert broken.returncode != 0 and "nowhere.md" in broken.stderr
+
+
+def test_pages_workflow_builds_with_make_docs_and_deploys_only_from_main():
+    path = REPO / ".github" / "workflows" / "docs.yml"
+    lint = subprocess.run([str(Path(sys.executable).with_name("actionlint")), str(path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    workflow = yaml.safe_load(path.read_text())
+    jobs = workflow["jobs"]
+    assert any(step.get("run") == "make docs" for step in jobs["build"]["steps"])
+    assert "refs/heads/main" in jobs["deploy"]["if"] and "push" in jobs["deploy"]["if"]
+    assert jobs["deploy"]["permissions"] == {"pages": "write", "id-token": "write"}
+    makefile = (REPO / "Makefile").read_text()
+    assert "mkdocs build --strict" in makefile and "--quiet" not in makefile  # -q hides warnings
+    assert re.search(r"^test: .*\bdocs\b", makefile, flags=re.M)
