@@ -17,12 +17,14 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Then the project. Editable, because knd finds configs/ beside its own source folder.
+# Then the project, installed as a wheel would be (not editable): the default configs travel
+# inside the package (knd/configs links to configs/), so knd runs from any folder. jobs/ stays
+# here for `ray job submit` entry points.
 COPY --chown=1000:100 README.md ./
 COPY --chown=1000:100 configs/ configs/
 COPY --chown=1000:100 jobs/ jobs/
 COPY --chown=1000:100 knd/ knd/
-RUN pip install --no-cache-dir --no-deps -e .
+RUN pip install --no-cache-dir --no-deps . && rm -rf build knd.egg-info
 
 # No credentials in the image: S3/GCS access comes from the node's IAM role or service account,
-# a job's WANDB_API_KEY from its runtime environment (README, "Run on a cluster").
+# a job's WANDB_API_KEY from its runtime environment (docs/guides/cluster.md).

@@ -7,7 +7,7 @@ DEMO_DIR ?= demo
 BENCH_DIR ?= bench/.work
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install demo test test-fast lint docs format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ install: $(STAMP)  ## create .venv and install knd with its test extras
 demo: $(STAMP)  ## synth -> prepare -> train -> evaluate -> score on the synthetic corpus (local Ray)
 	bash scripts/demo.sh $(DEMO_DIR)
 
-test: $(STAMP) lint  ## lint, then the whole test suite (unit, integration, e2e)
+test: $(STAMP) lint docs  ## lint, build the docs site, then the whole test suite (unit, integration, e2e)
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)  ## unit tests only (no Ray)
@@ -33,7 +33,10 @@ lint: $(STAMP)  ## ruff (check + format), hadolint (Dockerfile), actionlint (CI 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/actionlint .github/workflows/ci.yml
+	$(BIN)/actionlint .github/workflows/ci.yml .github/workflows/docs.yml
+
+docs: $(STAMP)  ## build the documentation site into site/ (strict: a broken link or page fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(BIN)/ruff format .
@@ -51,4 +54,4 @@ bench: $(STAMP)  ## every benchmark on the 24-actor synthetic corpus; figures in
 	$(BIN)/python bench/score.py --actors 6
 
 clean:  ## remove the demo output and caches (keeps .venv)
-	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(DEMO_DIR) site .pytest_cache .ruff_cache

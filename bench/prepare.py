@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         from knd.runtime import init_ray
 
         started = time.perf_counter()
-        init_ray(RayConfig(address=None, num_cpus=args.num_cpus))
+        init_ray(RayConfig(address=None, num_cpus=args.num_cpus, verbose=False))
         ray_start = time.perf_counter() - started
         warm_dir = scratch / "ray-warm-input"
         _copy_subset(uris[:warm], paths[:warm], warm_dir)

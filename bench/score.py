@@ -159,7 +159,7 @@ def main() -> int:
     batch_size = args.batch_size or defaults.batch_size
 
     started = time.perf_counter()
-    init_ray(RayConfig(address=None, num_cpus=args.num_cpus))
+    init_ray(RayConfig(address=None, num_cpus=args.num_cpus, verbose=False))
     ray_start = time.perf_counter() - started
 
     overrides = [

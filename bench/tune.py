@@ -142,7 +142,7 @@ def main() -> int:
     from knd.tune import experiment_meta
 
     scratch = tempfile.mkdtemp(prefix="knd-bench-tune-")
-    init_ray(RayConfig(address=None, num_cpus=2))
+    init_ray(RayConfig(address=None, num_cpus=2, verbose=False))
     data = prepared_features(args, scratch)
     space_file = os.path.join(scratch, "space.yaml")
     Path(space_file).write_text(yaml.safe_dump(space(args)))

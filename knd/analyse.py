@@ -37,6 +37,7 @@ from knd.experiment import (
     read_meta,
     trial_rows,
 )
+from knd.report import write_analysis_report
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,7 @@ def run(cfg: AnalyseConfig) -> AnalyseResult:
         log.warning("%s was not made by knd tune: no %s written", experiment, BEST_CONFIG_FILE)
     for name, data in files.items():
         storage.write_bytes(storage.join(out, name), data)
+    reports = write_analysis_report(out, files, SUMMARY_FILE)
     log.info(
         "%d trials, %d stopped early; best %s: %s %s -> %s",
         len(rows), sum(r["stopped_early"] for r in rows),
@@ -300,7 +302,7 @@ def run(cfg: AnalyseConfig) -> AnalyseResult:
     )  # fmt: skip
     return AnalyseResult(
         out=out,
-        files=[storage.join(out, name) for name in files],
+        files=[storage.join(out, name) for name in files] + reports,
         num_trials=len(rows),
         best=best,
         exit_code=0 if best is not None else 1,

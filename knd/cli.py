@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
+import time
 
+from knd import console
 from knd.config import SCHEMAS, ConfigError, config_dir, describe, load_config
 
 COMMANDS = {
@@ -62,15 +63,17 @@ def run_command(command: str, args: list[str]) -> int:
     Returns:
         The process exit status: 2 for a bad argument, 1 for bad input, else the stage's own.
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         cfg = load_config(command, args)
     except ConfigError as e:
         print(f"knd {command}: {e}", file=sys.stderr)
         return 2
+    # Ray's logs and knd's INFO lines go to the console only when asked for (knd.console).
+    console.configure_logging(console.is_verbose(getattr(cfg, "ray", None) and cfg.ray.verbose))
+    for line in console.header(command, COMMANDS[command][1], cfg):
+        console.out(line)
     stage = importlib.import_module(COMMANDS[command][0])
+    started = time.perf_counter()
     try:
         result = stage.run(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
@@ -80,6 +83,11 @@ def run_command(command: str, args: list[str]) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"knd {command}: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"knd {command}: interrupted", file=sys.stderr)
+        return 130
+    for line in console.summary(command, result, time.perf_counter() - started):
+        console.out(line)
     return int(getattr(result, "exit_code", 0) or 0)
 
 

@@ -50,6 +50,7 @@ def _help(text: str, **check: Any) -> Any:
 class RayConfig:
     address: str | None = _help("Ray cluster to join ('auto' or ray://...); none starts local Ray")
     num_cpus: int | None = _help("CPUs for a local Ray (none: all of this machine's)", ge=1)
+    verbose: bool = _help("show Ray's own logs on the console (also KND_VERBOSE=1)")
 
 
 @dataclass(frozen=True)
@@ -293,10 +294,17 @@ SCHEMAS: dict[str, type] = {
 
 
 def config_dir() -> Path:
-    """The folder of shipped YAML configs (``KND_CONFIG_DIR`` overrides it)."""
-    return Path(
-        os.environ.get("KND_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs")
-    )
+    """The folder of shipped YAML configs (``KND_CONFIG_DIR`` overrides it).
+
+    The configs ship inside the package (``knd/configs``, in the clone a link to the top-level
+    ``configs/``), so an installed knd finds them anywhere; a copy of the clone that lost the
+    link (e.g. an archive that drops symlinks) still finds ``configs/`` beside ``knd/``.
+    """
+    if os.environ.get("KND_CONFIG_DIR"):
+        return Path(os.environ["KND_CONFIG_DIR"])
+    package = Path(__file__).resolve().parent
+    inside = package / "configs"
+    return inside if inside.is_dir() else package.parent / "configs"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

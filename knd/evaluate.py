@@ -16,10 +16,11 @@ import numpy as np
 
 from knd import storage
 from knd.checkpoint import load_model
-from knd.config import EvaluateConfig
+from knd.config import EvaluateConfig, to_dict
 from knd.inference import predict
-from knd.metrics import metrics_report, split_metrics, write_report
+from knd.metrics import metrics_report, split_metrics
 from knd.ravdess import targets_of
+from knd.report import read_history, write_report
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         epoch=meta.get("epoch"),
     )
     out = cfg.out or storage.join(_parent(cfg.checkpoint), "evaluation")
-    write_report(out, report)
+    history = read_history(_parent(cfg.checkpoint))  # the curves of the run that made it
+    write_report(out, report, config=to_dict(cfg), history=history, title="knd evaluate")
     rows = per_actor_rows(preds, targets, table.actor, len(labels))
     storage.write_text(storage.join(out, PER_ACTOR_FILE), _csv(rows))
     log.info(

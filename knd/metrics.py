@@ -1,17 +1,16 @@
-"""Classification metrics (torchmetrics), the ``metrics.json`` report and the confusion figure.
+"""Classification metrics (torchmetrics) and the ``metrics.json`` document, as pure functions.
 
 UAR (unweighted average recall, i.e. macro recall) is the headline: RAVDESS has half as many
 neutral clips as other emotions, so plain accuracy rewards a bias towards the big classes.
 
 Inside a DDP worker group the torchmetrics collection syncs its states over ``torch.distributed``
 when ``compute()`` is called, so every rank gets the metrics of all ranks' rows together. The pure
-functions (``split_metrics``, ``metrics_report``) never sync.
+functions (``split_metrics``, ``per_class_metrics``, ``metrics_report``) never sync. Nothing
+here writes a file: :mod:`knd.report` turns these numbers into files and reports.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,11 +22,6 @@ from torchmetrics.classification import (
     MulticlassF1Score,
     MulticlassRecall,
 )
-
-from knd import storage
-
-METRICS_FILE = "metrics.json"
-CONFUSION_FILE = "confusion.png"
 
 
 def metric_collection(num_classes: int, sync: bool = True) -> MetricCollection:
@@ -114,52 +108,20 @@ def metrics_report(
     }
 
 
-def confusion_figure(
-    confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str
-) -> bytes:
-    """A PNG of the confusion matrix with rows normalised to recall and counts in each cell."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def per_class_metrics(confusion: Sequence[Sequence[int]]) -> list[dict]:
+    """Per-class ``n`` (true clips), ``recall``, ``precision`` and ``f1`` from a confusion matrix.
 
-    counts = np.asarray(confusion, dtype=np.int64)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    k = len(labels)
-    fig = Figure(figsize=(1.0 + 0.85 * k, 0.6 + 0.75 * k), dpi=120)
-    FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global backend state
-    ax = fig.add_subplot()
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(k):
-        for j in range(k):
-            colour = "white" if rates[i, j] > 0.55 else "black"
-            ax.text(
-                j,
-                i,
-                f"{rates[i, j]:.2f}\n({counts[i, j]})",
-                ha="center",
-                va="center",
-                color=colour,
-                fontsize=8,
-            )
-    ax.set_xticks(range(k), labels, rotation=45, ha="right")
-    ax.set_yticks(range(k), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true (row-normalised)")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def write_report(folder: str, report: dict, split: str = "test") -> None:
-    """Write ``metrics.json`` and the ``confusion.png`` of ``split`` into ``folder``."""
-    part = report.get(split)
-    if part:
-        title = (
-            f"{split}: n={part['n']}  accuracy={part['accuracy']:.3f}  "
-            f"UAR={part['uar']:.3f}  macro-F1={part['macro_f1']:.3f}"
-        )
-        png = confusion_figure(part["confusion"], report["labels"], title)
-        storage.write_bytes(storage.join(folder, CONFUSION_FILE), png)
-    storage.write_text(storage.join(folder, METRICS_FILE), json.dumps(report, indent=2) + "\n")
+    Rows are true classes, columns predicted ones. A class with no true clips has recall 0, one
+    never predicted has precision 0 (torchmetrics' convention for the macro averages).
+    """
+    counts = np.asarray(confusion, dtype=np.float64)
+    hits = np.diag(counts)
+    true, predicted = counts.sum(axis=1), counts.sum(axis=0)
+    recall = np.divide(hits, true, out=np.zeros_like(hits), where=true > 0)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    total = recall + precision
+    f1 = np.divide(2 * recall * precision, total, out=np.zeros_like(hits), where=total > 0)
+    return [
+        {"n": int(n), "recall": float(r), "precision": float(p), "f1": float(f)}
+        for n, r, p, f in zip(true, recall, precision, f1, strict=True)
+    ]

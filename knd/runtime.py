@@ -6,6 +6,7 @@ import logging
 import os
 
 from knd.config import RayConfig
+from knd.console import is_verbose, out, quiet_ray, ray_init_options
 
 log = logging.getLogger(__name__)
 
@@ -14,20 +15,21 @@ def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray once per process; a session that is already up is reused.
 
     Inside ``ray job submit`` Ray sets ``RAY_ADDRESS``, so ``ray.init()`` joins that cluster.
+    Ray's own logs stay in its log files unless ``cfg.verbose`` or ``KND_VERBOSE=1``
+    (:mod:`knd.console`).
     """
     import ray
 
     if ray.is_initialized():
         return
+    verbose = is_verbose(cfg.verbose)
+    options = ray_init_options(verbose)
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        out(f"  joining Ray cluster at {address}")
+        ray.init(address=address, **options)
     else:
         # "local", not None: ray.init() would otherwise join whatever cluster the last
         # `ray start` on this machine left behind, and the contract is "no address, local Ray".
-        ray.init(
-            address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True
-        )
-    # Ray Data's own progress bars would interleave with ours and the log lines.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, **options)
+    quiet_ray(verbose)

@@ -46,11 +46,13 @@ from knd.checkpoint import (
     save_checkpoint,
 )
 from knd.config import TrainConfig, build, to_dict
+from knd.console import follow_epochs
 from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
 from knd.inference import predict
-from knd.metrics import metrics_report, split_metrics, write_report
+from knd.metrics import metrics_report, split_metrics
 from knd.models import unwrap
 from knd.ravdess import ActorSplit, emotion_to_label_table, split_actors, targets_of
+from knd.report import write_report
 from knd.tracking import scrub, start_tracking
 
 log = logging.getLogger(__name__)
@@ -533,7 +535,10 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     )  # fmt: skip
 
     run_info = {"root": root, "run_path": run_path, "name": name, "resume": cfg.resume}
-    result = _trainer(cfg, data, meta, run_info | {"hooks": hooks}).fit()
+    trainer = _trainer(cfg, data, meta, run_info | {"hooks": hooks})
+    # One console line per epoch, from history.jsonl (rank 0 appends to it every epoch).
+    with follow_epochs(lambda: _read_history(run_path), cfg.optim.epochs):
+        result = trainer.fit()
     best, best_metrics = kept_checkpoint(result, cfg, has_val=data.val is not None)
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)
@@ -556,7 +561,9 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         feature_hash=manifest["feature_hash"],
         checkpoint=checkpoint_uri,
     )
-    write_report(run_path, report)
+    write_report(
+        run_path, report, config=scrub(to_dict(cfg)), history=history, title=f"knd train: {name}"
+    )
     test = scores["test"]
     log.info(
         "kept epoch %d (%s): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",

@@ -1,6 +1,6 @@
 """``knd tune``: hyperparameter search with Ray Tune, every configuration scored by actor folds.
 
-How the pieces fit (see the README section "Tuning" for the reasoning):
+How the pieces fit (see docs/guides/tuning.md for the reasoning):
 
 - The test actors (``test_actors``) are removed before anything else: their clips are never loaded
   while the search runs, so no trial (and no normalisation statistic) can see them.
@@ -45,6 +45,7 @@ from knd.config import (
     replace,
     to_dict,
 )
+from knd.console import is_verbose, tune_callback
 from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
 from knd.experiment import (
     BEST_CONFIG_FILE,
@@ -529,8 +530,8 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
             storage_path=parent,
             storage_filesystem=remote_fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=_callbacks(cfg, experiment),
-            verbose=1,
+            callbacks=[*_callbacks(cfg, experiment), tune_callback(cfg.metric, cfg.max_epochs)],
+            verbose=2 if is_verbose(cfg.ray.verbose) else 0,  # knd's lines (knd.console) instead
         ),
     )
     tuner.fit()
@@ -560,9 +561,10 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
 
     from knd.checkpoint import load_model, make_meta, save_checkpoint
     from knd.inference import predict
-    from knd.metrics import metrics_report, split_metrics, write_report
+    from knd.metrics import metrics_report, split_metrics
     from knd.models import build_model
     from knd.ravdess import targets_of
+    from knd.report import write_report
 
     params = best["params"]
     train_cfg = trial_train_config(params, meta)

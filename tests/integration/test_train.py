@@ -123,6 +123,12 @@ def test_learns_well_above_chance_on_held_out_actors(trained):
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written["test"]["confusion"] == test["confusion"]
     assert (run_dir / "confusion.png").read_bytes().startswith(b"\x89PNG")
+    # ...and the report a person reads: curves from every epoch, the exact config, one HTML file.
+    assert (run_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
+    md = (run_dir / "report.md").read_text()
+    assert "## Per emotion" in md and "## Per actor" in md and "## Learning curves" in md
+    assert f"data: {trained.features}" in md
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
     assert set(written["test"]["per_actor"]) == {"1", "2"}
 
 

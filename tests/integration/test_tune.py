@@ -191,6 +191,8 @@ def test_analyse_writes_every_file(resumed, analysis):
         "learning_curves.png",
         "fold_spread.png",
         "best_config.yaml",
+        "report.md",
+        "report.html",
     }
     out = Path(analysis.out)
     for name in names:

@@ -1,0 +1,117 @@
+"""The documentation site: generated pages list what the code accepts, and the build is strict."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from knd.cli import COMMANDS
+from knd.config import SCHEMAS, describe
+from knd.docs import benchmarks_markdown, cli_reference
+
+REPO = Path(__file__).resolve().parents[2]
+MKDOCS = str(Path(sys.executable).with_name("mkdocs"))
+
+
+def reference_sections() -> dict[str, str]:
+    text = cli_reference()
+    parts = re.split(r"^## `knd (\w+)`$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_cli_reference_lists_every_key_of_every_command():
+    sections = reference_sections()
+    assert list(sections) == list(COMMANDS) and set(COMMANDS) == set(SCHEMAS)
+    for command, section in sections.items():
+        # `knd <command> --help` walks the schema on its own: every key it prints is documented.
+        keys = [line.split()[0] for line in describe(command).splitlines()]
+        documented = re.findall(r"^\| `([\w.]+)` \|", section, flags=re.M)
+        assert documented == keys, command
+    train = sections["train"]
+    assert "| `optim.lr` | float | `0.003` | peak learning rate (AdamW) |" in train
+    assert "| `data` | str or none | **required** |" in train
+    assert "| `labels` | ravdess8 \\| ravdess7 | `ravdess8` |" in train
+
+
+def test_benchmarks_page_has_every_result_file_and_its_machine(tmp_path):
+    results = {
+        "a.json": {"command": "python bench/a.py", "machine": {"cpus": 2}, "ratio": 1.2345},
+        "b.json": {"device": "gpu", "config": {"lr": 1}, "seconds": [1.0, 2.0]},
+    }
+    for name, data in results.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    page = benchmarks_markdown(tmp_path)
+    assert "### `a.json`" in page and "python bench/a.py" in page and "machine.cpus 2" in page
+    assert "| `ratio` | 1.234 |" in page and "| `seconds` | 1, 2 |" in page
+    assert "Machine: device gpu" in page and "config.lr" not in page
+    shipped = benchmarks_markdown(REPO / "bench" / "results")
+    for path in (REPO / "bench" / "results").glob("*.json"):
+        assert f"### `{path.name}`" in shipped
+
+
+def test_every_nav_page_exists_and_every_page_is_in_the_nav():
+    config = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+
+    def pages(node):
+        if isinstance(node, dict):
+            for value in node.values():
+                yield from pages(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from pages(item)
+        else:
+            yield node
+
+    listed = set(pages(config["nav"]))
+    on_disk = {str(p.relative_to(REPO / "docs")) for p in (REPO / "docs").rglob("*.md")}
+    assert listed == on_disk
+
+
+def build(docs_root: Path, out: Path) -> subprocess.CompletedProcess:
+    env_cmd = [MKDOCS, "build", "--strict", "-f", str(docs_root / "mkdocs.yml"),
+               "-d", str(out)]  # fmt: skip
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    return subprocess.run(env_cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_site_builds_strict_and_a_broken_link_fails_it(tmp_path):
+    result = build(REPO, tmp_path / "site")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cli_page = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    assert "train.num_workers" in cli_page and "features.n_mels" in cli_page
+    api_page = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    assert "split_metrics" in api_page
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy2(REPO / "mkdocs.yml", copy / "mkdocs.yml")
+    shutil.copytree(REPO / "docs", copy / "docs")
+    (copy / "knd").symlink_to(REPO / "knd")
+    page = copy / "docs" / "concepts.md"
+    page.write_text(page.read_text() + "\nSee [a page that is not there](nowhere.md).\n")
+    broken = build(copy, tmp_path / "broken")
+    assert broken.returncode != 0 and "nowhere.md" in broken.stderr
+
+
+def test_pages_workflow_builds_with_make_docs_and_deploys_only_from_main():
+    path = REPO / ".github" / "workflows" / "docs.yml"
+    lint = subprocess.run([str(Path(sys.executable).with_name("actionlint")), str(path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    workflow = yaml.safe_load(path.read_text())
+    jobs = workflow["jobs"]
+    assert any(step.get("run") == "make docs" for step in jobs["build"]["steps"])
+    assert "refs/heads/main" in jobs["deploy"]["if"] and "push" in jobs["deploy"]["if"]
+    assert jobs["deploy"]["permissions"] == {"pages": "write", "id-token": "write"}
+    makefile = (REPO / "Makefile").read_text()
+    assert "mkdocs build --strict" in makefile and "--quiet" not in makefile  # -q hides warnings
+    assert re.search(r"^test: .*\bdocs\b", makefile, flags=re.M)
