@@ -322,14 +322,17 @@ def aggregate(windows: pd.DataFrame, labels: list[str], per_window: bool) -> pd.
         probs = summed / np.bincount(codes)[:, None]
         windows = windows.drop_duplicates("path").reset_index(drop=True)
         table = windows[["path"]].copy()
-    ok = (windows["error"] == "").to_numpy()
+    errors = windows["error"].astype(str).to_numpy().copy()
+    # A model that returns NaN/inf (e.g. a checkpoint with non-finite weights) fails the file.
+    errors[(errors == "") & ~np.isfinite(probs).all(axis=1)] = "non-finite probabilities"
+    ok = errors == ""
     best = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
     table["label"] = np.where(ok, np.asarray(labels, dtype=object)[best], "")
     table["confidence"] = np.where(ok, probs.max(axis=1, initial=-np.inf), np.nan)
     for i, name in enumerate(labels):
         table[f"p_{name}"] = probs[:, i]
     table["duration"] = windows["duration"].to_numpy(dtype=np.float64)
-    table["error"] = windows["error"].astype(str).to_numpy()
+    table["error"] = errors
     return table.reset_index(drop=True)
 
 

@@ -35,19 +35,20 @@ def test_an_interrupted_s3_write_keeps_the_old_object(s3_server):
     assert _keys(f"{s3_server.url}/interrupted") == ["meta.json"]
 
 
-@pytest.mark.parametrize("remote", [True, False])
-def test_replace_folder_swaps_files_and_drops_stale_ones(s3_server, tmp_path, remote):
-    src = tmp_path / "src"
-    (src / "sub").mkdir(parents=True)
-    (src / "model.pt").write_bytes(b"new-model")
-    (src / "meta.json").write_text('{"epoch": 2}')
-    (src / "sub" / "extra.bin").write_bytes(b"e")
-    dest = f"{s3_server.url}/ckpt-{remote}" if remote else str(tmp_path / "dest")
+@pytest.mark.parametrize(("remote", "src_remote"), [(True, False), (False, False), (True, True)])
+def test_replace_folder_swaps_files_and_drops_stale_ones(s3_server, tmp_path, remote, src_remote):
+    # Ray Train's checkpoint is local or, with an s3:// run_dir, itself on S3.
+    src = f"{s3_server.url}/src-{remote}" if src_remote else str(tmp_path / "src")
+    storage.write_bytes(storage.join(src, "model.pt"), b"new-model")
+    storage.write_text(storage.join(src, "meta.json"), '{"epoch": 2}')
+    storage.write_bytes(storage.join(src, "sub", "extra.bin"), b"e")
+    src_fs, src_path = storage.resolve(src)
+    dest = f"{s3_server.url}/ckpt-{remote}-{src_remote}" if remote else str(tmp_path / "dest")
     storage.write_bytes(storage.join(dest, "model.pt"), b"old-model")
     storage.write_text(storage.join(dest, "meta.json"), '{"epoch": 1}')
     storage.write_text(storage.join(dest, "train_state.pt"), "stale")
 
-    storage.replace_folder(pafs.LocalFileSystem(), str(src), dest, last=("meta.json",))
+    storage.replace_folder(src_fs, src_path, dest, last=("meta.json",))
 
     assert storage.read_bytes(storage.join(dest, "model.pt")) == b"new-model"
     assert storage.read_text(storage.join(dest, "meta.json")) == '{"epoch": 2}'
