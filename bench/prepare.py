@@ -5,14 +5,14 @@
 
 The corpus is ``knd synth``'s 1440 files (RAVDESS format: 48 kHz mono 16-bit WAVs of 3-5 s),
 written once to a scratch folder unless ``--corpus`` names one. The three contenders run the same
-per-file function (:func:`knd.prepare.process_files`: read, sha256, parse the name, decode, downmix,
-resample, trim, fit, log-mel, float16) and the same commit (:func:`knd.prepare.commit`: reject and
-de-duplicate, Parquet shards, ``rejected.csv``, manifest), each into its own output folder:
+driver logic (:func:`knd.prepare.prepare_files`: a hash pass, de-duplication, a featurise pass
+whose tasks write their own Parquet shards, ``rejected.csv``, manifest), each into its own output
+folder; only the way tasks run differs:
 
-- **loop**: one process, a ``for`` loop over batches (torch's default threads);
-- **pool**: ``multiprocessing.Pool(--num-cpus)`` (spawn) mapping the same batches;
-- **ray**: ``knd.prepare.run`` on a local Ray with ``--num-cpus`` CPUs: listing, Ray Data tasks
-  that read and featurise paths, commit on the driver.
+- **loop**: one process, the tasks one after another (torch's default threads);
+- **pool**: ``multiprocessing.Pool(--num-cpus)`` (spawn) mapping the same tasks (1 torch thread);
+- **ray**: ``knd.prepare.run`` on a local Ray with ``--num-cpus`` CPUs: listing, the lease, Ray
+  tasks (1 CPU, 1 torch thread each), commit.
 
 Start-up is reported apart from steady state: Ray's ``init`` and the pool's creation, then a
 warm-up over ``--warmup`` files (worker processes import torch and build the mel filterbank).
@@ -38,15 +38,12 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from knd import storage
 from knd.config import RayConfig, load_config
-from knd.prepare import commit, list_inputs, process_files, run
+from knd.prepare import list_inputs, prepare_files, run, serial_map
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
-TARGETS = {"ray_vs_loop": 1.4, "ray_vs_pool": 0.85, "peak_rss_gb": 3.0}
+TARGETS = {"ray_vs_loop": 1.7, "ray_vs_pool": 1.0, "peak_rss_gb": 3.0}
 
 
 class TreeMemory:
@@ -111,31 +108,36 @@ def corpus_dir(requested: str | None, actors: int) -> str:
     return str(folder)
 
 
-def _pool_batch(task) -> pa.Table:
-    uris, paths, params, require_labels = task
+def _pool_task(job):
+    fn, task, consts = job
     import torch
 
     torch.set_num_threads(1)  # one process per CPU, as the Ray tasks
-    return process_files(uris, paths, params, require_labels)
+    return fn(**task, **consts)
 
 
-def batches(uris, paths, params, cfg):
-    size = cfg.batch_size
-    return [
-        (uris[i : i + size], paths[i : i + size], params, cfg.require_labels)
-        for i in range(0, len(uris), size)
-    ]
+def pool_map(pool):
+    """A :data:`knd.prepare.TaskMap` over a process pool (results in completion order)."""
+
+    def map_tasks(fn, tasks, consts):
+        jobs = [(fn, task, consts) for task in tasks]
+        results = pool.imap(_pool_task, jobs)
+        for task in tasks:
+            try:
+                yield task, next(results)
+            except Exception as e:  # noqa: BLE001 - reported like a failed task
+                yield task, e
+
+    return map_tasks
 
 
-def run_loop(cfg, uris, paths, listing) -> pa.Table:
-    tables = [process_files(*task) for task in batches(uris, paths, cfg.features, cfg)]
-    kept, _, _ = commit(pa.concat_tables(tables), cfg, listing)
+def run_loop(cfg, uris, paths, listing, cpus) -> list:
+    kept, _, _ = prepare_files(cfg, uris, paths, listing, serial_map, cpus)
     return kept
 
 
-def run_pool(pool, cfg, uris, paths, listing) -> pa.Table:
-    tables = list(pool.imap(_pool_batch, batches(uris, paths, cfg.features, cfg)))
-    kept, _, _ = commit(pa.concat_tables(tables), cfg, listing)
+def run_pool(pool, cfg, uris, paths, listing, cpus) -> list:
+    kept, _, _ = prepare_files(cfg, uris, paths, listing, pool_map(pool), cpus)
     return kept
 
 
@@ -146,7 +148,7 @@ def measure(name, fn, memory: TreeMemory, n_files: int, audio: float | None = No
     out = fn()
     seconds = time.perf_counter() - started
     if audio is None:
-        audio = float(pc.sum(out["duration"]).as_py())
+        audio = float(sum(r["duration"] for r in out))
     row = {**_rates(seconds, n_files, audio), "peak_rss_gb": round(memory.peak / 2**30, 2)}
     print(
         f"{name:>5}: {seconds:6.1f} s  {row['files_per_s']:6.1f} files/s  "
@@ -185,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         # loop: warm-up imports torch and builds the filterbank in this process.
         cfg = cfg_for("loop-warm")
         started = time.perf_counter()
-        run_loop(cfg, uris[:warm], paths[:warm], listing)
+        run_loop(cfg, uris[:warm], paths[:warm], listing, args.num_cpus)
         loop_warm = time.perf_counter() - started
         # Every contender keeps the same rows, so the loop's durations serve all three.
         results["loop"], audio = measure(
-            "loop", lambda: run_loop(cfg_for("loop"), uris, paths, listing), memory, n
+            "loop",
+            lambda: run_loop(cfg_for("loop"), uris, paths, listing, args.num_cpus),
+            memory,
+            n,
         )
         results["loop"]["startup_s"] = 0.0
         results["loop"]["warmup_s"] = round(loop_warm, 2)
@@ -199,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         with multiprocessing.get_context("spawn").Pool(args.num_cpus) as pool:
             pool_start = time.perf_counter() - started
             started = time.perf_counter()
-            run_pool(pool, cfg_for("pool-warm"), uris[:warm], paths[:warm], listing)
+            run_pool(pool, cfg_for("pool-warm"), uris[:warm], paths[:warm], listing, args.num_cpus)
             pool_warm = time.perf_counter() - started
             results["pool"], _ = measure(
                 "pool",
-                lambda: run_pool(pool, cfg_for("pool"), uris, paths, listing),
+                lambda: run_pool(pool, cfg_for("pool"), uris, paths, listing, args.num_cpus),
                 memory,
                 n,
                 audio,
