@@ -615,7 +615,9 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     from knd.runtime import init_ray
 
     with OutputLease(cfg.output) as lease:
+        ray_started = time.perf_counter()
         init_ray(cfg.ray)
+        ray_start = time.perf_counter() - ray_started
         cpus = ray.cluster_resources().get("CPU", 1.0)
         log.info("preparing %d audio files from %s (feature hash %s)", len(uris), cfg.input, wanted)
         kept, rejected, manifest = prepare_files(cfg, uris, paths, listing, ray_map, cpus, lease)
@@ -633,10 +635,12 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         )
         return PrepareResult(cfg.output, None, 0, len(rejected), skipped=False, exit_code=1)
     log.info(
-        "prepared %d clips from %d files in %.1f s, %s; wrote %d shard(s) to %s",
+        "prepared %d clips from %d files in %.1f s (Ray start-up %.1f s), %s; "
+        "wrote %d shard(s) to %s",
         len(kept),
         len(uris),
         elapsed,
+        ray_start,
         summary,
         len(manifest["shards"]),
         cfg.output,
