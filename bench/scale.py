@@ -11,9 +11,9 @@ Corpora are written once to ``--work`` and kept. Each stage runs as the real com
 ``cpu_small`` model with random weights (throughput does not depend on the weights).
 
 Per stage and size: wall time of the command, the stage's own time and Ray's start-up (from the
-command's log), the peak summed RSS of the command's whole process tree (driver, GCS, raylet,
-workers; sampled every 0.2 s, shared pages counted per process, so an upper bound) and the
-driver's own peak RSS. Ratios Nx/1x: time (ideal N) and peak memory (ideal 1). From the Nx
+command's log), the peak summed RSS and PSS of the command's whole process tree (driver, GCS,
+raylet, workers; sampled every 0.2 s; RSS counts shared pages per process, PSS splits them) and
+the driver's own peak RSS. Ratios Nx/1x: time (ideal N) and peak memory (ideal 1). From the Nx
 steady-state costs per clip it projects 1,000 h of audio on 1, 4 and 16 nodes of 8 cores
 (linear scaling per core assumed). Figures go to ``bench/results/scale.json``.
 """
@@ -113,6 +113,7 @@ def command(stage: str, args: list[str], memory: TreeMemory) -> dict:
         "ray_start_s": round(ray_s, 2),
         "steady_s": round(stage_s - ray_s, 2),
         "peak_tree_gb": round(memory.peak / 2**30, 2),
+        "peak_tree_pss_gb": round(memory.peak_pss / 2**30, 2),
         "peak_driver_gb": round(driver_peak / 2**30, 3),
     }
 
@@ -199,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             "time_steady": round(many[stage]["steady_s"] / one[stage]["steady_s"], 2),
             "time_wall": round(many[stage]["wall_s"] / one[stage]["wall_s"], 2),
             "peak_tree_memory": round(many[stage]["peak_tree_gb"] / one[stage]["peak_tree_gb"], 2),
+            "peak_tree_pss": round(
+                many[stage]["peak_tree_pss_gb"] / one[stage]["peak_tree_pss_gb"], 2
+            ),
             "peak_driver_memory": round(
                 many[stage]["peak_driver_gb"] / one[stage]["peak_driver_gb"], 2
             ),
