@@ -417,9 +417,8 @@ def _complete_files(
         if done.any():
             yield aggregate(pending[done], labels, per_window)
             pending = pending[~done].reset_index(drop=True)
-    if pending is not None and len(pending):
-        # Windows of a file whose other windows were lost: score what arrived.
-        yield aggregate(pending, labels, per_window)
+    # Files still pending lost some windows with a failed block: not yielded, so the caller
+    # scores them again (one per task) instead of averaging part of a file.
 
 
 def _lost_rows(paths: list[str], labels: list[str], per_window: bool) -> pd.DataFrame:
