@@ -295,3 +295,21 @@ def test_a_rerun_prepares_again_when_a_listed_shard_is_gone_and_a_held_output_is
     with OutputLease(str(out)), pytest.raises(OutputBusyError, match="another knd prepare"):
         run(config(src, out, "features.n_mels=32"))
     assert load_features(str(out)).manifest == again.manifest
+
+
+def test_a_file_that_kills_its_ray_worker_is_reported_and_the_job_finishes(ray_session):
+    from knd.prepare import ray_map, run_tasks
+
+    def dies_on(paths, fatal):
+        """Its worker process dies outright (as when the OOM killer takes it) on ``fatal``."""
+        if fatal in paths:
+            os._exit(1)
+        return [{"path": p, "error": None} for p in paths]
+
+    # Defined here, so Ray ships it by value (the workers cannot import this test module).
+    tasks = [{"paths": ["a", "b", "c"]}, {"paths": ["d", "e"]}]
+    rows = run_tasks(ray_map, dies_on, tasks, {"fatal": "b"})
+    by_path = {r["path"]: r["error"] for r in rows}
+    assert sorted(by_path) == list("abcde")
+    assert by_path["b"].startswith("worker died while processing this file")
+    assert all(by_path[p] is None for p in "acde")
