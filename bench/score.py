@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from knd import storage
 from knd.audio import decode_audio
@@ -178,7 +179,7 @@ def main() -> int:
     best = min(ray_runs, key=lambda r: r.seconds)
     audio_seconds = base["audio_seconds"]
 
-    table = best.table.set_index("path")
+    table = pd.read_csv(best.output).set_index("path")
     columns = [f"p_{name}" for name in EMOTIONS]
     expected = np.stack([base["probs"][p] for p in paths])
     diff = float(np.abs(table.loc[paths, columns].to_numpy() - expected).max())

@@ -15,8 +15,13 @@ This module is library layer: it never imports a stage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
+LEASE = ".knd-prepare.lease"
+"""Held by the one ``knd prepare`` writing an output (hidden: readers' listings skip it)."""
 UNKNOWN = -1
 """Label fields of a clip whose name is not a RAVDESS name (only kept when labels are optional)."""
 
@@ -127,22 +134,185 @@ def write_shard(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
     pq.write_table(table, path, filesystem=fs, compression="zstd")
 
 
-def write_shards(kept: pa.Table, output: str, folder: str, rows_per_shard: int) -> list[str]:
-    """Write ``kept`` as shards of ``output/folder``; returns their paths relative to ``output``."""
+def shard_rows_table(kept: pa.Table) -> pa.Table:
+    """The stored columns of ``kept`` (processed rows without ``error``)."""
+    return kept.drop_columns(["error"]) if "error" in kept.column_names else kept
+
+
+def missing_shards(output: str, manifest: dict[str, Any]) -> list[str]:
+    """The shards ``manifest`` lists that ``output`` does not hold (one listing per folder)."""
     fs, root = storage.resolve(output)
-    remote = storage.is_remote(output)
-    # Locally the folder appears under its final name only once complete (one rename); on S3 a
-    # rename is a copy, so shards go straight to their folder and the manifest alone commits them.
-    staging = folder if remote else f".tmp-{folder}"
-    fs.create_dir(f"{root}/{staging}", recursive=True)
-    names = []
-    for i, start in enumerate(range(0, kept.num_rows, rows_per_shard)):
-        name = f"part-{i:05d}.parquet"
-        write_shard(kept.slice(start, rows_per_shard), fs, f"{root}/{staging}/{name}")
-        names.append(f"{folder}/{name}")
-    if not remote:
-        fs.move(f"{root}/{staging}", f"{root}/{folder}")
-    return names
+    present: set[str] = set()
+    for folder in sorted({s.rsplit("/", 1)[0] for s in manifest.get("shards", []) if "/" in s}):
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(f"{root}/{folder}", allow_not_found=True))
+        except OSError:
+            continue
+        present.update(f"{folder}/{i.base_name}" for i in infos if i.type == pafs.FileType.File)
+    return [s for s in manifest.get("shards", []) if s not in present]
+
+
+def remove_superseded(output: str, keep_folder: str | None) -> list[str]:
+    """Delete shard and staging folders other than ``keep_folder`` older than the manifest.
+
+    A folder holding anything newer than the committed manifest may belong to a run still under
+    way (one that ignored or outlived the lease): it is left alone.
+    """
+    fs, root = storage.resolve(output)
+    removed: list[str] = []
+    try:
+        committed = fs.get_file_info(f"{root}/{MANIFEST}")
+        entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return removed
+    if committed.type != pafs.FileType.File or committed.mtime_ns is None:
+        return removed
+    for entry in entries:
+        name = entry.base_name
+        if entry.type != pafs.FileType.Directory or name == keep_folder:
+            continue
+        if not name.startswith(("shards-", ".tmp-shards-")):
+            continue
+        inside = fs.get_file_info(pafs.FileSelector(entry.path, recursive=True))
+        times = [i.mtime_ns for i in [entry, *inside] if i.mtime_ns is not None]
+        if times and max(times) > committed.mtime_ns:
+            log.info("kept %s: it holds files newer than the committed manifest", name)
+            continue
+        fs.delete_dir(entry.path)
+        removed.append(name)
+    return removed
+
+
+class OutputBusyError(ValueError):
+    """Another ``knd prepare`` holds the lease on an output (a ValueError: the CLI's one line)."""
+
+
+class OutputLease:
+    """An exclusive lease on a prepare output, so two runs never commit into one output.
+
+    Locally the lease file is created with ``O_EXCL`` (atomic); on S3 it is written only when
+    absent and read back, and :meth:`check` before the commit makes sure it is still ours. It
+    holds pid, host, start and renewal times; the holder renews it every ``renew_s`` and a lease
+    not renewed for ``stale_after_s`` (or, on this host, whose process is gone) is taken over.
+    """
+
+    def __init__(self, output: str, stale_after_s: float = 600.0, renew_s: float = 60.0):
+        self.output, self.uri = output, storage.join(output, LEASE)
+        self.stale_after_s, self.renew_s = stale_after_s, renew_s
+        self.token = uuid.uuid4().hex
+        self.renewed = 0.0
+        self.started = time.time()
+
+    def _body(self) -> bytes:
+        now = time.time()
+        holder = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname()}
+        return json.dumps(holder | {"started": self.started, "renewed": now})
+
+    def _holder(self) -> dict[str, Any] | None:
+        if not storage.exists(self.uri):
+            return None
+        try:
+            holder = json.loads(storage.read_text(self.uri))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # half written or unreadable: judged by its age below
+        return holder if isinstance(holder, dict) else {}
+
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        renewed = holder.get("renewed")
+        if not isinstance(renewed, int | float):
+            fs, path = storage.resolve(self.uri)
+            info = fs.get_file_info(path)
+            renewed = info.mtime.timestamp() if info.mtime else 0.0
+        if time.time() - renewed > self.stale_after_s:
+            return True
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def acquire(self) -> OutputLease:
+        """Take the lease.
+
+        Raises:
+            OutputBusyError: another live run holds it.
+        """
+        self.started = time.time()
+        storage.makedirs(self.output)
+        for _ in range(3):
+            if self._create():
+                if (self._holder() or {}).get("token") == self.token:
+                    self.renewed = time.monotonic()
+                    return self
+                continue
+            holder = self._holder()
+            if holder is None:
+                continue
+            if not self._stale(holder):
+                raise OutputBusyError(
+                    f"{self.output} is being written by another knd prepare (pid "
+                    f"{holder.get('pid')} on {holder.get('host')}); wait for it, or delete "
+                    f"{self.uri} if that run is gone"
+                )
+            log.warning("taking over the stale lease %s (holder %s)", self.uri, holder)
+            self._delete()
+        raise OutputBusyError(f"could not take the lease {self.uri}: another run keeps taking it")
+
+    def _create(self) -> bool:
+        fs, path = storage.resolve(self.uri)
+        if storage.is_remote(self.uri):
+            # S3 has no create-if-absent through pyarrow: write when absent, then read back.
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                return False
+            storage.write_bytes(self.uri, self._body().encode())
+            return True
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(self._body())
+        return True
+
+    def _delete(self) -> None:
+        fs, path = storage.resolve(self.uri)
+        with contextlib.suppress(OSError):  # already gone
+            fs.delete_file(path)
+
+    def check(self) -> None:
+        """Raise :class:`OutputBusyError` unless the lease is still ours."""
+        holder = self._holder()
+        if not holder or holder.get("token") != self.token:
+            raise OutputBusyError(
+                f"lost the lease {self.uri} to another knd prepare "
+                f"(pid {(holder or {}).get('pid')} on {(holder or {}).get('host')}); "
+                "nothing was committed"
+            )
+
+    def renew(self, force: bool = False) -> None:
+        """Refresh the renewal time (at most every ``renew_s`` unless ``force``)."""
+        if not force and time.monotonic() - self.renewed < self.renew_s:
+            return
+        self.check()
+        storage.write_bytes(self.uri, self._body().encode())
+        self.renewed = time.monotonic()
+
+    def release(self) -> None:
+        """Give the lease back (only if it is still ours)."""
+        holder = self._holder()
+        if holder and holder.get("token") == self.token:
+            self._delete()
+
+    def __enter__(self) -> OutputLease:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,26 +1,29 @@
 """``knd prepare``: audio files -> log-mel Parquet shards + ``manifest.json`` + ``rejected.csv``.
 
-The driver lists the input and hands Ray Data only the *paths*; each task reads its files, hashes
-the bytes, parses the RAVDESS name and computes :func:`knd.features.clip_features`, so audio bytes
-never travel through the object store (shipping bytes ran at 0.53x a plain loop, paths at 1.73x).
-Every failure becomes a row with an ``error`` reason; the driver then rejects those rows and
-duplicate clips (by content hash), writes the shards and commits the dataset.
+The data path streams: features never pass through the driver. The driver lists the input and
+runs two passes of Ray tasks over *paths* (audio bytes never cross the object store either):
 
-Output layout::
+1. **hash**: each task reads its files and returns ``(path, sha256, size)``. The driver then
+   rejects duplicate clips (same bytes; the shortest path wins) and names that are not RAVDESS
+   names, so a duplicate is never decoded.
+2. **featurise**: each task decodes, featurises (:func:`knd.features.clip_features`) and writes
+   its kept clips as one Parquet shard into the run's staging folder itself, returning only small
+   per-file rows (path, hash, labels, duration, error, shard) to the driver.
 
-    <output>/manifest.json                 the commit point, written last
-    <output>/rejected.csv                  path,reason of every rejected file of the committed run
-    <output>/shards-<hash8>-<run>/part-00000.parquet ...
+Every per-file failure, whatever its exception, is a row with a reason. Retries are bounded: a
+task whose worker dies (out of memory, a crash) is not retried as a whole; its files are retried
+one per task, and a file whose own task fails again is rejected with the reason. The driver
+writes ``rejected.csv`` and the manifest last (see :mod:`knd.dataset` for the layout), under an
+exclusive lease on the output (:class:`knd.dataset.OutputLease`), so two runs into one output
+cannot interleave their commits. Only shard folders older than the committed manifest are removed.
 
-A run writes its shards to a folder of its own (locally under ``.tmp-<run>`` and renamed when
-complete); only the shards the manifest lists belong to the dataset, and folders of other runs are
-deleted only after the new manifest is committed. A rerun over the same input listing (relative
-paths, sizes, modification times) with the same feature parameters finds the manifest and does
-nothing.
+A rerun over the same input listing (relative paths, sizes, modification times) with the same
+feature parameters, whose manifest's shards all exist, does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -32,12 +35,13 @@ import posixpath
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 import knd
@@ -49,16 +53,25 @@ from knd.dataset import (
     MANIFEST,
     REJECTED,
     UNKNOWN,
+    OutputLease,
     encode_features,
+    missing_shards,
     read_manifest,
+    remove_superseded,
     row_schema,
+    shard_rows_table,
     stored_dtype,
-    write_shards,
+    write_shard,
 )
 from knd.features import FEATURE_ALGORITHM, clip_features, feature_hash, feature_shape
 from knd.ravdess import EMOTIONS, parse_name
 
 log = logging.getLogger(__name__)
+
+TASKS_PER_CPU = 16
+"""Featurise tasks per CPU (at least): a short tail at the end, Ray's per-task cost amortised."""
+HASH_TASKS_PER_CPU = 4
+MAX_HASH_FILES_PER_TASK = 2048
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,7 @@ class PrepareResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# The per-file work, shared by the Ray pipeline and the benchmark's baselines
+# The per-file work, shared by the Ray tasks and the benchmark's baselines
 
 
 def _describe(clip_name: str, require_labels: bool) -> dict[str, Any]:
@@ -96,8 +109,24 @@ def _describe(clip_name: str, require_labels: bool) -> dict[str, Any]:
     }
 
 
+def failure_reason(e: BaseException) -> str:
+    """One line saying why a file failed, whatever the exception."""
+    if isinstance(e, AudioError | ValueError):
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, OSError):
+        return f"unreadable ({e.strerror or str(e).splitlines()[0] or type(e).__name__})"
+    if isinstance(e, MemoryError):
+        return "out of memory while processing this file"
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def process_files(
-    uris: list[str], paths: list[str], params: FeatureConfig, require_labels: bool
+    uris: list[str],
+    paths: list[str],
+    params: FeatureConfig,
+    require_labels: bool,
+    hashes: list[str] | None = None,
 ) -> pa.Table:
     """Read, hash, label and featurise files; a file that fails is a row with an ``error``.
 
@@ -106,15 +135,16 @@ def process_files(
         paths: each file's path relative to the input, stored and reported.
         params: feature parameters.
         require_labels: reject files whose names are not RAVDESS names.
+        hashes: each file's sha256 when already known (the hash pass), else computed here.
 
     Returns:
-        One row per file with the columns of :func:`row_schema`.
+        One row per file with the columns of :func:`knd.dataset.row_schema`.
     """
     schema = row_schema(params)
     cols: dict[str, list] = {name: [] for name in schema.names}
     store = stored_dtype(params)
     fs = None
-    for uri, path in zip(uris, paths, strict=True):
+    for i, (uri, path) in enumerate(zip(uris, paths, strict=True)):
         row: dict[str, Any] = {"path": path, "sha256": None, "duration": None, "features": None}
         row |= {name: UNKNOWN for name in LABEL_COLUMNS} | {"gender": "unknown", "error": None}
         try:
@@ -122,16 +152,14 @@ def process_files(
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(uri)
             data = storage.read_bytes(uri, fs)
-            row["sha256"] = hashlib.sha256(data).hexdigest()
+            row["sha256"] = hashes[i] if hashes else hashlib.sha256(data).hexdigest()
             samples, rate = decode_audio(data, path)
+            del data
             feats, row["duration"] = clip_features(samples, rate, params)
             row["features"] = feats.astype(store, order="C")
-        except (AudioError, ValueError) as e:
-            row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
-        except OSError as e:
-            row["error"] = f"unreadable ({e.strerror or type(e).__name__})"
         except Exception as e:  # noqa: BLE001 - any failure is this file's, never the batch's
-            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+            row["error"] = failure_reason(e)
+            row["features"] = None
         for name in schema.names:
             cols[name].append(row[name])
     arrays = []
@@ -143,14 +171,175 @@ def process_files(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _process_batch(
-    batch: dict[str, np.ndarray], params: FeatureConfig, require_labels: bool
-) -> pa.Table:
+def hash_files(uris: list[str], paths: list[str]) -> list[dict[str, Any]]:
+    """The hash pass: ``{path, sha256, size, error}`` per file, reading each file once."""
+    rows, fs = [], None
+    for uri, path in zip(uris, paths, strict=True):
+        row: dict[str, Any] = {"path": path, "sha256": None, "size": None, "error": None}
+        try:
+            if fs is None:
+                fs, _ = storage.resolve(uri)
+            data = storage.read_bytes(uri, fs)
+            row["size"] = len(data)
+            row["sha256"] = hashlib.sha256(data).hexdigest()
+            if not data:
+                row["error"] = "empty file"  # all empty files share a hash: not duplicates
+        except Exception as e:  # noqa: BLE001 - a file's failure is a row
+            row["error"] = failure_reason(e)
+        rows.append(row)
+    return rows
+
+
+def featurize_part(
+    uris: list[str],
+    paths: list[str],
+    hashes: list[str],
+    part: str,
+    output: str,
+    staging: str,
+    folder: str,
+    params: FeatureConfig,
+    require_labels: bool,
+) -> list[dict[str, Any]]:
+    """The featurise pass: process files, write the good ones as shard ``staging/part``.
+
+    Returns:
+        Small per-file rows (every column but ``features``, plus ``shard``: the shard's path
+        relative to ``output`` once committed under ``folder``, None for a failed file).
+    """
+    table = process_files(uris, paths, params, require_labels, hashes)
+    good = table.filter(pc.is_null(table["error"]))
+    shard = None
+    if good.num_rows:
+        fs, root = storage.resolve(output)
+        write_shard(shard_rows_table(good), fs, f"{root}/{staging}/{part}")
+        shard = f"{folder}/{part}"
+    rows = table.drop_columns(["features"]).to_pylist()
+    for row in rows:
+        row["shard"] = shard if row["error"] is None else None
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Running tasks: the same driver logic over Ray, a process pool or a plain loop
+
+TaskMap = Callable[[Callable, list[dict], dict], Iterator[tuple[dict, Any]]]
+"""``(fn, tasks, consts) -> (task, rows or the exception)`` for each task, in any order."""
+
+
+def serial_map(fn: Callable, tasks: list[dict], consts: dict) -> Iterator[tuple[dict, Any]]:
+    """Run tasks one after another in this process (the benchmark's plain loop)."""
+    for task in tasks:
+        try:
+            yield task, fn(**task, **consts)
+        except Exception as e:  # noqa: BLE001 - reported like a failed Ray task
+            yield task, e
+
+
+def _in_task(fn: Callable, task: dict, consts: dict) -> list[dict]:
     import torch
 
-    # One Ray task per CPU already fills the machine; torch's own threads would oversubscribe it.
+    # One task per CPU already fills the machine; torch's own threads would oversubscribe it.
     torch.set_num_threads(1)
-    return process_files(list(batch["uri"]), list(batch["path"]), params, require_labels)
+    return fn(**task, **consts)
+
+
+def ray_map(fn: Callable, tasks: list[dict], consts: dict) -> Iterator[tuple[dict, Any]]:
+    """Run tasks as Ray tasks (1 CPU each, no retries: the driver retries per file instead).
+
+    At most a few tasks per CPU are in flight, so the driver's bookkeeping stays small however
+    large the corpus; results are yielded as they arrive.
+    """
+    import ray
+
+    remote = ray.remote(_in_task).options(num_cpus=1, max_retries=0, retry_exceptions=False)
+    window = max(4, 4 * int(ray.cluster_resources().get("CPU", 1)))
+    fn_ref, consts_ref = ray.put(fn), ray.put(consts)
+    todo = iter(tasks)
+    pending: dict[Any, dict] = {}
+    while True:
+        for task in todo:
+            pending[remote.remote(fn_ref, task, consts_ref)] = task
+            if len(pending) >= window:
+                break
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            task = pending.pop(ref)
+            try:
+                yield task, ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - a worker crash, OOM kill or task error
+                yield task, e
+
+
+def _task_failure(e: BaseException) -> str:
+    """Why a whole task failed: the task's own exception, or what happened to its worker."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return failure_reason(cause)
+    name = type(e).__name__
+    if "OutOfMemory" in name:
+        return "worker killed: out of memory while processing this file"
+    if "WorkerCrashed" in name or "NodeDied" in name or "ActorDied" in name:
+        return f"worker died while processing this file ({name})"
+    return failure_reason(e)
+
+
+def run_tasks(
+    map_tasks: TaskMap,
+    fn: Callable,
+    tasks: list[dict],
+    consts: dict,
+    on_progress: Callable[[], None] = lambda: None,
+) -> list[dict[str, Any]]:
+    """Rows of every file of ``tasks``; a failed task's files are retried one per task.
+
+    A file whose own task fails again becomes a row with the reason: the job always finishes.
+    """
+    rows: list[dict[str, Any]] = []
+    retry: list[dict] = []
+    for task, out in map_tasks(fn, tasks, consts):
+        on_progress()
+        if not isinstance(out, BaseException):
+            rows.extend(out)
+        elif len(task["paths"]) > 1:
+            log.warning(
+                "a task of %d files failed (%s); retrying them one per task",
+                len(task["paths"]),
+                _task_failure(out),
+            )
+            _discard_part(task, consts)
+            retry.extend(_split(task))
+        else:
+            _discard_part(task, consts)
+            rows.append({"path": task["paths"][0], "error": _task_failure(out)})
+    if retry:
+        rows.extend(run_tasks(map_tasks, fn, retry, consts, on_progress))
+    return rows
+
+
+def _split(task: dict) -> list[dict]:
+    singles = []
+    for i in range(len(task["paths"])):
+        single = {k: v[i : i + 1] if isinstance(v, list) else v for k, v in task.items()}
+        if "part" in task:
+            single["part"] = task["part"].replace(".parquet", f"-{i:04d}.parquet")
+        singles.append(single)
+    return singles
+
+
+def _discard_part(task: dict, consts: dict) -> None:
+    """Delete what a failed featurise task may have written (never listed in a manifest)."""
+    if "part" not in task:
+        return
+    fs, root = storage.resolve(consts["output"])
+    with contextlib.suppress(OSError):
+        fs.delete_file(f"{root}/{consts['staging']}/{task['part']}")
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, max(1, size))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,54 +373,37 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str], str]:
     return uris, paths, digest.hexdigest()
 
 
-def _extract(uris, paths, params: FeatureConfig, cfg: PrepareConfig) -> pa.Table:
-    import ray
-
-    from knd.runtime import init_ray
-
-    init_ray(cfg.ray)
-    items = [{"uri": u, "path": p} for u, p in zip(uris, paths, strict=True)]
-    # One block per batch: enough blocks to keep every CPU busy and a small tail at the end.
-    blocks = max(1, math.ceil(len(items) / cfg.batch_size))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(
-        _process_batch,
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        fn_kwargs={"params": params, "require_labels": cfg.require_labels},
-        num_cpus=1,
-    )
-    schema = row_schema(params)
-    tables = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables([t if t.schema.equals(schema) else t.cast(schema) for t in tables])
-
-
-def select_rows(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """Split processed rows into kept clips (sorted by path) and ``(path, reason)`` rejections.
+def select_files(
+    hashed: list[dict[str, Any]], require_labels: bool
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Split hash rows into files to featurise (sorted by path) and ``(path, reason)`` rejections.
 
     A clip whose bytes equal an earlier one's is a duplicate: of each group the shortest path
     (then the alphabetically first) is kept, so ``Actor_01/x.wav`` wins over
-    ``audio_speech_actors_01-24/Actor_01/x.wav`` whatever order the files were processed in.
+    ``audio_speech_actors_01-24/Actor_01/x.wav`` whatever order the files were listed in.
     """
-    paths = table["path"].to_pylist()
-    errors = table["error"].to_pylist()
-    hashes = table["sha256"].to_pylist()
-    rejected: list[tuple[str, str]] = [(p, e) for p, e in zip(paths, errors, strict=True) if e]
-    good = [i for i, e in enumerate(errors) if not e]
+    rejected: list[tuple[str, str]] = []
+    good = []
+    for row in hashed:
+        if row["error"]:
+            rejected.append((row["path"], row["error"]))
+            continue
+        try:
+            _describe(row["path"], require_labels)
+        except ValueError as e:
+            rejected.append((row["path"], failure_reason(e)))
+            continue
+        good.append(row)
     keeper: dict[str, str] = {}
     keep = []
-    for i in sorted(good, key=lambda i: (len(paths[i]), paths[i])):
-        first = keeper.setdefault(hashes[i], paths[i])
-        if first == paths[i]:
-            keep.append(i)
+    for row in sorted(good, key=lambda r: (len(r["path"]), r["path"])):
+        first = keeper.setdefault(row["sha256"], row["path"])
+        if first == row["path"]:
+            keep.append(row)
         else:
-            rejected.append((paths[i], f"duplicate of {first} (same content)"))
-    keep.sort(key=lambda i: paths[i])
-    # One take of the big feature column: the selection above only read small columns.
-    kept = table.drop_columns(["error"]).take(pa.array(keep, type=pa.int64()))
-    return kept, sorted(rejected)
+            rejected.append((row["path"], f"duplicate of {first} (same content)"))
+    keep.sort(key=lambda r: r["path"])
+    return keep, rejected
 
 
 def reason_kind(reason: str) -> str:
@@ -239,24 +411,6 @@ def reason_kind(reason: str) -> str:
     if reason.startswith("duplicate of "):
         return "duplicate"
     return reason.split(" (")[0].split(":")[0]
-
-
-def _remove_other_runs(output: str, keep_folder: str | None) -> list[str]:
-    """Delete shard and staging folders that are not ``keep_folder`` (stale or superseded)."""
-    fs, root = storage.resolve(output)
-    removed = []
-    try:
-        entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return removed
-    for entry in entries:
-        name = entry.base_name
-        if entry.type != pafs.FileType.Directory or name == keep_folder:
-            continue
-        if name.startswith(("shards-", ".tmp-shards-")):
-            fs.delete_dir(entry.path)
-            removed.append(name)
-    return removed
 
 
 def _rejected_csv(rejected: list[tuple[str, str]]) -> str:
@@ -279,16 +433,16 @@ def _counts(values: list[int], names: tuple[str, ...] | None = None) -> dict[str
 
 
 def build_manifest(
-    kept: pa.Table,
+    kept: list[dict[str, Any]],
     shards: list[str],
     shard_rows: list[int],
     rejected: list[tuple[str, str]],
     cfg: PrepareConfig,
     listing: str,
 ) -> dict[str, Any]:
-    """The manifest of a dataset about to be committed."""
+    """The manifest of a dataset about to be committed (``kept``: its small per-file rows)."""
     params = cfg.features
-    content = hashlib.sha256("\n".join(sorted(kept["sha256"].to_pylist())).encode()).hexdigest()
+    content = hashlib.sha256("\n".join(sorted(r["sha256"] for r in kept)).encode()).hexdigest()
     return {
         "knd_version": knd.__version__,
         "feature_params": dataclasses.asdict(params),
@@ -296,14 +450,14 @@ def build_manifest(
         "feature_algorithm": FEATURE_ALGORITHM,
         "feature_shape": list(feature_shape(params)),
         "feature_dtype": params.dtype,
-        "num_rows": kept.num_rows,
-        "rows_per_actor": _counts(kept["actor"].to_pylist()),
-        "rows_per_emotion": _counts(kept["emotion"].to_pylist(), EMOTIONS),
+        "num_rows": len(kept),
+        "rows_per_actor": _counts([r["actor"] for r in kept]),
+        "rows_per_emotion": _counts([r["emotion"] for r in kept], EMOTIONS),
         "corpus_checksum": content,
         "input": cfg.input,
         "input_listing": listing,
         "require_labels": cfg.require_labels,
-        "num_files": kept.num_rows + len(rejected),
+        "num_files": len(kept) + len(rejected),
         "num_rejected": len(rejected),
         "rejected_reasons": dict(Counter(reason_kind(r) for _, r in rejected).most_common()),
         "shards": shards,
@@ -312,59 +466,134 @@ def build_manifest(
     }
 
 
-def commit(
-    table: pa.Table, cfg: PrepareConfig, listing: str
-) -> tuple[pa.Table, list[tuple[str, str]], dict[str, Any] | None]:
-    """Select, log rejections, write shards, ``rejected.csv`` and (last) the manifest.
+def files_per_task(n: int, cpus: float, cfg: PrepareConfig) -> int:
+    """Files per featurise task (= rows per shard, at most ``rows_per_shard``)."""
+    balanced = math.ceil(n / max(1.0, cpus * TASKS_PER_CPU))
+    return max(1, min(cfg.rows_per_shard, max(cfg.batch_size, balanced)))
+
+
+def prepare_files(
+    cfg: PrepareConfig,
+    uris: list[str],
+    paths: list[str],
+    listing: str,
+    map_tasks: TaskMap,
+    cpus: float,
+    lease: OutputLease | None = None,
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]], dict[str, Any] | None]:
+    """Hash, select, featurise (workers write the shards) and commit.
+
+    Args:
+        map_tasks: how tasks run (:func:`ray_map`, :func:`serial_map` or a pool's).
+        cpus: CPUs the tasks share (sizes the tasks).
+        lease: the output's lease, renewed while tasks run and checked before the commit.
 
     Returns:
         ``(kept rows, rejections, manifest)``; the manifest is None when nothing usable remained,
         in which case nothing is committed.
     """
-    kept, rejected = select_rows(table)
+    renew = lease.renew if lease else (lambda: None)
+    order = sorted(range(len(paths)), key=lambda i: paths[i])
+    uris, paths = [uris[i] for i in order], [paths[i] for i in order]
+    size = min(MAX_HASH_FILES_PER_TASK, max(1, math.ceil(len(paths) / (cpus * HASH_TASKS_PER_CPU))))
+    hash_tasks = [{"uris": uris[s], "paths": paths[s]} for s in _chunks(len(paths), size)]
+    hashed = run_tasks(map_tasks, hash_files, hash_tasks, {}, renew)
+    keep, rejected = select_files(hashed, cfg.require_labels)
+    uri_of = dict(zip(paths, uris, strict=True))
+
+    folder = f"shards-{feature_hash(cfg.features)[:8]}-{uuid.uuid4().hex[:8]}"
+    remote = storage.is_remote(cfg.output)
+    # Locally the folder appears under its final name only once complete (one rename); on S3 a
+    # rename is a copy, so shards go straight to their folder and the manifest alone commits them.
+    staging = folder if remote else f".tmp-{folder}"
+    fs, root = storage.resolve(cfg.output)
+    fs.create_dir(f"{root}/{staging}", recursive=True)
+    consts = {
+        "output": cfg.output,
+        "staging": staging,
+        "folder": folder,
+        "params": cfg.features,
+        "require_labels": cfg.require_labels,
+    }
+    per_task = files_per_task(len(keep), cpus, cfg)
+    tasks = []
+    for i, s in enumerate(_chunks(len(keep), per_task)):
+        part = keep[s]
+        tasks.append(
+            {
+                "uris": [uri_of[r["path"]] for r in part],
+                "paths": [r["path"] for r in part],
+                "hashes": [r["sha256"] for r in part],
+                "part": f"part-{i:05d}.parquet",
+            }
+        )
+    rows = run_tasks(map_tasks, featurize_part, tasks, consts, renew)
+    rejected += [(r["path"], r["error"]) for r in rows if r.get("error")]
+    rejected.sort()
+    kept = sorted((r for r in rows if not r.get("error")), key=lambda r: r["path"])
     for path, reason in rejected:
         log.warning("rejected %s: %s", path, reason)
-    storage.makedirs(cfg.output)
-    if kept.num_rows == 0:
+    if not kept:
+        fs.delete_dir(f"{root}/{staging}")
+        if lease:
+            lease.check()
         storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
         return kept, rejected, None
-    folder = f"shards-{feature_hash(cfg.features)[:8]}-{uuid.uuid4().hex[:8]}"
-    shards = write_shards(kept, cfg.output, folder, cfg.rows_per_shard)
-    shard_rows = [
-        min(cfg.rows_per_shard, kept.num_rows - i * cfg.rows_per_shard) for i in range(len(shards))
-    ]
-    manifest = build_manifest(kept, shards, shard_rows, rejected, cfg, listing)
+    counts = Counter(r["shard"] for r in kept)
+    shards = sorted(counts)
+    if not remote:
+        fs.move(f"{root}/{staging}", f"{root}/{folder}")
+    manifest = build_manifest(kept, shards, [counts[s] for s in shards], rejected, cfg, listing)
+    if lease:
+        lease.check()  # a run that lost its lease must not commit over the winner's
     storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
     storage.write_text(storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=2) + "\n")
-    removed = _remove_other_runs(cfg.output, folder)
+    removed = remove_superseded(cfg.output, folder)
     if removed:
         log.info("removed %d superseded or unfinished shard folder(s): %s", len(removed), removed)
     return kept, rejected, manifest
 
 
+def _already_prepared(cfg: PrepareConfig, listing: str) -> dict[str, Any] | None:
+    """The committed manifest when it holds exactly this dataset and all its shards exist."""
+    current = read_manifest(cfg.output)
+    if (
+        current is None
+        or current.get("feature_hash") != feature_hash(cfg.features)
+        or current.get("input_listing") != listing
+        or current.get("require_labels") != cfg.require_labels
+    ):
+        return None
+    missing = missing_shards(cfg.output, current)
+    if missing:
+        log.warning(
+            "%s lists %d shard(s) that are missing (e.g. %s): preparing again",
+            MANIFEST,
+            len(missing),
+            missing[0],
+        )
+        return None
+    return current
+
+
 def run(cfg: PrepareConfig) -> PrepareResult:
-    """Prepare ``cfg.input`` into ``cfg.output`` (see the module docstring for the layout).
+    """Prepare ``cfg.input`` into ``cfg.output`` (see the module docstring).
 
     Returns:
         A :class:`PrepareResult`; ``exit_code`` is 1 only when no usable clip remained.
 
     Raises:
         FileNotFoundError: the input does not exist or holds no audio file.
+        knd.dataset.OutputBusyError: another ``knd prepare`` is writing the output.
     """
     started = time.perf_counter()
-    params = cfg.features
-    wanted = feature_hash(params)
+    wanted = feature_hash(cfg.features)
     uris, paths, listing = list_inputs(cfg.input)
     if not uris:
         suffixes = ", ".join(storage.AUDIO_SUFFIXES)
         raise FileNotFoundError(f"no audio files ({suffixes}) under {cfg.input}")
-    current = read_manifest(cfg.output)
-    if (
-        current is not None
-        and current.get("feature_hash") == wanted
-        and current.get("input_listing") == listing
-        and current.get("require_labels") == cfg.require_labels
-    ):
+    current = _already_prepared(cfg, listing)
+    if current is not None:
         log.info(
             "nothing to do: %s already holds these %d files prepared with feature hash %s "
             "(%d rows, %d rejected)",
@@ -382,9 +611,17 @@ def run(cfg: PrepareConfig) -> PrepareResult:
             skipped=True,
             exit_code=0,
         )
-    log.info("preparing %d audio files from %s (feature hash %s)", len(uris), cfg.input, wanted)
-    table = _extract(uris, paths, params, cfg)
-    kept, rejected, manifest = commit(table, cfg, listing)
+    import ray
+
+    from knd.runtime import init_ray
+
+    with OutputLease(cfg.output) as lease:
+        ray_started = time.perf_counter()
+        init_ray(cfg.ray)
+        ray_start = time.perf_counter() - ray_started
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        log.info("preparing %d audio files from %s (feature hash %s)", len(uris), cfg.input, wanted)
+        kept, rejected, manifest = prepare_files(cfg, uris, paths, listing, ray_map, cpus, lease)
     elapsed = time.perf_counter() - started
     kinds = Counter(reason_kind(r) for _, r in rejected)
     detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
@@ -399,12 +636,14 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         )
         return PrepareResult(cfg.output, None, 0, len(rejected), skipped=False, exit_code=1)
     log.info(
-        "prepared %d clips from %d files in %.1f s, %s; wrote %d shard(s) to %s",
-        kept.num_rows,
+        "prepared %d clips from %d files in %.1f s (Ray start-up %.1f s), %s; "
+        "wrote %d shard(s) to %s",
+        len(kept),
         len(uris),
         elapsed,
+        ray_start,
         summary,
         len(manifest["shards"]),
         cfg.output,
     )
-    return PrepareResult(cfg.output, manifest, kept.num_rows, len(rejected), False, 0)
+    return PrepareResult(cfg.output, manifest, len(kept), len(rejected), False, 0)

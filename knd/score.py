@@ -18,19 +18,30 @@ probabilities ``knd evaluate`` gives on its prepared features. Only a file still
 clip after trimming is cut into overlapping windows (hop ``window_hop_seconds``) whose probabilities
 are averaged. A file that cannot be scored becomes a row with its reason in ``error``: nothing
 raises.
+
+Results stream: the driver turns windows into per-file rows as soon as all of a file's windows
+have arrived and appends them to a staging file (Parquet row groups or CSV lines), committed under
+the output's name in one step at the end, so driver memory holds only the files in flight. Ray's
+retries are bounded: an actor that dies (a file that takes its worker down) is restarted, the
+task is not retried and its block is skipped (``max_errored_blocks``); the driver then scores the
+files it did not get back once more, one file per task, and reports those that fail again.
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import logging
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
 from knd import audio, features, storage
 from knd.config import FeatureConfig, ScoreConfig, build
@@ -125,6 +136,8 @@ def featurize_batch(
             error = str(e)
         except OSError as e:
             error = f"unreadable ({e.strerror or str(e) or type(e).__name__})"
+        except MemoryError:
+            error = "out of memory while scoring this file"
         except Exception as e:  # noqa: BLE001 - any failure is this file's, never the job's
             error = f"{type(e).__name__}: {e}".splitlines()[0]
         if error:
@@ -175,9 +188,30 @@ class Scorer:
         return batch
 
 
+class FileScorer(Scorer):
+    """CPU actor: paths -> windows -> probabilities, in one process (model loaded once).
+
+    One actor step instead of a decode step fused into the actors by Ray Data: fusion needs the
+    two steps' remote arguments to be equal, and a task's retry options are not an actor's.
+    """
+
+    def __init__(self, checkpoint: str, params: FeatureConfig, hop_seconds: float, batch_size: int):
+        super().__init__(checkpoint, use_gpu=False)
+        self.params, self.hop_seconds, self.batch_size = params, hop_seconds, batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        windows = featurize_batch(batch, self.params, self.hop_seconds)
+        n = len(windows["path"])
+        parts = [
+            Scorer.__call__(self, {k: v[i : i + self.batch_size] for k, v in windows.items()})
+            for i in range(0, n, self.batch_size)
+        ]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 @dataclass
 class ScoreResult:
-    """What ``knd score`` did; ``table`` is what was written to ``output``."""
+    """What ``knd score`` did (the rows themselves are in ``output``)."""
 
     output: str
     num_files: int
@@ -189,17 +223,16 @@ class ScoreResult:
     realtime_factor: float
     ray_start_seconds: float
     exit_code: int
-    table: pd.DataFrame = field(repr=False)
 
 
 def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
     """Logical CPUs asked by each decode task and each inference actor.
 
-    On CPU both stages ask for the same share, ``min(1, total / num_actors)``: Ray Data then fuses
-    the decode step into the actors, so each actor reads, decodes and scores its own files, no
-    features cross the object store, and the actors together hold every CPU. Asking less for
-    the actors (to leave CPUs to separate decode tasks) left one decode task at a time on two
-    cores. On GPU the stages stay apart: decode tasks on the CPUs feed one actor per GPU.
+    On CPU both stages ask for the same share, ``min(1, total / num_actors)``: each actor reads,
+    decodes and scores its own files (:class:`FileScorer`), no features cross the object store,
+    and the actors together hold every CPU. Asking less for the actors (to leave CPUs to separate
+    decode tasks) left one decode task at a time on two cores. On GPU the stages stay apart:
+    decode tasks on the CPUs feed one actor per GPU.
     """
     if use_gpu:
         return 1.0
@@ -237,66 +270,219 @@ def run(cfg: ScoreConfig) -> ScoreResult:
 
     started = time.perf_counter()
     cpus = stage_cpus(ray.cluster_resources().get("CPU", 1.0), cfg.num_actors, cfg.use_gpu)
-    ds = ray.data.from_items(
-        [{"path": p} for p in paths],
-        override_num_blocks=max(1, math.ceil(len(paths) / FILES_PER_TASK)),
-    )
-    ds = ds.map_batches(
-        featurize_batch,
-        fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds},
-        batch_size=FILES_PER_TASK,
-        batch_format="numpy",
-        num_cpus=1.0 if cfg.use_gpu else cpus,
-    )
-    ds = ds.map_batches(
-        Scorer,
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": cfg.use_gpu},
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cpus,
-        num_gpus=1 if cfg.use_gpu else 0,
-    )
-    windows = _collect(ds, len(paths))
-    table = aggregate(windows, labels, per_window=cfg.per_window)
-    write_table(table, output)
+    tally = _Tally()
+    with StagedTable(output) as sink:
+        lost = _score_into(sink, tally, paths, cfg, params, labels, cpus, FILES_PER_TASK)
+        if lost:
+            log.warning("%d file(s) lost with a worker; scoring them one per task", len(lost))
+            lost = _score_into(sink, tally, lost, cfg, params, labels, cpus, 1)
+        if lost:
+            sink.write(_lost_rows(lost, labels, cfg.per_window), tally)
     seconds = time.perf_counter() - started
 
-    files = table.drop_duplicates("path")
-    failed_rows = files[files["error"] != ""]
-    audio_seconds = float(files.loc[files["error"] == "", "duration"].sum())
     result = ScoreResult(
         output=output,
         num_files=len(paths),
-        num_rows=len(table),
-        failed=len(failed_rows),
-        audio_hours=audio_seconds / 3600.0,
+        num_rows=tally.rows,
+        failed=len(tally.failures),
+        audio_hours=tally.audio_seconds / 3600.0,
         seconds=seconds,
         files_per_second=len(paths) / seconds,
-        realtime_factor=audio_seconds / seconds,
+        realtime_factor=tally.audio_seconds / seconds,
         ray_start_seconds=ray_start,
-        exit_code=1 if cfg.strict and len(failed_rows) else 0,
-        table=table,
+        exit_code=1 if cfg.strict and tally.failures else 0,
     )
-    _print_summary(result, failed_rows)
+    _print_summary(result, tally.failures)
     return result
 
 
-def _collect(ds, num_files: int) -> pd.DataFrame:
-    """Stream the scored windows to the driver with a progress bar over files."""
+LOST = "worker died while scoring this file (not retried further)"
+
+
+@dataclass
+class _Tally:
+    """What the written rows add up to: counts, scored audio, the first failures."""
+
+    rows: int = 0
+    audio_seconds: float = 0.0
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def add(self, table: pd.DataFrame) -> None:
+        self.rows += len(table)
+        files = table.drop_duplicates("path")
+        ok = files["error"] == ""
+        self.audio_seconds += float(files.loc[ok, "duration"].sum())
+        self.failures.extend(files.loc[~ok, ["path", "error"]].itertuples(index=False, name=None))
+
+
+def _score_into(sink, tally, paths, cfg: ScoreConfig, params, labels, cpus, files_per_task):
+    """Score ``paths`` into ``sink``; returns the paths whose rows never came back."""
+    seen: set[str] = set()
+    for table in _scored_files(paths, cfg, params, labels, cpus, files_per_task):
+        sink.write(table, tally)
+        seen.update(table["path"])
+    return [p for p in paths if p not in seen]
+
+
+def _scored_files(
+    paths: list[str], cfg: ScoreConfig, params, labels, cpus: float, files_per_task: int
+) -> Iterator[pd.DataFrame]:
+    """Output rows of completed files, in input order, as the pipeline delivers them."""
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.max_errored_blocks)
+    # In input order, so the streamed output is sorted by path as before; a block whose task
+    # failed (its actor died) is skipped, not retried, and its files are reported by the caller.
+    ctx.execution_options.preserve_order = True
+    ctx.max_errored_blocks = -1
+    try:
+        ds = ray.data.from_items(
+            [{"path": p} for p in paths],
+            override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
+        )
+        # A dead actor is replaced, but the task that killed it is not run again.
+        if cfg.use_gpu:  # decode tasks on the CPUs feed one actor per GPU
+            ds = ds.map_batches(
+                featurize_batch,
+                fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds},
+                batch_size=files_per_task,
+                batch_format="numpy",
+                num_cpus=1.0,
+                max_retries=0,
+            )
+            ds = ds.map_batches(
+                Scorer,
+                fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": True},
+                batch_size=cfg.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+                num_cpus=cpus,
+                num_gpus=1,
+                max_task_retries=0,
+            )
+        else:  # each actor reads, decodes and scores its own files: no features in transit
+            ds = ds.map_batches(
+                FileScorer,
+                fn_constructor_kwargs={
+                    "checkpoint": cfg.checkpoint,
+                    "params": params,
+                    "hop_seconds": cfg.window_hop_seconds,
+                    "batch_size": cfg.batch_size,
+                },
+                batch_size=files_per_task,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+                num_cpus=cpus,
+                max_task_retries=0,
+            )
+        yield from _complete_files(_batches_with_progress(ds, len(paths)), labels, cfg.per_window)
+    finally:
+        ctx.execution_options.preserve_order, ctx.max_errored_blocks = saved
+
+
+def _batches_with_progress(ds, num_files: int) -> Iterator[pd.DataFrame]:
+    """The scored windows as DataFrames, with a progress bar over files."""
     from tqdm import tqdm
 
-    parts = []
     bar_format = "{l_bar}{bar}| {n:.0f}/{total} files [{elapsed}<{remaining}]"
     with tqdm(total=num_files, unit="file", bar_format=bar_format, file=sys.stderr) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             probs = batch.pop("probs")
             part = pd.DataFrame({k: v for k, v in batch.items()})
             part["probs"] = list(probs)
-            parts.append(part)
             # A file's windows may land in several batches; each counts for its share.
             bar.update(float((1.0 / batch["n_windows"]).sum()))
-    return pd.concat(parts, ignore_index=True)
+            yield part
+
+
+def _complete_files(
+    parts: Iterator[pd.DataFrame], labels: list[str], per_window: bool
+) -> Iterator[pd.DataFrame]:
+    """Aggregate each file once all its windows have arrived; hold only files in flight."""
+    pending: pd.DataFrame | None = None
+    for part in parts:
+        pending = part if pending is None else pd.concat([pending, part], ignore_index=True)
+        counts = pending.groupby("path")["window"].transform("size")
+        done = (counts == pending["n_windows"]).to_numpy()
+        if done.any():
+            yield aggregate(pending[done], labels, per_window)
+            pending = pending[~done].reset_index(drop=True)
+    # Files still pending lost some windows with a failed block: not yielded, so the caller
+    # scores them again (one per task) instead of averaging part of a file.
+
+
+def _lost_rows(paths: list[str], labels: list[str], per_window: bool) -> pd.DataFrame:
+    windows = pd.DataFrame(
+        {
+            "path": paths,
+            "window": 0,
+            "n_windows": 1,
+            "start": math.nan,
+            "end": math.nan,
+            "duration": math.nan,
+            "error": LOST,
+        }
+    )
+    windows["probs"] = [np.full(len(labels), np.nan, dtype=np.float32)] * len(paths)
+    return aggregate(windows, labels, per_window)
+
+
+class StagedTable:
+    """An output table written in chunks to a staging file, then committed in one step.
+
+    Locally the staging file is a hidden sibling renamed over the output (``os.replace``); on S3 a
+    temporary key is written (a streamed upload) and copied to the output's key, so a reader sees
+    the old output or the whole new one, never a part. On error the staging file is deleted.
+    """
+
+    def __init__(self, output: str):
+        self.output = output
+        self.csv = output.lower().endswith(".csv")
+        self.fs, self.path = storage.resolve(output)
+        folder, name = self.path.rsplit("/", 1)
+        self.tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.stream = None
+        self.writer = None
+        self.schema = None
+
+    def __enter__(self) -> StagedTable:
+        if not storage.is_remote(self.output):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.stream = self.fs.open_output_stream(self.tmp)
+        return self
+
+    def write(self, table: pd.DataFrame, tally: _Tally | None = None) -> None:
+        """Append rows (the columns of the first chunk fix the file's columns)."""
+        if tally is not None:
+            tally.add(table)
+        if self.csv:
+            self.stream.write(table.to_csv(index=False, header=self.schema is None).encode())
+            self.schema = self.schema or list(table.columns)
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.schema is None:
+            self.schema = pa.Schema.from_pandas(table, preserve_index=False)
+            self.writer = pq.ParquetWriter(self.stream, self.schema)
+        rows = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
+        self.writer.write_table(rows)
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if self.writer is not None:
+                self.writer.close()
+            self.stream.close()
+            if kind is None:
+                if storage.is_remote(self.output):
+                    self.fs.copy_file(self.tmp, self.path)
+                else:
+                    os.replace(self.tmp, self.path)
+        finally:
+            if self.fs.get_file_info(self.tmp).type != pafs.FileType.NotFound:
+                self.fs.delete_file(self.tmp)
 
 
 def aggregate(windows: pd.DataFrame, labels: list[str], per_window: bool) -> pd.DataFrame:
@@ -336,22 +522,8 @@ def aggregate(windows: pd.DataFrame, labels: list[str], per_window: bool) -> pd.
     return table.reset_index(drop=True)
 
 
-def write_table(table: pd.DataFrame, output: str) -> None:
-    """Write ``.parquet`` or ``.csv`` atomically (local or s3://)."""
-    if output.lower().endswith(".csv"):
-        data = table.to_csv(index=False).encode("utf-8")
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buf)
-        data = buf.getvalue()
-    storage.write_bytes(output, data)
-
-
-def _print_summary(result: ScoreResult, failed_rows: pd.DataFrame) -> None:
-    for path, error in failed_rows[["path", "error"]].head(MAX_FAILURES_SHOWN).itertuples(False):
+def _print_summary(result: ScoreResult, failures: list[tuple[str, str]]) -> None:
+    for path, error in failures[:MAX_FAILURES_SHOWN]:
         print(f"failed {path}: {error}", file=sys.stderr)
     if result.failed > MAX_FAILURES_SHOWN:
         print(f"... and {result.failed - MAX_FAILURES_SHOWN} more failures", file=sys.stderr)

@@ -276,3 +276,40 @@ def test_s3_round_trip_through_moto(s3_server, ray_session, tmp_path, caplog):
     assert load_features(out).features.shape == (3, *manifest["feature_shape"])
     assert run(config(src, out)).skipped
     assert "knd-test-secret" not in caplog.text
+
+
+def test_a_rerun_prepares_again_when_a_listed_shard_is_gone_and_a_held_output_is_refused(
+    ray_session, tmp_path
+):
+    from knd.dataset import OutputBusyError, OutputLease
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        write(src, f"Actor_07/03-01-0{i + 2}-01-01-01-07.wav", clip_bytes(f"s{i}"))
+    first = run(config(src, out, "rows_per_shard=1"))
+    assert first.num_rows == 3 and len(first.manifest["shards"]) == 3
+    (out / first.manifest["shards"][1]).unlink()
+    again = run(config(src, out, "rows_per_shard=1"))
+    assert not again.skipped and again.num_rows == 3
+    assert len(load_features(str(out))) == 3
+    with OutputLease(str(out)), pytest.raises(OutputBusyError, match="another knd prepare"):
+        run(config(src, out, "features.n_mels=32"))
+    assert load_features(str(out)).manifest == again.manifest
+
+
+def test_a_file_that_kills_its_ray_worker_is_reported_and_the_job_finishes(ray_session):
+    from knd.prepare import ray_map, run_tasks
+
+    def dies_on(paths, fatal):
+        """Its worker process dies outright (as when the OOM killer takes it) on ``fatal``."""
+        if fatal in paths:
+            os._exit(1)
+        return [{"path": p, "error": None} for p in paths]
+
+    # Defined here, so Ray ships it by value (the workers cannot import this test module).
+    tasks = [{"paths": ["a", "b", "c"]}, {"paths": ["d", "e"]}]
+    rows = run_tasks(ray_map, dies_on, tasks, {"fatal": "b"})
+    by_path = {r["path"]: r["error"] for r in rows}
+    assert sorted(by_path) == list("abcde")
+    assert by_path["b"].startswith("worker died while processing this file")
+    assert all(by_path[p] is None for p in "acde")
