@@ -112,7 +112,7 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
         for i in range(steps_per_epoch):
             index = order[i * batch : (i + 1) * batch]
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, warmup, cfg.optim.lr)
+                group["lr"] = lr_at(step, total, warmup, cfg.optim.lr, cfg.optim.schedule)
             train_step(model, optimizer, x_all[index], y_all[index], cfg, norm, gpu)
             step += 1
         if gpu:

@@ -62,15 +62,18 @@ class FeatureConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     test_actors: tuple[int, ...] = _help("held-out test actors (speaker-independent)")
-    val_actors: tuple[int, ...] = _help("validation actors, disjoint from the test actors")
+    val_actors: tuple[int, ...] = _help(
+        "validation actors, disjoint from the test actors "
+        "([]: none; train on every other actor and keep the last epoch)"
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["cpu_small", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn"] = _help(
+    name: Literal["cpu_small", "plain_cnn", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn"] = _help(
         "architecture"
     )
-    width: int = _help("base channel width (cpu_small only)")
+    width: int = _help("base channel width (cpu_small and plain_cnn only)")
     dropout: float = _help("dropout before the classifier")
 
 
@@ -80,7 +83,10 @@ class OptimConfig:
     weight_decay: float = _help("AdamW weight decay")
     batch_size: int = _help("global batch size, split across workers")
     epochs: int = _help("training epochs")
-    warmup_epochs: float = _help("linear warm-up before cosine decay, in epochs")
+    warmup_epochs: float = _help("warm-up before the decay, in epochs (onecycle: its rising part)")
+    schedule: Literal["cosine", "onecycle"] = _help(
+        "cosine: linear warm-up, cosine to 0; onecycle: cosine up from lr/25, cosine down to ~0"
+    )
     label_smoothing: float = _help("cross-entropy label smoothing")
     grad_clip: float = _help("max gradient norm (0: off)")
 

@@ -89,8 +89,30 @@ class TrainHooks:
 # The pieces of one optimisation step (pure torch, shared with bench/train.py and knd.tune)
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` then cosine decay to zero, by optimiser step."""
+ONECYCLE_START = 25.0
+"""One-cycle starts at ``peak / 25`` (torch's ``OneCycleLR`` div_factor) ..."""
+ONECYCLE_END = 1e4
+"""... and ends at ``peak / 25 / 1e4`` (its final_div_factor)."""
+
+
+def lr_at(
+    step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str = "cosine"
+) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``cosine``: linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to zero.
+    ``onecycle``: torch's ``OneCycleLR`` (cos annealing, no momentum cycling): cosine from
+    ``peak / 25`` up to ``peak`` over ``warmup_steps``, then cosine down to ``peak / 2.5e5``.
+    """
+    if schedule == "onecycle":
+        low, end = peak / ONECYCLE_START, peak / ONECYCLE_START / ONECYCLE_END
+        top = max(warmup_steps - 1, 0)  # the step at the peak, as in OneCycleLR
+        if step < top:
+            return low + (peak - low) * 0.5 * (1.0 - math.cos(math.pi * step / top))
+        progress = min(1.0, (step - top) / max(1, total_steps - 1 - top))
+        return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule != "cosine":
+        raise ValueError(f"optim.schedule must be cosine or onecycle, got {schedule!r}")
     if warmup_steps > 0 and step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -304,7 +326,8 @@ def train_loop_per_worker(config: dict) -> None:
     )
 
     train_shard = ray.train.get_dataset_shard(f"train_{rank}")
-    val_data = ray.train.get_dataset_shard("val")
+    # No validation group (split.val_actors=[]): a fixed schedule, nothing to score per epoch.
+    val_data = ray.train.get_dataset_shard("val") if meta["split"]["val"] else None
 
     model = build_model(cfg.model.name, num_classes, cfg.model.width, cfg.model.dropout)
     if gpu:
@@ -344,7 +367,7 @@ def train_loop_per_worker(config: dict) -> None:
             if first_batch_s is None:
                 first_batch_s = time.perf_counter() - started
             hooks.on_batch(epoch, index, rank, batch["actor"])
-            lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr)
+            lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr, cfg.optim.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             labels = label_table[batch["emotion"].long()]
@@ -354,17 +377,22 @@ def train_loop_per_worker(config: dict) -> None:
         train_s = time.perf_counter() - started
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(loss_sum)
-        val = validate(model, val_data, label_table, norm, num_classes, device, rank, world)
         metrics = {
             "epoch": epoch,
             "step": step,
-            "lr": lr_at(step - 1, total_steps, warmup_steps, cfg.optim.lr),
+            "lr": lr_at(step - 1, total_steps, warmup_steps, cfg.optim.lr, cfg.optim.schedule),
             "train_loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "val_uar": val["uar"],
-            "val_macro_f1": val["macro_f1"],
-            "val_n": val["n"],
+        }
+        if val_data is not None:
+            val = validate(model, val_data, label_table, norm, num_classes, device, rank, world)
+            metrics |= {
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_uar": val["uar"],
+                "val_macro_f1": val["macro_f1"],
+                "val_n": val["n"],
+            }
+        metrics |= {
             "train_epoch_s": train_s,
             "first_batch_s": first_batch_s or 0.0,
             "epoch_s": time.perf_counter() - started,
@@ -451,10 +479,13 @@ def checkpoint_order(metric: str) -> str:
 
 
 def _best(result: Any, metric: str) -> tuple[Any, dict]:
-    """The best kept checkpoint by ``metric`` (ties: the other metric, then the later epoch)."""
+    """The best kept checkpoint by ``metric`` (ties: the other metric, then the later epoch);
+    ``metric="epoch"`` (no validation group) is the last epoch."""
     kept = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None and m]
     if not kept:
         raise RuntimeError(f"training reported no checkpoint (run folder {result.path})")
+    if metric == "epoch":
+        return max(kept, key=lambda cm: cm[1]["epoch"])
 
     def rank(cm: tuple[Any, dict]) -> tuple[float, float, int]:
         m = cm[1]
@@ -519,9 +550,19 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
 
     columns = ["features", "emotion", "actor"]
     train_ds = read_features(cfg.data, actors=split.train)[0].select_columns(columns)
-    val_ds = read_features(cfg.data, actors=split.val)[0].select_columns([*columns, "path"])
     # Materialised once: every epoch then streams from the object store, not from Parquet.
-    train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+    train_ds = train_ds.materialize()
+    val_sets = {}
+    if split.val:
+        val_ds = read_features(cfg.data, actors=split.val)[0].select_columns([*columns, "path"])
+        val_sets["val"] = val_ds.materialize()
+    # Model selection must not cost speakers by default: with no validation group the schedule
+    # is fixed and the last epoch is the model (see model_selection in metrics.json).
+    if split.val:
+        score_metric = cfg.train.checkpoint_metric
+        selection = f"best epoch by {score_metric} on actors {list(split.val)}"
+    else:
+        score_metric, selection = "epoch", "fixed schedule, last epoch (no validation group)"
     num_train_rows = train_ds.count()
     world = cfg.train.num_workers
     # Equal shards, split once here rather than by Ray Train's per-epoch streaming_split: that
@@ -570,7 +611,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
-        datasets={"val": val_ds} | {f"train_{r}": shard for r, shard in enumerate(shards)},
+        datasets=val_sets | {f"train_{r}": shard for r, shard in enumerate(shards)},
         # Ray splits nothing: the train shards are made above; validation is read whole by
         # every rank, which scores its share by path hash (equal splits would drop rows).
         dataset_config=DataConfig(datasets_to_split=[]),
@@ -580,20 +621,24 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             storage_filesystem=fs if storage.is_remote(root) else None,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.num_to_keep,
-                checkpoint_score_attribute=cfg.train.checkpoint_metric,
-                checkpoint_score_order=checkpoint_order(cfg.train.checkpoint_metric),
+                checkpoint_score_attribute=score_metric,
+                checkpoint_score_order="max"
+                if score_metric == "epoch"
+                else checkpoint_order(score_metric),
             ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
     result = trainer.fit()
-    best, best_metrics = _best(result, cfg.train.checkpoint_metric)
+    best, best_metrics = _best(result, score_metric)
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)
 
     model, ckpt_meta = load_model(checkpoint_uri)
-    parts = {}
+    parts = {"val": None}
     for part, actors in (("val", split.val), ("test", split.test)):
+        if not actors:
+            continue
         table = load_features(cfg.data, actors=actors, expected_hash=manifest["feature_hash"])
         preds, _ = predict(model, ckpt_meta, table.features)
         targets = targets_of(table.emotion, cfg.labels)
@@ -610,6 +655,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         model=meta["model"],
         recipe=cfg.recipe,
         best_epoch=int(best_metrics["epoch"]),
+        model_selection=selection,
         epochs=[int(h["epoch"]) for h in history],
         feature_hash=manifest["feature_hash"],
         checkpoint=checkpoint_uri,
@@ -617,9 +663,9 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     write_report(run_path, report)
     test = parts["test"]
     log.info(
-        "best epoch %d (val UAR %.3f): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",
-        best_metrics["epoch"], best_metrics["val_uar"], test["accuracy"], test["uar"],
-        test["macro_f1"], run_path,
+        "epoch %d (%s): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",
+        best_metrics["epoch"], selection, test["accuracy"], test["uar"], test["macro_f1"],
+        run_path,
     )  # fmt: skip
     return TrainResult(
         run_dir=run_path,

@@ -262,7 +262,8 @@ class FoldModel:
             rows = order[i * self.batch : (i + 1) * self.batch]
             x = torch.from_numpy(self.data["features"][rows]).to(self.device)
             y = self.label_table[torch.from_numpy(self.data["emotion"][rows]).to(self.device)]
-            lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.cfg.optim.lr)
+            optim = self.cfg.optim
+            lr = lr_at(self.step, self.total_steps, self.warmup_steps, optim.lr, optim.schedule)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             total += train_step(self.model, self.optimizer, x, y, self.cfg, self.norm, self.gpu)
