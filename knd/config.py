@@ -131,6 +131,9 @@ class SynthConfig:
     actors: int = _help("number of actors (1..24)")
     seed: int = _help("random seed; the same seed gives byte-identical files")
     workers: int = _help("parallel processes (0: one per CPU)")
+    style: Literal["classic", "speech"] = _help(
+        "classic: the original voice; speech: coarticulated phones, idiolects, subtler emotions"
+    )
 
 
 @dataclass(frozen=True)
