@@ -20,7 +20,8 @@ fold k holds out group k as the test actors):
 
 It reports mean +- std over folds x seeds of test accuracy and UAR, writes every run's figures,
 time and command to ``bench/results/synth_difficulty.json`` after each run (a reduced or
-interrupted run still leaves its figures), and prints the ratio of the CNN's UAR to the linear
+interrupted run still leaves its figures; a run whose ``metrics.json`` is already under
+``--work`` is read back, not retrained), and prints the ratio of the CNN's UAR to the linear
 model's: the hidden real-speech corpus separates them 0.52 -> 0.77 UAR (issue 16).
 """
 
@@ -125,9 +126,18 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict:
         overrides.append(f"optim.epochs={args.epochs}")
     if args.num_cpus:
         overrides.append(f"ray.num_cpus={args.num_cpus}")
-    started = time.perf_counter()
-    result = train.run(load_config("train", overrides))
-    seconds = time.perf_counter() - started
+    run_path = Path(args.work) / "runs" / f"{Path(features).name}-{recipe}-f{fold}-s{seed}"
+    if (run_path / "metrics.json").exists():  # finished earlier (an interrupted bench resumes)
+        metrics = json.loads((run_path / "metrics.json").read_text())
+        history = [json.loads(line) for line in (run_path / train.HISTORY_FILE).open()]
+        result = train.TrainResult(
+            str(run_path), metrics["checkpoint"], metrics, history, metrics["best_epoch"]
+        )
+        seconds = None
+    else:
+        started = time.perf_counter()
+        result = train.run(load_config("train", overrides))
+        seconds = time.perf_counter() - started
     test_m = result.metrics["test"]
     epoch_s = [h["train_epoch_s"] for h in result.history]
     return {
@@ -212,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                     entry["cnn"][recipe] = {"runs": runs, **summary(runs)}
                     save()
                     r = runs[-1]
+                    took = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "read back"
                     print(
                         f"[{style}] {recipe} fold {fold} seed {seed}: acc {r['accuracy']:.3f} "
-                        f"UAR {r['uar']:.3f} ({r['seconds'] / 60:.1f} min)"
+                        f"UAR {r['uar']:.3f} ({took})"
                     )
             s = entry["cnn"][recipe]
             # Against the linear model on the same folds, so a reduced run compares like with like.
