@@ -8,7 +8,8 @@ worker reads it whole and scores its own share of rows). Each worker runs
 (DDP) -> resume from the last checkpoint if any -> epochs -> validation metrics synced across
 ranks -> ``ray.train.report(metrics, checkpoint)``.
 
-After training the driver copies the best checkpoint (by validation UAR) to
+After training the driver copies the best checkpoint (by ``train.checkpoint_metric`` on the
+validation actors; with no validation group, ``split.val_actors=[]``, the last epoch) to
 ``<run_dir>/<name>/checkpoint/``, scores the validation and test actors with it, and writes
 ``metrics.json`` and ``confusion.png`` beside it. Ray Train's own files (every kept checkpoint,
 its bookkeeping) live in the same folder; ``history.jsonl`` has one line per reported epoch.
@@ -520,7 +521,7 @@ def _check_resume(cfg: TrainConfig, manifest: dict, test: tuple[int, ...]) -> di
 
 
 def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
-    """Train, keep the best checkpoint by validation UAR, and report val and test metrics.
+    """Train, keep the best checkpoint (or the last, without validation actors), report metrics.
 
     Args:
         cfg: the ``knd train`` config.
