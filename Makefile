@@ -46,9 +46,7 @@ bench: $(STAMP)  ## every benchmark on the 24-actor synthetic corpus; figures in
 	$(BIN)/knd synth out=$(BENCH_DIR)/synth
 	$(BIN)/knd prepare input=$(BENCH_DIR)/synth output=$(BENCH_DIR)/features
 	$(BIN)/python bench/prepare.py --corpus $(BENCH_DIR)/synth
-	$(BIN)/knd train data=$(BENCH_DIR)/features recipe=cpu_small run_dir=$(BENCH_DIR)/runs name=cpu_small
-	$(BIN)/python bench/synth_difficulty.py --corpus $(BENCH_DIR)/synth \
-	  --cnn-metrics $(BENCH_DIR)/runs/cpu_small/metrics.json
+	$(BIN)/python bench/synth_difficulty.py --work $(BENCH_DIR)/difficulty --folds 1 --seeds 0
 	$(BIN)/python bench/train.py --data $(BENCH_DIR)/features --recipe cpu_small --epochs 3
 	$(BIN)/python bench/tune.py
 	$(BIN)/python bench/score.py --actors 6

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-MODEL_NAMES = ("cpu_small", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn")
+MODEL_NAMES = ("cpu_small", "plain_cnn", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn")
 """Every architecture :func:`knd.models.build_model` builds (the one list of them)."""
 
 
@@ -96,14 +96,17 @@ class FeatureConfig:
 class SplitConfig:
     test_actors: tuple[int, ...] = _help("held-out test actors (speaker-independent)", ge=1, le=24)
     val_actors: tuple[int, ...] = _help(
-        "validation actors, disjoint from the test actors", ge=1, le=24
+        "validation actors, disjoint from the test actors "
+        "([]: none; train on every other actor and keep the last epoch)",
+        ge=1,
+        le=24,
     )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal[MODEL_NAMES] = _help("architecture")
-    width: int = _help("base channel width (cpu_small only)", ge=1, le=1024)
+    width: int = _help("base channel width (cpu_small and plain_cnn only)", ge=1, le=1024)
     dropout: float = _help("dropout before the classifier", ge=0, lt=1)
 
 
@@ -113,7 +116,12 @@ class OptimConfig:
     weight_decay: float = _help("AdamW weight decay", ge=0, le=10)
     batch_size: int = _help("global batch size, split across workers", ge=1, le=1_000_000)
     epochs: int = _help("training epochs", ge=1, le=100_000)
-    warmup_epochs: float = _help("linear warm-up before cosine decay, in epochs", ge=0, le=100_000)
+    warmup_epochs: float = _help(
+        "warm-up before the decay, in epochs (onecycle: its rising part)", ge=0, le=100_000
+    )
+    schedule: Literal["cosine", "onecycle"] = _help(
+        "cosine: linear warm-up, cosine to 0; onecycle: cosine up from lr/25, cosine down to ~0"
+    )
     label_smoothing: float = _help("cross-entropy label smoothing", ge=0, lt=1)
     grad_clip: float = _help("max gradient norm (0: off)", ge=0)
 
@@ -164,6 +172,9 @@ class SynthConfig:
     actors: int = _help("number of actors (1..24)", ge=1, le=24)
     seed: int = _help("random seed; the same seed gives byte-identical files", ge=0)
     workers: int = _help("parallel processes (0: one per CPU)", ge=0, le=10_000)
+    style: Literal["classic", "speech"] = _help(
+        "classic: the original voice; speech: coarticulated phones, idiolects, subtler emotions"
+    )
 
 
 @dataclass(frozen=True)

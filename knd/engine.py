@@ -35,8 +35,30 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # Schedule and augmentation
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` then cosine decay to zero, by optimiser step."""
+ONECYCLE_START = 25.0
+"""One-cycle starts at ``peak / 25`` (torch's ``OneCycleLR`` div_factor) ..."""
+ONECYCLE_END = 1e4
+"""... and ends at ``peak / 25 / 1e4`` (its final_div_factor)."""
+
+
+def lr_at(
+    step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str = "cosine"
+) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``cosine``: linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to zero.
+    ``onecycle``: torch's ``OneCycleLR`` (cos annealing, no momentum cycling): cosine from
+    ``peak / 25`` up to ``peak`` over ``warmup_steps``, then cosine down to ``peak / 2.5e5``.
+    """
+    if schedule == "onecycle":
+        low, end = peak / ONECYCLE_START, peak / ONECYCLE_START / ONECYCLE_END
+        top = max(warmup_steps - 1, 0)  # the step at the peak, as in OneCycleLR
+        if step < top:
+            return low + (peak - low) * 0.5 * (1.0 - math.cos(math.pi * step / top))
+        progress = min(1.0, (step - top) / max(1, total_steps - 1 - top))
+        return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule != "cosine":
+        raise ValueError(f"optim.schedule must be cosine or onecycle, got {schedule!r}")
     if warmup_steps > 0 and step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -255,7 +277,8 @@ class Learner:
         """The learning rate at ``step`` (default: the next step)."""
         step = self.step if step is None else step
         plan = self.plan
-        return lr_at(step, plan.total_steps, plan.warmup_steps, self.cfg.optim.lr)
+        optim = self.cfg.optim
+        return lr_at(step, plan.total_steps, plan.warmup_steps, optim.lr, optim.schedule)
 
     def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimiser step on raw log-mel ``[B, n_mels, frames]``; the (detached) loss."""

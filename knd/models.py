@@ -50,6 +50,33 @@ class SmallCNN(nn.Module):
         return self.classifier(self.dropout(pooled))
 
 
+class PlainCNN(nn.Module):
+    """Four conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool) and global average pooling.
+
+    Widths ``w, 2w, 4w, 4w`` (32-64-128-128 at ``width=32``): the plain spectrogram CNN that
+    carried over best to real speech (issue 16). Unlike :class:`SmallCNN` it pools frequency and
+    time alike and averages over both at the end, so no cue has to sit in a particular band.
+    """
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.0):
+        super().__init__()
+        widths = (1, width, 2 * width, 4 * width, 4 * width)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(x).mean(dim=(2, 3))))
+
+
 def _resnet(name: str, num_classes: int, dropout: float) -> nn.Module:
     import torchvision
 
@@ -102,7 +129,8 @@ def build_model(name: str, num_classes: int, width: int = 32, dropout: float = 0
     Args:
         name: one of ``MODEL_NAMES``.
         num_classes: size of the label set.
-        width: base channel width (``cpu_small`` only; torchvision models keep their widths).
+        width: base channel width (``cpu_small`` and ``plain_cnn``; torchvision models keep
+            their widths).
         dropout: dropout before the final linear layer.
 
     Raises:
@@ -110,6 +138,8 @@ def build_model(name: str, num_classes: int, width: int = 32, dropout: float = 0
     """
     if name == "cpu_small":
         return SmallCNN(num_classes, width=width, dropout=dropout)
+    if name == "plain_cnn":
+        return PlainCNN(num_classes, width=width, dropout=dropout)
     if name in ("resnet18", "resnet34"):
         return _resnet(name, num_classes, dropout)
     if name in ("vgg11_bn", "vgg16_bn"):

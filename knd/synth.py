@@ -17,6 +17,15 @@ of events (contour shapes, where lengthening and pauses fall), which time-averag
 cannot see: ``bench/synth_difficulty.py`` measures that a linear model on averaged log-mel stays
 well below what a spectrogram model can reach.
 
+``style="speech"`` (``knd synth style=speech``) makes a development corpus that behaves more like
+real speech than the classic voice: every actor has an idiolect (own formant targets per phone,
+own formant bandwidths and upper formants, and a wider, personal way of acting each emotion),
+each clip places its focus accent on a word of its own and reduces its unstressed vowels toward
+schwa, phones vary more in length, and emotions are rendered with the subtler, overlapping
+prosody of acted speech (:data:`SPEECH_STYLES`): surprise shares happiness's raised pitch and
+neutral's level and effort, and differs from both mainly in contour shape and timing, the pairs
+that real-speech models confuse. The classic style's files are unchanged by this option.
+
 Determinism: every clip draws from ``numpy.random.default_rng`` seeded by ``(seed, file name)``,
 and every actor's voice by ``(seed, actor)``, so a file's bytes depend on nothing else (not on
 ``workers``, nor on which other files are written).
@@ -189,6 +198,27 @@ _STYLE_BOUNDS = {
 }
 
 
+# fmt: off
+SPEECH_STYLES: dict[str, Style] = {
+    # Deviations from neutral about half the classic table's in level, effort and voice quality
+    # (what time-averaged spectra see), contour cues kept. Surprise: happy-like pitch, neutral
+    # level and effort, a late rise; happiness: bright, fast, bouncy; fear: high, tense, tremor.
+    #                  pitch range r_f fall dip bnc decl final droop trem tempo s_len f_len pause loud acc  att  eff  oq   brth  jit   shim  crk  fmt  # noqa: E501
+    "neutral":   Style(0.0, 1.0, 2.5, 0.0, 0.0, .3, -2.0, -1.5, 0.0, 0.0, 1.00, .25, .30, .05, 0.0, 4.0, .025, .50, .60, .06, .008, .04, 0.0, .00),  # noqa: E501
+    "calm":      Style(-.6, .85, 2.0, 0.0, 0.0, .2, -2.5, -2.5, 0.3, 0.0, 1.08, .30, .40, .08, -1., 3.0, .040, .44, .64, .10, .008, .04, 0.0, .00),  # noqa: E501
+    "happy":     Style(2.5, 1.35, 4.0, 0.0, 0.0, .6, -1.5, 0.0, 0.0, 0.0, 0.93, .30, .25, .04, 1.5, 5.0, .022, .57, .57, .06, .008, .04, 0.0, .025),  # noqa: E501
+    "sad":       Style(-1.5, .60, 1.2, 0.0, 0.0, .2, -2.5, -2.5, 1.5, .15, 1.20, .22, .50, .15, -3., 2.5, .050, .35, .70, .15, .013, .06, .12, -.02),  # noqa: E501
+    "angry":     Style(1.8, 1.2, 0.5, 4.5, 0.0, .4, -2.5, -3.0, 0.0, 0.0, 0.92, .35, .20, .04, 3.5, 6.5, .012, .75, .47, .03, .010, .05, 0.0, .02),  # noqa: E501
+    "fearful":   Style(3.5, 0.9, 1.5, 0.0, 0.0, .4, 0.0, 1.5, 0.0, .70, 0.88, .12, .15, .07, 1.0, 3.5, .020, .55, .58, .14, .020, .07, 0.0, .015),  # noqa: E501
+    "disgust":   Style(-1.0, 1.1, 0.5, 0.0, 3.5, .2, -1.5, -2.0, 0.0, 0.0, 1.12, .60, .40, .10, 0.0, 4.0, .030, .50, .55, .07, .016, .07, .35, -.015),  # noqa: E501
+    "surprised": Style(2.2, 1.3, 3.5, 0.0, 0.0, .4, 0.0, 3.5, 0.0, 0.0, 0.97, .35, .40, .09, 0.8, 4.5, .020, .53, .58, .07, .008, .04, 0.0, .02),  # noqa: E501
+}
+# fmt: on
+STYLES = ("classic", "speech")
+SCHWA = (500.0, 1500.0, 2500.0)
+"""Where unstressed vowels drift to in ``style="speech"`` (a male neutral vocal tract)."""
+
+
 def _style_array(style: Style) -> np.ndarray:
     return np.array([getattr(style, f) for f in STYLE_FIELDS])
 
@@ -250,17 +280,62 @@ def actor_voice(actor: int, seed: int = 0) -> Voice:
     )
 
 
-def clip_style(clip: Clip, voice: Voice, rng: np.random.Generator) -> Style:
+@dataclass(frozen=True)
+class Idiolect:
+    """What makes an actor's speech their own in ``style="speech"``, beyond :class:`Voice`."""
+
+    formants: dict[str, tuple[float, float, float]]  # per phone: F1-F3 multipliers
+    bandwidth: float  # formant bandwidth multiplier
+    upper: tuple[float, float]  # F4, F5 multipliers
+    acting: tuple[tuple[float, ...], ...]  # per emotion: extra pitch/loud/tempo/effort quirks
+    style_gain: tuple[float, ...]  # per emotion: how far this actor takes it (x expressive)
+
+
+@lru_cache(maxsize=64)
+def actor_idiolect(actor: int, seed: int = 0) -> Idiolect:
+    """The idiolect of ``actor`` under ``seed`` (its own random stream: the classic voice and
+    its files do not change)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x69646C, actor]))
+    formants = {
+        name: tuple(float(v) for v in np.exp(rng.normal(0, [0.06, 0.05, 0.035]))) for name in PHONES
+    }
+    acting = tuple(
+        (rng.normal(0, 1.3), rng.normal(0, 2.0), float(np.exp(rng.normal(0, 0.07))),
+         rng.normal(0, 0.06))
+        for _ in EMOTIONS
+    )  # fmt: skip
+    return Idiolect(
+        formants=formants,
+        bandwidth=float(np.exp(rng.normal(0, 0.2))),
+        upper=(float(np.exp(rng.normal(0, 0.05))), float(np.exp(rng.normal(0, 0.05)))),
+        acting=tuple(tuple(float(v) for v in a) for a in acting),
+        style_gain=tuple(float(v) for v in rng.uniform(0.55, 1.45, len(EMOTIONS))),
+    )
+
+
+def clip_style(
+    clip: Clip, voice: Voice, rng: np.random.Generator, idiolect: Idiolect | None = None
+) -> Style:
     """The style of one clip: the emotion, exaggerated for strong intensity, as this actor acts
-    it, with random variation of its own."""
-    neutral = _style_array(EMOTION_STYLES["neutral"])
-    target = _style_array(EMOTION_STYLES[clip.emotion_name])
+    it, with random variation of its own (more of it, from :data:`SPEECH_STYLES`, when an
+    ``idiolect`` is given: ``style="speech"``)."""
+    table = EMOTION_STYLES if idiolect is None else SPEECH_STYLES
+    neutral = _style_array(table["neutral"])
+    target = _style_array(table[clip.emotion_name])
     scale = voice.expressive * (STRONG if clip.intensity == 2 else 1.0)
+    spread = 1.0
+    if idiolect is not None:
+        scale *= idiolect.style_gain[clip.emotion - 1]
+        spread = 1.35
     values = dict(zip(STYLE_FIELDS, neutral + scale * (target - neutral), strict=True))
     pitch_q, loud_q, tempo_q, effort_q = voice.quirks[clip.emotion - 1]
-    values["pitch"] += pitch_q + rng.normal(0, 1.2)
-    values["loud"] += loud_q + voice.gain_db + rng.normal(0, 2.5)
-    values["tempo"] *= tempo_q * voice.tempo * np.exp(rng.normal(0, 0.07))
+    if idiolect is not None:
+        extra = idiolect.acting[clip.emotion - 1]
+        pitch_q, loud_q = pitch_q + extra[0], loud_q + extra[1]
+        tempo_q, effort_q = tempo_q * extra[2], effort_q + extra[3]
+    values["pitch"] += pitch_q + rng.normal(0, 1.2 * spread)
+    values["loud"] += loud_q + voice.gain_db + rng.normal(0, 2.5 * spread)
+    values["tempo"] *= tempo_q * voice.tempo * np.exp(rng.normal(0, 0.07 * spread))
     values["effort"] += effort_q + voice.effort + rng.normal(0, 0.08)
     values["breath"] = (values["breath"] + voice.breath) * np.exp(rng.normal(0, 0.3))
     values["range"] *= voice.range * np.exp(rng.normal(0, 0.2))
@@ -294,16 +369,33 @@ class _Phone:
     syllable: int
 
 
-def _timeline(clip: Clip, style: Style, rng: np.random.Generator) -> list[_Phone]:
+def _focus_stress(rng: np.random.Generator) -> tuple[float, ...]:
+    """A clip's stress pattern in ``style="speech"``: one content word carries the focus
+    accent (speakers vary where they put it), the other stressed words are demoted."""
+    content = [i for i, s in enumerate(STRESS) if s >= 0.6]
+    focus = content[int(rng.integers(len(content)))]
+    return tuple(
+        1.0 if i == focus else (s * 0.7 if s >= 0.6 else s) * rng.uniform(0.8, 1.2)
+        for i, s in enumerate(STRESS)
+    )
+
+
+def _timeline(
+    clip: Clip,
+    style: Style,
+    rng: np.random.Generator,
+    stress_pattern: tuple[float, ...] = STRESS,
+    jitter: float = 0.12,
+) -> list[_Phone]:
     phones: list[_Phone] = []
     syllables = STATEMENTS[clip.statement]
     t = 0.0
     for index, syllable in enumerate(syllables):
-        stress = STRESS[index]
+        stress = stress_pattern[index]
         last = index == len(syllables) - 1
         for name in syllable:
             kind, _, base = PHONES[name]
-            duration = base * style.tempo * rng.uniform(0.88, 1.12)
+            duration = base * style.tempo * rng.uniform(1.0 - jitter, 1.0 + jitter)
             if kind in "VL":
                 duration *= 1.0 + style.stress_len * stress
                 if last:
@@ -339,14 +431,19 @@ def _nuclei(phones: list[_Phone], n_syllables: int) -> list[tuple[float, float]]
 
 
 def _pitch_track(
-    tc: np.ndarray, nuclei: list[tuple[float, float]], style: Style, voice: Voice, rng
+    tc: np.ndarray,
+    nuclei: list[tuple[float, float]],
+    style: Style,
+    voice: Voice,
+    rng,
+    stress_pattern: tuple[float, ...] = STRESS,
 ) -> np.ndarray:
     """F0 in Hz at the control times ``tc``."""
     total = tc[-1] if len(tc) > 1 else 1.0
     excursion = style.declination * tc / total
     for index, (v0, v1) in enumerate(nuclei):
         u = (tc - v0) / max(v1 - v0, 1e-3)
-        weight = STRESS[index] + style.bounce * (1.0 - STRESS[index])
+        weight = stress_pattern[index] + style.bounce * (1.0 - stress_pattern[index])
         weight *= rng.uniform(0.8, 1.2)
         accent = style.rise_fall * _bump(u, 0.5, 0.3) + style.fall * _bump(u, 0.0, 0.45)
         accent += style.dip * (0.6 * _bump(u, 0.95, 0.2) - _bump(u, 0.35, 0.2))
@@ -363,9 +460,20 @@ def _pitch_track(
 
 
 def _control_tracks(
-    phones: list[_Phone], n_ctrl: int, style: Style, voice: Voice, rng
+    phones: list[_Phone],
+    n_ctrl: int,
+    style: Style,
+    voice: Voice,
+    rng,
+    stress_pattern: tuple[float, ...] = STRESS,
+    idiolect: Idiolect | None = None,
 ) -> dict[str, np.ndarray]:
-    """Voicing, aspiration, creak and effort at the control rate, plus the formant tracks."""
+    """Voicing, aspiration, creak and effort at the control rate, plus the formant tracks.
+
+    With an ``idiolect`` (``style="speech"``) each phone's formant targets are the actor's own,
+    and vowels undershoot toward schwa the less stressed and the faster they are spoken.
+    """
+    STRESS = stress_pattern  # noqa: N806 (the pattern of this clip, in place of the default)
     voicing = np.zeros(n_ctrl)
     aspiration = np.zeros(n_ctrl)
     creak = np.zeros(n_ctrl)
@@ -390,6 +498,11 @@ def _control_tracks(
             last = phone.syllable == n_syllables - 1
             creak[a:b] = style.creak * (1.0 if last else 0.6 * stress)
         formants = np.array(PHONES[phone.name][1]) * scale
+        if idiolect is not None:
+            formants = formants * np.array(idiolect.formants[phone.name])
+            if phone.kind == "V":
+                reduce = 0.55 * (1.0 - stress) / style.tempo
+                formants = formants + min(reduce, 0.6) * (np.array(SCHWA) * scale - formants)
         middle = 0.5 * (phone.start + phone.end)
         for at in (
             phone.start + 0.3 * (middle - phone.start),
@@ -402,7 +515,11 @@ def _control_tracks(
     knots = np.array(knots_f)
     formant_tracks = [np.interp(tc, knots_t, knots[:, k]) for k in range(3)]
     high = voice.vtl * (1.0 + 0.5 * style.formant)
-    formant_tracks += [np.full(n_ctrl, 3350.0 * high), np.full(n_ctrl, 3900.0 * high)]
+    upper = idiolect.upper if idiolect is not None else (1.0, 1.0)
+    formant_tracks += [
+        np.full(n_ctrl, 3350.0 * high * upper[0]),
+        np.full(n_ctrl, 3900.0 * high * upper[1]),
+    ]
     return {
         "voicing": _smooth(voicing, attack_frames),
         "aspiration": _smooth(aspiration, 3),
@@ -509,20 +626,36 @@ def _frication(phones: list[_Phone], n: int, rng: np.random.Generator) -> np.nda
     return out
 
 
-def synthesize(clip: Clip, seed: int = 0) -> np.ndarray:
-    """The waveform of one clip (float64 in [-1, 1] at 48 kHz), a pure function of its arguments."""
+def synthesize(clip: Clip, seed: int = 0, style_name: str = "classic") -> np.ndarray:
+    """The waveform of one clip (float64 in [-1, 1] at 48 kHz), a pure function of its arguments.
+
+    Args:
+        clip: which RAVDESS file.
+        seed: the corpus seed.
+        style_name: ``classic`` or ``speech`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown ``style_name``.
+    """
+    if style_name not in STYLES:
+        raise ValueError(f"synth style must be one of {list(STYLES)}, got {style_name!r}")
     rng = clip_rng(clip, seed)
     voice = actor_voice(clip.actor, seed)
-    style = clip_style(clip, voice, rng)
-    phones = _timeline(clip, style, rng)
+    idiolect = actor_idiolect(clip.actor, seed) if style_name == "speech" else None
+    style = clip_style(clip, voice, rng, idiolect)
+    if idiolect is None:
+        stress, jitter = STRESS, 0.12
+    else:
+        stress, jitter = _focus_stress(rng), 0.25
+    phones = _timeline(clip, style, rng, stress, jitter)
     speech_seconds = phones[-1].end + 0.06
     n_ctrl = int(np.ceil(speech_seconds * CONTROL_RATE)) + 1
     n = (n_ctrl - 1) * HOP
     tc = np.arange(n_ctrl) / CONTROL_RATE
     ts = np.arange(n) / RATE
-    tracks = _control_tracks(phones, n_ctrl, style, voice, rng)
+    tracks = _control_tracks(phones, n_ctrl, style, voice, rng, stress, idiolect)
     nuclei = _nuclei(phones, len(STATEMENTS[clip.statement]))
-    f0 = _pitch_track(tc, nuclei, style, voice, rng)
+    f0 = _pitch_track(tc, nuclei, style, voice, rng, stress)
 
     def per_sample(track: np.ndarray) -> np.ndarray:
         return np.interp(ts, tc, track)
@@ -538,6 +671,8 @@ def synthesize(clip: Clip, seed: int = 0) -> np.ndarray:
     breath = style.breath * voicing * (0.4 + 0.6 * open_phase)
     source = voicing * source + (breath + per_sample(tracks["aspiration"])) * noise * 0.35
     bandwidths = np.array([70.0, 90.0, 130.0, 220.0, 280.0]) * (1.0 + 0.8 * style.breath)
+    if idiolect is not None:
+        bandwidths = bandwidths * idiolect.bandwidth
     speech = _formant_filter(source, tracks["formants"], bandwidths)
     voiced = voicing > 0.5
     speech /= np.sqrt(np.mean(speech[voiced] ** 2)) if voiced.any() else 1.0
@@ -590,10 +725,10 @@ def clip_path(out: str, clip: Clip) -> str:
     return storage.join(out, f"Actor_{clip.actor:02d}", clip.file_name())
 
 
-def _write_clip(task: tuple[str, Clip, int]) -> str:
-    out, clip, seed = task
+def _write_clip(task: tuple[str, Clip, int, str]) -> str:
+    out, clip, seed, style = task
     path = clip_path(out, clip)
-    storage.write_bytes(path, encode_wav(synthesize(clip, seed)))
+    storage.write_bytes(path, encode_wav(synthesize(clip, seed, style)))
     return path
 
 
@@ -603,6 +738,7 @@ def write_corpus(
     seed: int = 0,
     workers: int = 0,
     progress: bool = True,
+    style: str = "classic",
 ) -> list[str]:
     """Write the corpus of ``actors`` under ``out`` and return the file paths, sorted.
 
@@ -612,15 +748,18 @@ def write_corpus(
         seed: the same seed writes byte-identical files.
         workers: parallel processes; 0 means one per CPU. The files do not depend on it.
         progress: show a progress bar.
+        style: ``classic`` or ``speech`` (see the module docstring).
 
     Raises:
-        ValueError: an actor outside 1..24, or no actor.
+        ValueError: an actor outside 1..24, no actor, or an unknown style.
     """
+    if style not in STYLES:
+        raise ValueError(f"synth style must be one of {list(STYLES)}, got {style!r}")
     chosen = list(range(1, actors + 1)) if isinstance(actors, int) else sorted(set(actors))
     bad = [a for a in chosen if a not in ACTORS]
     if not chosen or bad:
         raise ValueError(f"actors must be 1..24 (an int N means actors 1..N), got {actors!r}")
-    tasks = [(str(out), clip, int(seed)) for actor in chosen for clip in actor_clips(actor)]
+    tasks = [(str(out), clip, int(seed), style) for actor in chosen for clip in actor_clips(actor)]
     workers = min(workers or os.cpu_count() or 1, len(tasks))
     bar = tqdm(total=len(tasks), unit="file", desc="synth", disable=not progress)
     paths: list[str] = []
@@ -657,7 +796,7 @@ def run(cfg) -> SynthResult:
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
     started = time.perf_counter()
-    paths = write_corpus(cfg.out, cfg.actors, seed=cfg.seed, workers=cfg.workers)
+    paths = write_corpus(cfg.out, cfg.actors, seed=cfg.seed, workers=cfg.workers, style=cfg.style)
     seconds = time.perf_counter() - started
     log.info("wrote %d files under %s in %.1f s", len(paths), cfg.out, seconds)
     return SynthResult(out=str(cfg.out), files=len(paths), seconds=seconds)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the synthetic corpus with a local Ray:
-# synth -> prepare -> train (cpu_small, 2 DDP workers) -> evaluate -> score.
+# synth -> prepare -> train (the default recipe, plain_cnn: 2 DDP workers, no validation
+# group) -> evaluate -> score.
 # Extra key=value arguments go to `knd train` (e.g. optim.epochs=3 for a quick look).
 # Each command prints a header, one line per unit of work and a summary; Ray's own logs stay in
 # /tmp/ray/session_latest/logs (KND_VERBOSE=1 shows them).
@@ -13,9 +14,9 @@ knd=".venv/bin/knd"
 echo
 "$knd" prepare input="$out/corpus" output="$out/features"
 echo
-"$knd" train data="$out/features" recipe=cpu_small train.num_workers=2 \
-  run_dir="$out/runs" name=cpu_small "$@"
-run="$out/runs/cpu_small"
+"$knd" train data="$out/features" train.num_workers=2 \
+  run_dir="$out/runs" name=default "$@"
+run="$out/runs/default"
 echo
 "$knd" evaluate checkpoint="$run/checkpoint" data="$out/features" out="$out/evaluate"
 echo

@@ -343,3 +343,26 @@ def test_metrics_synced_over_two_gloo_ranks_equal_one_process(trained, tmp_path)
     for synced in ranks:  # every rank gets the metrics of all rows, not of its own half
         assert synced.pop("loss") == pytest.approx(one_loss, rel=1e-5)
         assert synced == one
+
+
+def test_without_a_validation_group_every_non_test_actor_trains_and_the_last_epoch_is_kept(
+    tiny_features, tmp_path
+):
+    """``split.val_actors=[]`` (the default recipe): no speaker is spent on model selection."""
+    from knd.checkpoint import load_meta
+    from knd.train import run
+
+    cfg = train_cfg(
+        tiny_features, tmp_path / "runs", "noval", "split.val_actors=[]", "optim.epochs=2",
+        "optim.schedule=onecycle", "train.num_workers=1", "train.num_to_keep=1",
+    )  # fmt: skip
+    result = run(cfg)
+    report = result.metrics
+    assert report["train_actors"] == [3, 4, 5, 6, 7, 8] and report["val_actors"] == []
+    assert report["val"] is None and report["test"]["n"] == 120
+    assert report["model_selection"].startswith("fixed schedule: last epoch")
+    assert result.best_epoch == 2 == load_meta(result.checkpoint)["epoch"]
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert not any(k.startswith("val_") for k in result.history[-1])
+    written = json.loads((Path(result.run_dir) / "metrics.json").read_text())
+    assert written["model_selection"] == report["model_selection"]

@@ -53,7 +53,20 @@ def test_every_shipped_yaml_parses_and_is_used():
 def test_every_recipe_builds_a_train_config(recipe):
     cfg = load_config("train", ["data=/tmp/f", f"recipe={recipe}"])
     assert cfg.recipe == recipe
-    assert cfg.model.name in ("cpu_small", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn")
+    assert cfg.model.name in (
+        "cpu_small", "plain_cnn", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn"
+    )  # fmt: skip
+
+
+def test_the_default_recipe_spends_no_speakers_on_model_selection():
+    # Issue 16: the plain CNN on all non-test actors, one-cycle, last epoch.
+    cfg = load_config("train", ["data=/tmp/f"])
+    assert (cfg.recipe, cfg.model.name, cfg.model.width) == ("plain_cnn", "plain_cnn", 32)
+    assert cfg.split.val_actors == () and cfg.split.test_actors == (1, 11, 20, 21)
+    assert (cfg.optim.schedule, cfg.optim.batch_size, cfg.optim.epochs) == ("onecycle", 32, 20)
+    # The old default keeps its validation group when asked for by name.
+    old = load_config("train", ["data=/tmp/f", "recipe=cpu_small"])
+    assert old.split.val_actors == (4, 10, 12, 14) and old.optim.schedule == "cosine"
 
 
 def test_shipped_yaml_starts_with_the_command_that_runs_it():

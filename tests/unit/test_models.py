@@ -39,3 +39,13 @@ def test_cpu_small_output_does_not_depend_on_the_other_clips_in_the_batch():
 def test_unknown_model_is_named_in_the_error():
     with pytest.raises(ValueError, match="resnet99"):
         build_model("resnet99", 8)
+
+
+def test_plain_cnn_is_four_conv_blocks_of_w_2w_4w_4w_with_global_average_pooling():
+    model = build_model("plain_cnn", 8, width=32)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 4
+    assert model.classifier.in_features == 128

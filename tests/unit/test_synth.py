@@ -104,3 +104,91 @@ def test_unknown_actor_is_refused(tmp_path):
         write_corpus(str(tmp_path), [25], progress=False)
     with pytest.raises(ValueError, match="actors must be 1..24"):
         write_corpus(str(tmp_path), 0, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# style="speech": the development corpus that behaves like speech
+
+
+@pytest.fixture(scope="module")
+def speech_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("speech")
+    write_corpus(str(out), ACTORS, seed=0, workers=1, progress=False, style="speech")
+    return out
+
+
+def test_speech_style_writes_ravdess_files_deterministically(speech_corpus, corpus):
+    files = files_of(speech_corpus)
+    assert files == files_of(corpus)  # same names and layout as the classic corpus
+    for rel in files[::9]:
+        data = (speech_corpus / rel).read_bytes()
+        with wave.open(io.BytesIO(data), "rb") as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (48000, 1, 2)
+            assert MIN_SECONDS <= w.getnframes() / 48000 <= MAX_SECONDS
+        assert encode_wav(synthesize(parse_name(rel), seed=0, style_name="speech")) == data
+        assert data != (corpus / rel).read_bytes()  # another voice than the classic one
+
+
+def test_classic_files_do_not_depend_on_the_speech_option():
+    # The speech style draws its idiolects from a stream of their own: classic bytes are fixed.
+    clip = actor_clips(5)[17]
+    before = encode_wav(synthesize(clip, seed=0))
+    speech = encode_wav(synthesize(clip, seed=0, style_name="speech"))
+    assert encode_wav(synthesize(clip, seed=0)) == before != speech
+
+
+def _high_band_share(x: np.ndarray, rate: int = 48000) -> np.ndarray:
+    """Per 10 ms frame: the share of energy above 3.5 kHz (fricatives and bursts are high)."""
+    frame = rate // 100
+    n = len(x) // frame
+    spectra = np.abs(np.fft.rfft(x[: n * frame].reshape(n, frame) * np.hanning(frame))) ** 2
+    freqs = np.fft.rfftfreq(frame, 1 / rate)
+    total = spectra.sum(axis=1) + 1e-12
+    return spectra[:, freqs > 3500].sum(axis=1) / total, total
+
+
+def test_speech_style_has_voiced_stretches_and_fricatives_inside_a_clip():
+    # "Dogs are sitting by the door": /z/ and /s/ frication between voiced vowels.
+    clip = next(c for c in actor_clips(6) if c.statement == 2 and c.emotion == 1)
+    share, energy = _high_band_share(synthesize(clip, seed=0, style_name="speech"))
+    speech = energy > energy.max() * 1e-3
+    assert speech.sum() > 80  # at least 0.8 s of speech
+    voiced = share[speech] < 0.1
+    fricated = share[speech] > 0.5
+    assert voiced.mean() > 0.5  # most of the clip is voiced, low-frequency energy
+    assert fricated.sum() >= 3  # and it holds a few frames of high-frequency noise
+
+
+def test_speech_style_speakers_differ_in_their_own_formants():
+    from knd.synth import actor_idiolect
+
+    a, b = actor_idiolect(3), actor_idiolect(4)
+    assert a == actor_idiolect(3)  # a pure function of (actor, seed)
+    assert a.formants["IY"] != b.formants["IY"] and a.formants["AA"] != b.formants["AA"]
+    assert actor_idiolect(3, seed=1) != a
+
+
+def test_speech_style_emotions_differ_where_acted_speech_does():
+    # Over one actor's strong-intensity clips: anger is louder than sadness.
+    def clips(name):
+        return [c for c in actor_clips(9) if c.emotion_name == name and c.intensity == 2]
+
+    def rms(c):
+        x = synthesize(c, seed=0, style_name="speech")
+        return np.sqrt(np.mean(x[np.abs(x) > 1e-3] ** 2))
+
+    assert np.mean([rms(c) for c in clips("angry")]) > np.mean([rms(c) for c in clips("sad")])
+
+
+def test_speech_style_places_the_focus_accent_differently_across_clips():
+    from knd.synth import _focus_stress, clip_rng
+
+    patterns = {_focus_stress(clip_rng(c, 0)).index(1.0) for c in actor_clips(2)}
+    assert len(patterns) >= 3  # lexical prominence varies between an actor's clips
+
+
+def test_unknown_style_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="synth style must be one of"):
+        write_corpus(str(tmp_path), [1], progress=False, style="robot")
+    with pytest.raises(ValueError, match="synth style must be one of"):
+        synthesize(actor_clips(1)[0], style_name="robot")
