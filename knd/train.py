@@ -214,6 +214,24 @@ def _append_history(run_path: str, record: dict) -> None:
     storage.write_text(uri, "".join(line + "\n" for line in kept) + json.dumps(record) + "\n")
 
 
+def _report_epoch(learner: Learner, meta: dict, config: dict, tracker: Any, rank: int) -> None:
+    """``ray.train.report`` of one epoch; rank 0 also writes the checkpoint and the history."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    metrics, epoch = meta["metrics"], meta["epoch"]
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            state = learner.state_dict()
+            train_state = {"epoch": epoch, "step": state["step"], "optimizer": state["optimizer"]}
+            save_checkpoint(folder, learner.model, meta, train_state)
+            checkpoint = Checkpoint.from_directory(folder)
+            _append_history(config["run_path"], metrics)
+            tracker.log(metrics, step=epoch)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker: shard -> learner (DDP) -> resume -> epochs -> report.
 
@@ -224,7 +242,6 @@ def train_loop_per_worker(config: dict) -> None:
     """
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     cfg: TrainConfig = build(TrainConfig, config["cfg"])
     meta, hooks = config["meta"], config.get("hooks") or TrainHooks()
@@ -294,21 +311,7 @@ def train_loop_per_worker(config: dict) -> None:
             "world_size": world,
             "epoch_samples": count * world,
         }
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint = None
-            if rank == 0:
-                state = learner.state_dict()
-                train_state = {
-                    "epoch": epoch,
-                    "step": state["step"],
-                    "optimizer": state["optimizer"],
-                }
-                epoch_meta = meta | {"epoch": epoch, "metrics": metrics}
-                save_checkpoint(folder, learner.model, epoch_meta, train_state)
-                checkpoint = Checkpoint.from_directory(folder)
-                _append_history(config["run_path"], metrics)
-                tracker.log(metrics, step=epoch)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        _report_epoch(learner, meta | {"epoch": epoch, "metrics": metrics}, config, tracker, rank)
         hooks.on_epoch_end(epoch, rank, metrics)
     tracker.finish()
 

@@ -210,6 +210,7 @@ def test_killed_run_leaves_no_dataset_and_rerun_completes(ray_session, tmp_path)
         write(src, name, clip_bytes(name, seconds=3.0, sr=44100))
     # The child joins this session's Ray (a second local Ray would fight it for the 2 CPUs).
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    env["KND_VERBOSE"] = "1"  # the INFO line that says the pipeline is under way
     command = [sys.executable, "-m", "knd.cli", "prepare", f"input={src}", f"output={out}"]
     child = subprocess.Popen(
         [*command, "batch_size=2"],
