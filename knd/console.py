@@ -128,6 +128,15 @@ def quiet_ray_loggers(verbose: bool) -> None:
                     handler.addFilter(_DROP)
 
 
+# Ray Tune's driver-side output, read when a Tuner runs: its new console output prints an
+# experiment box and TensorBoard hints even at verbose=0 (the legacy reporter is silent there),
+# and it warns about snapshot frequency that knd's num_to_keep=1 causes on purpose.
+QUIET_TUNE_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
 def ray_init_options(verbose: bool) -> dict[str, Any]:
     """Keyword arguments for ``ray.init`` that keep Ray's logs off the console unless verbose."""
     return {
@@ -146,6 +155,9 @@ def quiet_ray(verbose: bool) -> None:
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = verbose
     quiet_ray_loggers(verbose)
+    if not verbose:
+        for name, value in QUIET_TUNE_ENV.items():
+            os.environ.setdefault(name, value)
 
 
 # ----------------------------------------------------------------------------------------------
