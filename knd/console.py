@@ -238,6 +238,18 @@ def summary(command: str, result: Any, seconds: float) -> list[str]:
     return lines + [f"  {k + ':':<{width}}{v}" for k, v in rows]
 
 
+def file_progress(total: int, desc: str, verbose: bool = False) -> Any:
+    """A progress bar over files on stderr (``bar.update(n)``), for stages that stream per-file rows
+    to the driver (prepare, score). Off when stderr is not a terminal and not verbose, so logs
+    and CI output do not get one line per refresh.
+    """
+    from tqdm import tqdm
+
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} files [{elapsed}<{remaining}]"
+    quiet = not (verbose or sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, bar_format=bar_format, file=sys.stderr, disable=quiet)
+
+
 # ----------------------------------------------------------------------------------------------
 # One line per epoch of knd train, printed on the driver by following history.jsonl
 
