@@ -128,6 +128,15 @@ def quiet_ray_loggers(verbose: bool) -> None:
                     handler.addFilter(_DROP)
 
 
+# Ray Tune's driver-side output, read when a Tuner runs: its new console output prints an
+# experiment box and TensorBoard hints even at verbose=0 (the legacy reporter is silent there),
+# and it warns about snapshot frequency that knd's num_to_keep=1 causes on purpose.
+QUIET_TUNE_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
 def ray_init_options(verbose: bool) -> dict[str, Any]:
     """Keyword arguments for ``ray.init`` that keep Ray's logs off the console unless verbose."""
     return {
@@ -146,6 +155,9 @@ def quiet_ray(verbose: bool) -> None:
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = verbose
     quiet_ray_loggers(verbose)
+    if not verbose:
+        for name, value in QUIET_TUNE_ENV.items():
+            os.environ.setdefault(name, value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +236,18 @@ def summary(command: str, result: Any, seconds: float) -> list[str]:
         rows.append(("report", f"{folder.rstrip('/')}/report.md (and report.html)"))
     width = max((len(k) for k, _ in rows), default=0) + 2
     return lines + [f"  {k + ':':<{width}}{v}" for k, v in rows]
+
+
+def file_progress(total: int, desc: str, verbose: bool = False) -> Any:
+    """A progress bar over files on stderr (``bar.update(n)``), for stages that stream per-file rows
+    to the driver (prepare, score). Off when stderr is not a terminal and not verbose, so logs
+    and CI output do not get one line per refresh.
+    """
+    from tqdm import tqdm
+
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} files [{elapsed}<{remaining}]"
+    quiet = not (verbose or sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, bar_format=bar_format, file=sys.stderr, disable=quiet)
 
 
 # ----------------------------------------------------------------------------------------------

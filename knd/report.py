@@ -404,7 +404,7 @@ def write_analysis_report(folder: str, files: dict[str, bytes], summary_file: st
     summary = files[summary_file].decode()
     first, _, body = summary.partition("\n")
     title = first.lstrip("# ").strip() or "knd analysis"
-    blocks = [Block("markdown", body)]
+    blocks = [Block("markdown", body.strip("\n"))]
     pngs = {n: d for n, d in files.items() if n.endswith(".png")}
     if pngs:
         blocks.append(heading("Plots"))

@@ -118,3 +118,13 @@ def test_a_handled_error_is_one_line_without_traceback(tmp_path, capsys):
     assert code == 1
     assert err.startswith("knd evaluate: ") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_file_progress_counts_files_and_stays_off_in_logs():
+    quiet = console.file_progress(3, "prepare")
+    assert quiet.disable  # stderr is not a terminal under pytest: no refresh lines in logs
+    quiet.close()
+    with console.file_progress(3, "prepare", verbose=True) as bar:
+        bar.update(1.5)
+        bar.update(1.5)
+        assert bar.n == 3 and bar.total == 3
