@@ -197,6 +197,8 @@ def main() -> int:
         "baseline_seconds": [round(r["seconds"], 2) for r in base_runs],
         "ray_seconds": [round(r.seconds, 2) for r in ray_runs],
         "ray_start_seconds": round(ray_start, 2),
+        # Actor start-up (torch import, model load) and the first batch, inside ray_seconds.
+        "ray_first_rows_seconds": [round(r.first_rows_seconds, 2) for r in ray_runs],
         "realtime_factor_ray": round(audio_seconds / best.seconds, 1),
         "realtime_factor_baseline": round(audio_seconds / base["seconds"], 1),
         "ratio_ray_vs_baseline": round(base["seconds"] / best.seconds, 2),
