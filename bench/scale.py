@@ -105,7 +105,7 @@ def command(stage: str, args: list[str], memory: TreeMemory) -> dict:
         found = re.search(r"in ([\d.]+) s \(Ray start-up ([\d.]+) s\)", text)
         stage_s, ray_s = float(found.group(1)), float(found.group(2))
     else:
-        found = re.search(r"in ([\d.]+) s .*Ray start-up ([\d.]+) s\)", text)
+        found = re.search(r"in ([\d.]+) s .*Ray start-up ([\d.]+) s", text)
         stage_s, ray_s = float(found.group(1)) + float(found.group(2)), float(found.group(2))
     return {
         "wall_s": round(wall, 2),

@@ -1,6 +1,6 @@
 """``knd score`` throughput: real-time factor, and Ray Data against a plain loop in the same run.
 
-    .venv/bin/python bench/score.py                              # 2 CPUs, cpu_small, 3 actors
+    .venv/bin/python bench/score.py                              # 2 CPUs, cpu_small, 1440 files
     .venv/bin/python bench/score.py --corpus demo/corpus --actors 4
     .venv/bin/python bench/score.py --recipe resnet18 --use-gpu --num-cpus 16   # on a GPU machine
 
@@ -125,7 +125,7 @@ def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", help="audio folder (default: synthesise --actors actors)")
-    parser.add_argument("--actors", type=int, default=3, help="synthetic actors (60 files each)")
+    parser.add_argument("--actors", type=int, default=24, help="synthetic actors (60 files each)")
     parser.add_argument("--checkpoint", help="default: untrained --recipe model")
     parser.add_argument("--recipe", default="cpu_small", help="model recipe of the checkpoint")
     parser.add_argument("--use-gpu", action="store_true", help="inference on GPU (both sides)")
@@ -197,11 +197,13 @@ def main() -> int:
         "baseline_seconds": [round(r["seconds"], 2) for r in base_runs],
         "ray_seconds": [round(r.seconds, 2) for r in ray_runs],
         "ray_start_seconds": round(ray_start, 2),
+        # Actor start-up (torch import, model load) and the first batch, inside ray_seconds.
+        "ray_first_rows_seconds": [round(r.first_rows_seconds, 2) for r in ray_runs],
         "realtime_factor_ray": round(audio_seconds / best.seconds, 1),
         "realtime_factor_baseline": round(audio_seconds / base["seconds"], 1),
         "ratio_ray_vs_baseline": round(base["seconds"] / best.seconds, 2),
         "max_abs_probability_difference": diff,
-        "targets": {"realtime_factor": 200, "ratio": 1.4},
+        "targets": {"realtime_factor": 300, "ratio": 1.3},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

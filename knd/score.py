@@ -223,6 +223,9 @@ class ScoreResult:
     realtime_factor: float
     ray_start_seconds: float
     exit_code: int
+    first_rows_seconds: float = math.nan
+    """From the pipeline's start to the first scored rows: actor start-up (torch import, model
+    load) and the first batch; ``seconds`` minus this is the steady state."""
 
 
 def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
@@ -291,6 +294,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         realtime_factor=tally.audio_seconds / seconds,
         ray_start_seconds=ray_start,
         exit_code=1 if cfg.strict and tally.failures else 0,
+        first_rows_seconds=(tally.first_rows - started) if tally.first_rows else math.nan,
     )
     _print_summary(result, tally.failures)
     return result
@@ -306,8 +310,10 @@ class _Tally:
     rows: int = 0
     audio_seconds: float = 0.0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    first_rows: float = 0.0
 
     def add(self, table: pd.DataFrame) -> None:
+        self.first_rows = self.first_rows or time.perf_counter()
         self.rows += len(table)
         files = table.drop_duplicates("path")
         ok = files["error"] == ""
@@ -531,5 +537,6 @@ def _print_summary(result: ScoreResult, failures: list[tuple[str, str]]) -> None
         f"scored {result.num_files - result.failed} files, {result.failed} failed; "
         f"{result.audio_hours:.3f} h of audio in {result.seconds:.1f} s "
         f"({result.files_per_second:.1f} files/s, real-time factor {result.realtime_factor:.0f}x; "
-        f"Ray start-up {result.ray_start_seconds:.1f} s) -> {result.output}"
+        f"Ray start-up {result.ray_start_seconds:.1f} s, first rows after "
+        f"{result.first_rows_seconds:.1f} s) -> {result.output}"
     )
