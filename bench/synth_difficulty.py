@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or os.cpu_count() or 1
     args.work = str(Path(args.work).resolve())
 
-    from knd.prepare import load_features
+    from knd.dataset import load_features
 
     result: dict = {
         "command": "python bench/synth_difficulty.py " + " ".join(argv or sys.argv[1:]),

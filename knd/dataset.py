@@ -22,6 +22,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,7 +365,7 @@ def _to_numpy_batch(
 
 
 def read_features(
-    path: str, actors=None, expected_hash: str | None = None
+    path: str, actors: Iterable[int] | None = None, expected_hash: str | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """A Ray Dataset over the committed shards of a prepared feature set, and its manifest.
 
@@ -396,7 +397,9 @@ def read_features(
     return ds, manifest
 
 
-def load_features(path: str, actors=None, expected_hash: str | None = None) -> FeatureTable:
+def load_features(
+    path: str, actors: Iterable[int] | None = None, expected_hash: str | None = None
+) -> FeatureTable:
     """The same data as :func:`read_features`, in memory and without Ray.
 
     Raises:

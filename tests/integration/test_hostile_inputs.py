@@ -173,8 +173,8 @@ def test_prepare_and_score_turn_every_hostile_file_into_a_row_or_a_reason(
     import torch
 
     from knd.checkpoint import save_checkpoint
+    from knd.dataset import load_features
     from knd.models import build_model
-    from knd.prepare import load_features
     from knd.ravdess import EMOTIONS
 
     root, expected = corpus
