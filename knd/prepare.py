@@ -48,6 +48,7 @@ import knd
 from knd import storage
 from knd.audio import AudioError, decode_audio
 from knd.config import FeatureConfig, PrepareConfig
+from knd.console import file_progress
 from knd.dataset import (
     LABEL_COLUMNS,
     MANIFEST,
@@ -291,19 +292,22 @@ def run_tasks(
     fn: Callable,
     tasks: list[dict],
     consts: dict,
-    on_progress: Callable[[], None] = lambda: None,
+    on_progress: Callable[[int], None] = lambda files: None,
 ) -> list[dict[str, Any]]:
     """Rows of every file of ``tasks``; a failed task's files are retried one per task.
 
     A file whose own task fails again becomes a row with the reason: the job always finishes.
+    ``on_progress(n)`` runs after every task with the number of files it finished (0 for a task
+    whose files are retried).
     """
     rows: list[dict[str, Any]] = []
     retry: list[dict] = []
     for task, out in map_tasks(fn, tasks, consts):
-        on_progress()
         if not isinstance(out, BaseException):
             rows.extend(out)
+            on_progress(len(task["paths"]))
         elif len(task["paths"]) > 1:
+            on_progress(0)
             log.warning(
                 "a task of %d files failed (%s); retrying them one per task",
                 len(task["paths"]),
@@ -314,6 +318,7 @@ def run_tasks(
         else:
             _discard_part(task, consts)
             rows.append({"path": task["paths"][0], "error": _task_failure(out)})
+            on_progress(1)
     if retry:
         rows.extend(run_tasks(map_tasks, fn, retry, consts, on_progress))
     return rows
@@ -497,7 +502,7 @@ def prepare_files(
     uris, paths = [uris[i] for i in order], [paths[i] for i in order]
     size = min(MAX_HASH_FILES_PER_TASK, max(1, math.ceil(len(paths) / (cpus * HASH_TASKS_PER_CPU))))
     hash_tasks = [{"uris": uris[s], "paths": paths[s]} for s in _chunks(len(paths), size)]
-    hashed = run_tasks(map_tasks, hash_files, hash_tasks, {}, renew)
+    hashed = run_tasks(map_tasks, hash_files, hash_tasks, {}, lambda files: renew())
     keep, rejected = select_files(hashed, cfg.require_labels)
     uri_of = dict(zip(paths, uris, strict=True))
 
@@ -527,7 +532,13 @@ def prepare_files(
                 "part": f"part-{i:05d}.parquet",
             }
         )
-    rows = run_tasks(map_tasks, featurize_part, tasks, consts, renew)
+    with file_progress(len(keep), "knd prepare", cfg.ray.verbose) as bar:
+
+        def progress(files: int) -> None:
+            renew()
+            bar.update(files)
+
+        rows = run_tasks(map_tasks, featurize_part, tasks, consts, progress)
     rejected += [(r["path"], r["error"]) for r in rows if r.get("error")]
     rejected.sort()
     kept = sorted((r for r in rows if not r.get("error")), key=lambda r: r["path"])
