@@ -573,6 +573,8 @@ def describe(command: str) -> str:
     """``key = default  help`` lines for ``knd <command> --help``."""
     schema = SCHEMAS[command]
     defaults = load_yaml(config_dir() / f"{command}.yaml")
+    if getattr(schema, "applies_recipe", False):  # show what a plain run uses: the recipe's values
+        defaults = merge(defaults, load_recipe(defaults["recipe"]))
     lines: list[str] = []
 
     def walk(kind: type, tree: dict[str, Any], prefix: str) -> None:
