@@ -60,7 +60,7 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
     spec = load_config("train", ["data=unused", f"recipe={recipe}"]).model
     torch.manual_seed(0)
     model = build_model(spec.name, len(EMOTIONS), width=spec.width, dropout=spec.dropout)
-    sample = [clip_features(*decode_audio(storage.read_bytes(p), p), params)[0] for p in paths]
+    sample = [clip_features(*decode_audio(storage.read_bytes(p)), params)[0] for p in paths]
     stacked = np.stack(sample)
     meta = {
         "label_set": "ravdess8",
@@ -105,7 +105,7 @@ def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) 
         owners.clear()
 
     for path in paths:
-        samples, rate = decode_audio(storage.read_bytes(path), path)
+        samples, rate = decode_audio(storage.read_bytes(path))
         audio_seconds += len(samples) / rate
         for window in file_windows(samples, rate, params, hop):
             pending.append(window.features.astype(stored))

@@ -72,12 +72,11 @@ def _wav_data_extent(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
+def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     """Decode WAV, FLAC or Ogg (and MP3 where libsndfile reads it) from bytes.
 
     Args:
         data: the whole file.
-        name: the file's name, only for messages.
 
     Returns:
         ``(samples, sample_rate)`` with samples float32 shaped ``[frames, channels]`` in [-1, 1].
@@ -86,7 +85,6 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
         AudioError: empty, not audio, truncated, no frames, non-finite or silent; the message is a
             one-line reason such as ``truncated WAV (expected 152000 frames, read 12000)``.
     """
-    del name  # the caller names the file in its own message; kept for a uniform signature
     if len(data) == 0:
         raise AudioError("empty file (0 bytes)")
     extent = _wav_data_extent(data)

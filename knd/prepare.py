@@ -154,7 +154,7 @@ def process_files(
                 fs, _ = storage.resolve(uri)
             data = storage.read_bytes(uri, fs)
             row["sha256"] = hashes[i] if hashes else hashlib.sha256(data).hexdigest()
-            samples, rate = decode_audio(data, path)
+            samples, rate = decode_audio(data)
             del data
             feats, row["duration"] = clip_features(samples, rate, params)
             row["features"] = feats.astype(store, order="C")

@@ -129,7 +129,7 @@ def featurize_batch(
         try:
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(path)
-            samples, rate = audio.decode_audio(storage.read_bytes(path, fs), path)
+            samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
             duration = len(samples) / float(rate)
             wins = file_windows(samples, rate, params, hop_seconds)
         except audio.AudioError as e:

@@ -213,7 +213,7 @@ def plain_scores(checkpoint: str, path: Path) -> np.ndarray:
     from knd.score import Scorer, file_windows
 
     params = build(FeatureConfig, load_meta(checkpoint)["feature_params"])
-    samples, rate = decode_audio(path.read_bytes(), path.name)
+    samples, rate = decode_audio(path.read_bytes())
     windows = file_windows(samples, rate, params, hop_seconds=1.5)
     feats = np.stack([w.features.astype(params.dtype) for w in windows])
     batch = {"features": feats, "error": np.full(len(windows), "", dtype=object)}

@@ -51,38 +51,38 @@ def flac_with_declared_frames(frames: int) -> bytes:
 
 def test_tiny_and_huge_sample_rates_are_refused_from_the_header():
     with pytest.raises(AudioError, match=r"unsupported sample rate 1009 Hz"):
-        decode_audio(encode(tone(0.5, 1009), 1009), "x.wav")
+        decode_audio(encode(tone(0.5, 1009), 1009))
     with pytest.raises(AudioError, match=r"unsupported sample rate 1000000 Hz"):
-        decode_audio(encode(tone(0.2, 1_000_000), 1_000_000), "x.wav")
+        decode_audio(encode(tone(0.2, 1_000_000), 1_000_000))
 
 
 def test_many_channels_are_refused():
     x = np.tile(tone(0.2, 16000)[:, None], (1, 64))
     with pytest.raises(AudioError, match=r"unsupported channel count 64"):
-        decode_audio(encode(x, 16000), "x.wav")
+        decode_audio(encode(x, 16000))
 
 
 def test_a_huge_declared_length_is_refused_before_decoding():
     with pytest.raises(AudioError, match=r"^too large \(68719476735 frames"):
-        decode_audio(flac_with_declared_frames((1 << 36) - 1), "x.flac")
+        decode_audio(flac_with_declared_frames((1 << 36) - 1))
 
 
 def test_a_wav_declaring_more_data_than_it_holds_is_truncated():
     data = bytearray(encode(tone(0.5, 16000), 16000))
     data[40:44] = struct.pack("<I", 0x7FFFFFF0)  # the data chunk's size
     with pytest.raises(AudioError, match="^truncated WAV"):
-        decode_audio(bytes(data), "x.wav")
+        decode_audio(bytes(data))
 
 
 @pytest.mark.parametrize("peak", [1e30, 20000.0, 2.0])
 def test_float_samples_beyond_full_scale_are_refused(peak):
     x = tone(0.5, 16000, amp=peak)
     with pytest.raises(AudioError, match=r"^float samples out of range"):
-        decode_audio(encode(x, 16000, subtype="FLOAT"), "x.wav")
+        decode_audio(encode(x, 16000, subtype="FLOAT"))
 
 
 def test_float_samples_slightly_over_full_scale_are_kept():
-    samples, _ = decode_audio(encode(tone(0.5, 16000, amp=1.2), 16000, subtype="FLOAT"), "x")
+    samples, _ = decode_audio(encode(tone(0.5, 16000, amp=1.2), 16000, subtype="FLOAT"))
     assert np.abs(samples).max() == pytest.approx(1.2, rel=1e-3)
 
 
@@ -90,18 +90,18 @@ def test_inf_samples_are_refused():
     x = tone(0.5, 16000)
     x[100] = np.inf
     with pytest.raises(AudioError, match="non-finite samples"):
-        decode_audio(encode(x, 16000, subtype="FLOAT"), "x.wav")
+        decode_audio(encode(x, 16000, subtype="FLOAT"))
 
 
 @pytest.mark.parametrize("frames", [1, 100])
 def test_too_short_files_are_refused(frames):
     with pytest.raises(AudioError, match=r"^too short"):
-        decode_audio(encode(tone(1.0, 16000)[:frames] + 0.1, 16000), "x.wav")
+        decode_audio(encode(tone(1.0, 16000)[:frames] + 0.1, 16000))
 
 
 def test_antiphase_stereo_is_silent_after_the_downmix(params):
     x = tone(1.0, 16000)
-    samples, rate = decode_audio(encode(np.stack([x, -x], axis=1), 16000), "x.wav")
+    samples, rate = decode_audio(encode(np.stack([x, -x], axis=1), 16000))
     with pytest.raises(AudioError, match=r"^silent after the downmix to mono \(peak -"):
         clip_features(samples, rate, params)
 
@@ -133,7 +133,7 @@ def test_odd_rate_resamples_with_bounded_memory():
 
 
 def test_odd_rate_file_gives_finite_features(params):
-    samples, rate = decode_audio(encode(tone(1.0, 44101), 44101), "x.wav")
+    samples, rate = decode_audio(encode(tone(1.0, 44101), 44101))
     feats, duration = clip_features(samples, rate, params)
     assert feats.shape == feature_shape(params) and np.isfinite(feats).all()
     assert duration == pytest.approx(1.0, abs=1e-3)
