@@ -92,7 +92,8 @@ def command(stage: str, args: list[str], memory: TreeMemory) -> dict:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        # knd's INFO lines (which carry the stage's own timings) show only when verbose.
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"KND_VERBOSE": "1"},
     )
     driver = DriverMemory(child.pid)
     out, err = child.communicate()
