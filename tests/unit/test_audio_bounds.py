@@ -6,15 +6,14 @@ but legitimate rate, into normal features without a rate-dependent allocation).
 
 from __future__ import annotations
 
-import io
 import resource
 import struct
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torchaudio
+from samples import encode, tone
 
 from knd import audio
 from knd.audio import AudioError, decode_audio, resample
@@ -25,17 +24,6 @@ from knd.features import clip_features, feature_shape, log_mel, mono_at_feature_
 @pytest.fixture(scope="module")
 def params():
     return load_config("prepare", ["input=x", "output=y"]).features
-
-
-def tone(seconds: float, sr: int, freq: float = 220.0, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def encode(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, x, sr, format=fmt, subtype=subtype)
-    return buf.getvalue()
 
 
 def flac_with_declared_frames(frames: int) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from samples import REQUIRED
 
 from knd.config import (
     SCHEMAS,
@@ -18,17 +19,6 @@ from knd.config import (
     replace,
     to_dict,
 )
-
-REQUIRED = {
-    "synth": ["out=/tmp/x"],
-    "download": ["out=/tmp/x"],
-    "prepare": ["input=/tmp/a", "output=/tmp/b"],
-    "train": ["data=/tmp/f"],
-    "evaluate": ["checkpoint=/tmp/c", "data=/tmp/f"],
-    "tune": ["data=/tmp/f"],
-    "analyse": ["experiment=/tmp/e"],
-    "score": ["checkpoint=/tmp/c", "input=/tmp/a", "output=/tmp/s.csv"],
-}
 
 
 @pytest.mark.parametrize("command", sorted(SCHEMAS))

@@ -9,19 +9,9 @@ import typing
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from samples import REQUIRED
 
 from knd.config import SCHEMAS, ConfigError, load_config
-
-REQUIRED = {
-    "synth": ["out=/tmp/x"],
-    "download": ["out=/tmp/x"],
-    "prepare": ["input=/tmp/a", "output=/tmp/b"],
-    "train": ["data=/tmp/f"],
-    "evaluate": ["checkpoint=/tmp/c", "data=/tmp/f"],
-    "tune": ["data=/tmp/f"],
-    "analyse": ["experiment=/tmp/e"],
-    "score": ["checkpoint=/tmp/c", "input=/tmp/a", "output=/tmp/s.csv"],
-}
 
 # The values of the hardening report, each of which used to be accepted and fail later.
 REPORTED = [
