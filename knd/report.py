@@ -112,7 +112,8 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a run without validation has one curve per panel
+            ax.legend(fontsize=8)
     return _png(fig)
 
 

@@ -36,6 +36,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -344,6 +345,10 @@ def _scored_files(
     ctx.execution_options.preserve_order = True
     ctx.max_errored_blocks = -1
     try:
+        # Retry limits have no named parameter in Ray 2.60's map_batches; passing them as
+        # remote args is what Ray deprecates for 2.64, and they are what keeps a dead actor's
+        # task from running again.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ray.data.from_items(
             [{"path": p} for p in paths],
             override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
