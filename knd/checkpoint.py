@@ -57,7 +57,7 @@ def make_meta(
         "feature_hash": features["feature_hash"],
         "feature_shape": features["feature_shape"],
         "model": {"name": cfg.model.name, "width": cfg.model.width, "dropout": cfg.model.dropout},
-        "norm": {"mean": list(norm["mean"]), "std": list(norm["std"])},
+        "norm": {key: [float(v) for v in norm[key]] for key in ("mean", "std")},
         "split": {part: [int(a) for a in split.get(part, ())] for part in ("train", "val", "test")},
         "recipe": cfg.recipe,
         "run": run,

@@ -172,7 +172,8 @@ def test_prepare_and_score_turn_every_hostile_file_into_a_row_or_a_reason(
 ):
     import torch
 
-    from knd.checkpoint import save_checkpoint
+    from knd.checkpoint import make_meta, save_checkpoint
+    from knd.config import load_config
     from knd.dataset import load_features
     from knd.models import build_model
     from knd.ravdess import EMOTIONS
@@ -197,19 +198,15 @@ def test_prepare_and_score_turn_every_hostile_file_into_a_row_or_a_reason(
         torch.manual_seed(0)
         model = build_model("cpu_small", len(EMOTIONS), width=8, dropout=0.0)
         manifest = table.manifest
-        meta = {
-            "label_set": "ravdess8",
-            "labels": list(EMOTIONS),
-            "feature_params": manifest["feature_params"],
-            "feature_hash": manifest["feature_hash"],
-            "feature_shape": manifest["feature_shape"],
-            "model": {"name": "cpu_small", "width": 8, "dropout": 0.0},
-            "norm": {
-                "mean": table.features.mean(axis=(0, 2)).tolist(),
-                "std": table.features.std(axis=(0, 2)).tolist(),
-            },
-            "split": {"train": [], "val": [], "test": [1, 2]},
-        }
+        meta = make_meta(
+            load_config(
+                "train", ["data=x", "recipe=cpu_small", "model.width=8", "model.dropout=0"]
+            ),
+            manifest,
+            {"mean": table.features.mean(axis=(0, 2)), "std": table.features.std(axis=(0, 2))},
+            {"test": [1, 2]},
+            run="untrained",
+        )
         checkpoint = tmp_path / "checkpoint"
         save_checkpoint(str(checkpoint), model, meta)
         scores = tmp_path / "scores.csv"

@@ -28,7 +28,7 @@ def checkpoint(tiny_features, tmp_path_factory):
     """
     import torch
 
-    from knd.checkpoint import save_checkpoint
+    from knd.checkpoint import make_meta, save_checkpoint
     from knd.dataset import load_features
     from knd.models import build_model
 
@@ -39,21 +39,15 @@ def checkpoint(tiny_features, tmp_path_factory):
     with torch.no_grad():
         model.classifier.weight.mul_(20.0)
     actors = sorted({int(a) for a in table.actor})
-    meta = {
-        "label_set": "ravdess8",
-        "labels": list(EMOTIONS),
-        "feature_params": manifest["feature_params"],
-        "feature_hash": manifest["feature_hash"],
-        "feature_shape": manifest["feature_shape"],
-        "model": {"name": "cpu_small", "width": 8, "dropout": 0.0},
-        "norm": {
-            "mean": table.features.mean(axis=(0, 2)).tolist(),
-            "std": table.features.std(axis=(0, 2)).tolist(),
-        },
-        "epoch": 0,
-        "split": {"train": [], "val": [], "test": actors},
-        "metrics": {},
-    }
+    meta = make_meta(
+        load_config("train", ["data=x", "recipe=cpu_small", "model.width=8", "model.dropout=0"]),
+        manifest,
+        {"mean": table.features.mean(axis=(0, 2)), "std": table.features.std(axis=(0, 2))},
+        {"test": actors},
+        run="untrained",
+        epoch=0,
+        metrics={},
+    )
     folder = tmp_path_factory.mktemp("score_ckpt") / "checkpoint"
     save_checkpoint(str(folder), model, meta)
     return str(folder)
