@@ -1,4 +1,4 @@
-"""Small inputs shared by unit tests: tones, encoded audio, each command's required keys."""
+"""Small inputs shared by unit tests: tones, encoded audio, required keys, checkpoint meta."""
 
 from __future__ import annotations
 
@@ -29,3 +29,20 @@ def encode(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str = "PCM_16") ->
     buf = io.BytesIO()
     sf.write(buf, x, sr, format=fmt, subtype=subtype)
     return buf.getvalue()
+
+
+LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+
+
+def checkpoint_meta(width: int = 8) -> dict:
+    """A valid ``meta.json`` of a width-``width`` cpu_small checkpoint."""
+    return {
+        "label_set": "ravdess8",
+        "labels": LABELS,
+        "feature_params": {"n_mels": 64},
+        "feature_hash": "abc123",
+        "feature_shape": [64, 301],
+        "model": {"name": "cpu_small", "width": width, "dropout": 0.2},
+        "norm": {"mean": [0.0] * 64, "std": [1.0] * 64},
+        "split": {"train": [5, 6], "val": [3, 4], "test": [1, 2]},
+    }

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from samples import checkpoint_meta
 from torch import nn
 
 from knd.checkpoint import (
@@ -19,20 +20,11 @@ from knd.checkpoint import (
 )
 from knd.models import build_model
 
-LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-
 
 def _meta(width: int = 8) -> dict:
-    return {
-        "label_set": "ravdess8",
-        "labels": LABELS,
-        "feature_params": {"n_mels": 64},
-        "feature_hash": "abc123",
+    return checkpoint_meta(width) | {
         "feature_shape": [64, 100],
-        "model": {"name": "cpu_small", "width": width, "dropout": 0.2},
-        "norm": {"mean": [0.0] * 64, "std": [1.0] * 64},
         "epoch": 3,
-        "split": {"train": [5, 6], "val": [3, 4], "test": [1, 2]},
         "metrics": {"val_uar": 0.5},
     }
 

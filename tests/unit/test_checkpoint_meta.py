@@ -5,28 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from samples import checkpoint_meta
 
 from knd.checkpoint import MAX_META_BYTES, load_meta, load_model, save_checkpoint
 from knd.models import build_model
 
-LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-
-
-def good_meta() -> dict:
-    return {
-        "label_set": "ravdess8",
-        "labels": LABELS,
-        "feature_params": {"n_mels": 64},
-        "feature_hash": "abc123",
-        "feature_shape": [64, 301],
-        "model": {"name": "cpu_small", "width": 8, "dropout": 0.2},
-        "norm": {"mean": [0.0] * 64, "std": [1.0] * 64},
-        "split": {"train": [5, 6], "val": [3, 4], "test": [1, 2]},
-    }
-
 
 def _with(path: list[str], value) -> dict:
-    meta = good_meta()
+    meta = checkpoint_meta()
     node = meta
     for part in path[:-1]:
         node = node[part]
@@ -60,7 +46,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("meta", "match"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
 def test_hostile_meta_is_one_line_naming_the_file(tmp_path, meta, match):
-    save_checkpoint(str(tmp_path), build_model("cpu_small", 8, width=8), good_meta())
+    save_checkpoint(str(tmp_path), build_model("cpu_small", 8, width=8), checkpoint_meta())
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=match) as err:
         load_model(str(tmp_path))
@@ -85,7 +71,7 @@ def test_unreadable_meta_is_one_line_naming_the_file(tmp_path, data, match):
 
 
 def test_a_good_meta_with_extra_keys_loads(tmp_path):
-    meta = good_meta() | {"note": "extra keys are kept", "epoch": 3}
+    meta = checkpoint_meta() | {"note": "extra keys are kept", "epoch": 3}
     save_checkpoint(str(tmp_path), build_model("cpu_small", 8, width=8), meta)
     model, loaded = load_model(str(tmp_path))
     assert loaded == meta
