@@ -4,6 +4,7 @@
     .venv/bin/python bench/synth_difficulty.py --recipes none                 # linear only
     .venv/bin/python bench/synth_difficulty.py --styles speech --recipes plain_cnn,cpu_small \\
         --folds 1 --seeds 0 --work /tmp/difficulty                            # a reduced run
+    .venv/bin/python bench/synth_difficulty.py --work /tmp/difficulty --finished-only  # report only
 
 For each corpus style (``knd synth style=classic|speech``, 24 actors, seed 0) the corpus is
 synthesised and prepared with the default features (``configs/prepare.yaml``) under ``--work``
@@ -21,8 +22,10 @@ fold k holds out group k as the test actors):
 It reports mean +- std over folds x seeds of test accuracy and UAR, writes every run's figures,
 time and command to ``bench/results/synth_difficulty.json`` after each run (a reduced or
 interrupted run still leaves its figures; a run whose ``metrics.json`` is already under
-``--work`` is read back, not retrained), and prints the ratio of the CNN's UAR to the linear
-model's: the hidden real-speech corpus separates them 0.52 -> 0.77 UAR (issue 16).
+``--work`` is read back, not retrained; ``--finished-only`` reports those and trains nothing),
+and prints the ratio of the CNN's UAR to the linear model's (the hidden real-speech corpus
+separates them 0.52 -> 0.77 UAR, issue 16) and, for two recipes, their paired difference over
+the (fold, seed) runs both finished.
 """
 
 from __future__ import annotations
@@ -87,6 +90,17 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def paired_difference(first: list[dict], second: list[dict]) -> dict:
+    """Mean and std of ``first - second`` over the (fold, seed) pairs both recipes ran.
+
+    Folds differ far more in difficulty than recipes do, so the paired difference says which
+    recipe is ahead more sharply than comparing two means with their fold-to-fold spread.
+    """
+    by_key = {(r["fold"], r["seed"]): r for r in second}
+    pairs = [(r, by_key[(r["fold"], r["seed"])]) for r in first if (r["fold"], r["seed"]) in by_key]
+    return summary([{k: a[k] - b[k] for k in ("accuracy", "uar")} for a, b in pairs])
+
+
 def ensure_corpus(work: str, style: str, workers: int) -> tuple[str, str, dict]:
     """Synthesise and prepare the corpus of ``style`` under ``work`` (reused when present)."""
     from knd import prepare, synth
@@ -104,8 +118,11 @@ def ensure_corpus(work: str, style: str, workers: int) -> tuple[str, str, dict]:
     return corpus, features, seconds
 
 
-def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict:
-    """One ``knd train`` run of ``recipe`` holding out EmoBox group ``fold`` (1-based)."""
+def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict | None:
+    """One ``knd train`` run of ``recipe`` holding out EmoBox group ``fold`` (1-based).
+
+    None when ``--finished-only`` and the run has not finished under ``--work``.
+    """
     from knd import train
 
     test = EMOBOX_FOLDS[fold - 1]
@@ -134,6 +151,8 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict:
             str(run_path), metrics["checkpoint"], metrics, history, metrics["best_epoch"]
         )
         seconds = None
+    elif args.finished_only:
+        return None
     else:
         started = time.perf_counter()
         result = train.run(load_config("train", overrides))
@@ -151,6 +170,7 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict:
         "epoch": result.best_epoch,
         "epochs": len(result.history),
         "median_train_epoch_s": float(np.median(epoch_s)) if epoch_s else None,
+        "train_seconds": float(np.sum(epoch_s)),  # the epochs' training time, start-up excluded
         "seconds": seconds,
         "command": "knd train " + " ".join(overrides),
     }
@@ -168,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="bench/.work/difficulty", help="corpora, features, runs")
     parser.add_argument("--workers", type=int, default=0, help="synth processes (0: per CPU)")
     parser.add_argument("--num-cpus", type=int, default=0, help="CPUs for local Ray (0: all)")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="report the runs already finished under --work; train nothing",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     styles = [s for s in args.styles.split(",") if s]
@@ -218,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             runs: list[dict] = []
             for fold in folds:
                 for seed in seeds:
-                    runs.append(cnn_run(features, recipe, fold, seed, args))
+                    run = cnn_run(features, recipe, fold, seed, args)
+                    if run is None:
+                        continue
+                    runs.append(run)
                     entry["cnn"][recipe] = {"runs": runs, **summary(runs)}
                     save()
                     r = runs[-1]
@@ -227,13 +255,25 @@ def main(argv: list[str] | None = None) -> int:
                         f"[{style}] {recipe} fold {fold} seed {seed}: acc {r['accuracy']:.3f} "
                         f"UAR {r['uar']:.3f} ({took})"
                     )
+            if not runs:
+                continue
             s = entry["cnn"][recipe]
             # Against the linear model on the same folds, so a reduced run compares like with like.
-            linear_uar = np.mean([linear[fold - 1]["uar"] for fold in folds])
+            linear_uar = np.mean([linear[r["fold"] - 1]["uar"] for r in runs])
             s["uar_over_linear_uar_same_folds"] = s["uar"]["mean"] / float(linear_uar)
             print(
                 f"[{style}] {recipe} over {s['n']} runs: acc {s['accuracy']['mean']:.3f} +- "
                 f"{s['accuracy']['std']:.3f}, UAR {s['uar']['mean']:.3f} +- {s['uar']['std']:.3f}"
+            )
+            save()
+        if len(recipes) == 2 and all(r in entry["cnn"] for r in recipes):
+            entry["paired"] = paired_difference(*(entry["cnn"][r]["runs"] for r in recipes))
+            entry["paired"]["difference"] = f"{recipes[0]} - {recipes[1]}"
+            d = entry["paired"]
+            print(
+                f"[{style}] {d['difference']} over {d['n']} paired runs (same fold and seed): "
+                f"acc {d['accuracy']['mean']:+.3f} +- {d['accuracy']['std']:.3f}, "
+                f"UAR {d['uar']['mean']:+.3f} +- {d['uar']['std']:.3f}"
             )
             save()
     print(f"wrote {args.out}")
