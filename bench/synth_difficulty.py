@@ -126,13 +126,14 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict | No
     from knd import train
 
     test = EMOBOX_FOLDS[fold - 1]
+    name = f"{Path(features).name}-{recipe}-f{fold}-s{seed}"
     overrides = [
         f"data={features}",
         f"recipe={recipe}",
         f"split.test_actors=[{','.join(map(str, test))}]",
         f"train.seed={seed}",
         f"run_dir={args.work}/runs",
-        f"name={Path(features).name}-{recipe}-f{fold}-s{seed}",
+        f"name={name}",
         "wandb.enabled=false",
     ]
     base = load_config("train", overrides[:2])
@@ -143,7 +144,7 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict | No
         overrides.append(f"optim.epochs={args.epochs}")
     if args.num_cpus:
         overrides.append(f"ray.num_cpus={args.num_cpus}")
-    run_path = Path(args.work) / "runs" / f"{Path(features).name}-{recipe}-f{fold}-s{seed}"
+    run_path = Path(args.work) / "runs" / name
     if (run_path / "metrics.json").exists():  # finished earlier (an interrupted bench resumes)
         metrics = json.loads((run_path / "metrics.json").read_text())
         history = [json.loads(line) for line in (run_path / train.HISTORY_FILE).open()]

@@ -7,6 +7,8 @@ import io
 import numpy as np
 import soundfile as sf
 
+from knd.ravdess import EMOTIONS
+
 REQUIRED = {
     "synth": ["out=/tmp/x"],
     "download": ["out=/tmp/x"],
@@ -31,14 +33,11 @@ def encode(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str = "PCM_16") ->
     return buf.getvalue()
 
 
-LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-
-
 def checkpoint_meta(width: int = 8) -> dict:
     """A valid ``meta.json`` of a width-``width`` cpu_small checkpoint."""
     return {
         "label_set": "ravdess8",
-        "labels": LABELS,
+        "labels": list(EMOTIONS),
         "feature_params": {"n_mels": 64},
         "feature_hash": "abc123",
         "feature_shape": [64, 301],
