@@ -84,11 +84,12 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
 def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) -> dict:
     """The plain loop: the same per-file functions and the same model code, one process."""
     from knd.checkpoint import load_meta
+    from knd.features import stored_params
     from knd.score import Scorer, file_windows
 
     started = time.perf_counter()
     meta = load_meta(checkpoint)
-    params = build(FeatureConfig, meta["feature_params"], "feature_params.")
+    params = stored_params(meta["feature_params"])
     hop = load_config("score", ["checkpoint=x", "input=x", "output=x.csv"]).window_hop_seconds
     scorer = Scorer(checkpoint, use_gpu=use_gpu)
     stored = np.dtype(params.dtype)
@@ -108,7 +109,7 @@ def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) 
         samples, rate = decode_audio(storage.read_bytes(path))
         audio_seconds += len(samples) / rate
         for window in file_windows(samples, rate, params, hop):
-            pending.append(window.features.astype(stored))
+            pending.append(window.groups["logmel"].astype(stored))
             owners.append(path)
             if len(pending) == batch_size:
                 flush()

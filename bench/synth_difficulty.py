@@ -101,7 +101,44 @@ def paired_difference(first: list[dict], second: list[dict]) -> dict:
     return summary([{k: a[k] - b[k] for k in ("accuracy", "uar")} for a, b in pairs])
 
 
-def ensure_corpus(work: str, style: str, workers: int) -> tuple[str, str, dict]:
+def prosody_statistics(prosody: np.ndarray) -> np.ndarray:
+    """The 11 prosody statistics of issue 20 per clip, from the ``[N, 4, frames]`` group.
+
+    F0 in semitones over voiced frames: mean, std, 10th/90th percentile, slope, mean absolute
+    change; voiced ratio; speech duration (voiced frames); log-energy mean, std, range.
+    """
+    rows = []
+    for clip in prosody.astype(np.float64):
+        f0, voiced, energy = clip[0], clip[1] > 0, clip[3]
+        v = f0[voiced] if voiced.sum() >= 2 else np.zeros(2)
+        slope = np.polyfit(np.arange(len(v)), v, 1)[0]
+        rows.append(
+            [v.mean(), v.std(), *np.percentile(v, [10, 90]), slope, np.abs(np.diff(v)).mean()]
+            + [voiced.mean(), voiced.sum() / 100.0]
+            + [energy.mean(), energy.std(), np.ptp(energy)]
+        )
+    return np.asarray(rows, dtype=np.float32)
+
+
+def linear_baselines(table) -> dict[str, list[dict]]:
+    """Per-fold logistic regressions on the time-averaged log-mel and on whatever groups exist."""
+    y, actors = table.emotion - 1, table.actor
+    inputs = {"logmel_mean_std": time_averaged(table.features)}
+    if "prosody" in table.side:
+        stats = prosody_statistics(table.side["prosody"])
+        inputs["prosody_stats"] = stats
+        inputs["logmel_mean_std+prosody_stats"] = np.concatenate(
+            [inputs["logmel_mean_std"], stats], 1
+        )
+    if "egemaps" in table.side:
+        inputs["egemaps"] = table.side["egemaps"]
+    return {
+        name: [linear_figures(x, y, actors, group) for group in EMOBOX_FOLDS]
+        for name, x in inputs.items()
+    }
+
+
+def ensure_corpus(work: str, style: str, workers: int, groups: str) -> tuple[str, str, dict]:
     """Synthesise and prepare the corpus of ``style`` under ``work`` (reused when present)."""
     from knd import prepare, synth
 
@@ -113,7 +150,8 @@ def ensure_corpus(work: str, style: str, workers: int) -> tuple[str, str, dict]:
         synth.write_corpus(corpus, 24, seed=0, workers=workers, style=style)
         seconds["synth"] = time.perf_counter() - started
     started = time.perf_counter()
-    prepare.run(load_config("prepare", [f"input={corpus}", f"output={features}"]))
+    groups_key = f"features.groups=[{groups}]"
+    prepare.run(load_config("prepare", [f"input={corpus}", f"output={features}", groups_key]))
     seconds["prepare"] = time.perf_counter() - started
     return corpus, features, seconds
 
@@ -194,8 +232,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="report the runs already finished under --work; train nothing",
     )
+    parser.add_argument(
+        "--groups", default="logmel,prosody,egemaps", help="feature groups knd prepare computes"
+    )
+    parser.add_argument(
+        "--baseline",
+        default="plain_cnn",
+        help="recipe every other recipe is compared with, run by run (same fold and seed)",
+    )
+    parser.add_argument(
+        "--carry",
+        default="",
+        help="recipes whose runs are carried over from --out's earlier figures (same corpus, "
+        "fold and seed) instead of being trained again",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    earlier = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     styles = [s for s in args.styles.split(",") if s]
     recipes = [r for r in args.recipes.split(",") if r and r != "none"]
     folds = [int(f) for f in args.folds.split(",") if f]
@@ -222,23 +275,30 @@ def main(argv: list[str] | None = None) -> int:
         storage.write_text(args.out, json.dumps(result, indent=2) + "\n")
 
     for style in styles:
-        corpus, features, seconds = ensure_corpus(args.work, style, workers)
-        table = load_features(features)
-        x, y, actors = time_averaged(table.features), table.emotion - 1, table.actor
-        linear = [linear_figures(x, y, actors, group) for group in EMOBOX_FOLDS]
+        corpus, features, seconds = ensure_corpus(args.work, style, workers, args.groups)
+        table = load_features(features, groups=[g for g in args.groups.split(",") if g])
+        baselines = linear_baselines(table)
+        linear = baselines.pop("logmel_mean_std")
         entry = {
             "corpus": corpus,
             "features": features,
             "seconds": seconds,
             "linear": {"folds": linear, **summary(linear)},
+            "linear_other": {k: {"folds": v, **summary(v)} for k, v in baselines.items()},
             "cnn": {},
         }
         result["corpora"][style] = entry
-        lin = entry["linear"]
-        print(
-            f"[{style}] linear over 6 folds: acc {lin['accuracy']['mean']:.3f} +- "
-            f"{lin['accuracy']['std']:.3f}, UAR {lin['uar']['mean']:.3f} +- {lin['uar']['std']:.3f}"
-        )
+        for name, lin in [("logmel_mean_std", entry["linear"]), *entry["linear_other"].items()]:
+            print(
+                f"[{style}] linear on {name} over 6 folds: acc {lin['accuracy']['mean']:.3f} +- "
+                f"{lin['accuracy']['std']:.3f}, UAR {lin['uar']['mean']:.3f} +- "
+                f"{lin['uar']['std']:.3f}"
+            )
+        for recipe in [r for r in args.carry.split(",") if r]:
+            old = earlier.get("corpora", {}).get(style, {}).get("cnn", {}).get(recipe)
+            if old:
+                runs = [dict(r, carried_over=True) for r in old["runs"]]
+                entry["cnn"][recipe] = {"runs": runs, **summary(runs)}
         save()
         for recipe in recipes:
             runs: list[dict] = []
@@ -267,16 +327,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{s['accuracy']['std']:.3f}, UAR {s['uar']['mean']:.3f} +- {s['uar']['std']:.3f}"
             )
             save()
-        if len(recipes) == 2 and all(r in entry["cnn"] for r in recipes):
-            entry["paired"] = paired_difference(*(entry["cnn"][r]["runs"] for r in recipes))
-            entry["paired"]["difference"] = f"{recipes[0]} - {recipes[1]}"
-            d = entry["paired"]
+        entry["paired"] = {}
+        for recipe in [r for r in entry["cnn"] if r != args.baseline]:
+            if args.baseline not in entry["cnn"]:
+                break
+            pair = (entry["cnn"][recipe]["runs"], entry["cnn"][args.baseline]["runs"])
+            d = paired_difference(*pair) | {"difference": f"{recipe} - {args.baseline}"}
+            entry["paired"][recipe] = d
             print(
                 f"[{style}] {d['difference']} over {d['n']} paired runs (same fold and seed): "
                 f"acc {d['accuracy']['mean']:+.3f} +- {d['accuracy']['std']:.3f}, "
                 f"UAR {d['uar']['mean']:+.3f} +- {d['uar']['std']:.3f}"
             )
-            save()
+        save()
     print(f"wrote {args.out}")
     return 0
 

@@ -34,10 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from knd.checkpoint import make_meta  # noqa: E402
 from knd.config import load_config, replace, to_dict  # noqa: E402
 from knd.engine import ArrayBatches, Learner, band_stats, in_chunks  # noqa: E402
-from knd.inference import predict  # noqa: E402
-from knd.metrics import split_metrics  # noqa: E402
+from knd.inference import score_actors  # noqa: E402
 from knd.ravdess import label_names, split_actors, targets_of  # noqa: E402
 
 
@@ -75,13 +75,16 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
     manifest_actors = load_features(data, actors=[]).manifest["rows_per_actor"]
     present = sorted(int(a) for a in manifest_actors if a != "unknown")
     split = split_actors(cfg.split.test_actors, cfg.split.val_actors, actors=present)
-    train = load_features(data, actors=split.train)
+    train = load_features(data, actors=split.train, groups=cfg.model.groups)
     dev = torch.device(device)
     gpu = dev.type == "cuda"
-    features = torch.from_numpy(train.features).to(dev)
+    inputs = {g: torch.from_numpy(v).to(dev) for g, v in train.inputs().items()}
     labels = torch.from_numpy(targets_of(train.emotion, cfg.labels)).to(dev)
-    batches = ArrayBatches(features, labels, cfg.optim.batch_size, cfg.train.seed)
-    norm = band_stats(in_chunks(train.features))
+    batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, cfg.train.seed)
+    norm = {}
+    for group, values in train.inputs().items():
+        mean, std = band_stats(in_chunks(values))
+        norm[group] = {"mean": mean, "std": std}
     names = label_names(cfg.labels)
     learner = Learner(cfg, len(names), norm, batches.steps, dev)
     epoch_s = []
@@ -108,11 +111,12 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
     if sampler and sampler.samples:
         out["gpu_utilisation_pct"] = statistics.mean(sampler.samples)
     if evaluate:
-        meta = {"norm": learner.norm_stats, "labels": list(names)}
+        parts = {"train": split.train, "val": split.val, "test": split.test}
+        meta = make_meta(cfg, train.manifest, learner.norm_stats, parts, run="bench-plain")
         for part, actors in (("val", split.val), ("test", split.test)):
-            table = load_features(data, actors=actors)
-            preds, _ = predict(learner.model, meta, table.features, 256, dev)
-            m = split_metrics(preds, targets_of(table.emotion, cfg.labels), len(names))
+            if not actors:
+                continue
+            m = score_actors(learner.model, meta, data, actors, 256, dev).metrics
             out[part] = {k: m[k] for k in ("accuracy", "uar", "macro_f1", "n")}
             print(f"plain {part}: {out[part]}", flush=True)
     return out

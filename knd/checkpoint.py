@@ -4,8 +4,9 @@ A checkpoint folder (local or ``s3://``) holds
 
 - ``model.pt``: the model's ``state_dict`` (tensors only; loaded with ``weights_only=True``),
 - ``meta.json``: everything needed to rebuild and use the model (label set and names, feature
-  parameters and their hash, model name/width/dropout, normalisation mean/std per mel band, epoch,
-  actor split, metrics),
+  parameters and the hash of every feature group the model reads, model name/width/dropout/
+  groups, normalisation mean/std per mel band and per channel of each other group, epoch, actor
+  split, metrics),
 - ``train_state.pt`` (optional): optimiser state, epoch and step, for resuming training.
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from knd import storage
 from knd.config import TrainConfig
-from knd.models import build_model, unwrap
+from knd.models import build_from_spec, unwrap
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -40,15 +41,26 @@ def make_meta(
     """The ``meta.json`` of a checkpoint trained with ``cfg`` (``knd train`` and ``knd tune``).
 
     Args:
-        cfg: the train config (label set, model, recipe).
-        features: a feature manifest, or anything with its ``feature_params``, ``feature_hash``
-            and ``feature_shape``.
-        norm: per-mel-band ``{"mean": [...], "std": [...]}`` of the training clips.
+        cfg: the train config (label set, model and the groups it reads, recipe).
+        features: a feature manifest, or anything with its ``feature_params``, ``feature_hash``,
+            ``feature_shape`` (and ``feature_groups`` when it has more than the log-mel).
+        norm: ``{group: {"mean": [...], "std": [...]}}`` of the training clips for every group
+            of ``cfg.model.groups`` (for a log-mel-only model, the log-mel's ``{"mean", "std"}``
+            alone is accepted too).
         split: ``{"train": [...], "val": [...], "test": [...]}`` actor ids.
         run: the run's name.
         extra: more keys (``epoch``, ``metrics``...).
     """
+    from knd.dataset import manifest_groups
     from knd.ravdess import label_names
+
+    specs = manifest_groups(features)
+    groups = list(cfg.model.groups)
+    if "mean" in norm:
+        norm = {"logmel": norm}
+
+    def plain(stats: dict) -> dict:
+        return {key: [float(v) for v in stats[key]] for key in ("mean", "std")}
 
     return {
         "label_set": cfg.labels,
@@ -56,13 +68,31 @@ def make_meta(
         "feature_params": features["feature_params"],
         "feature_hash": features["feature_hash"],
         "feature_shape": features["feature_shape"],
-        "model": {"name": cfg.model.name, "width": cfg.model.width, "dropout": cfg.model.dropout},
-        "norm": {key: [float(v) for v in norm[key]] for key in ("mean", "std")},
+        "groups": {g: specs[g]["hash"] for g in groups if g in specs},
+        "model": {
+            "name": cfg.model.name,
+            "width": cfg.model.width,
+            "dropout": cfg.model.dropout,
+            "groups": groups,
+            "fusion_width": cfg.model.fusion_width,
+        },
+        "norm": plain(norm["logmel"]),
+        "group_norm": {g: plain(norm[g]) for g in groups if g != "logmel"},
         "split": {part: [int(a) for a in split.get(part, ())] for part in ("train", "val", "test")},
         "recipe": cfg.recipe,
         "run": run,
         **extra,
     }
+
+
+def model_groups(meta: dict) -> dict[str, str | None]:
+    """``{group: hash}`` of every feature group a checkpoint's model reads.
+
+    A checkpoint written before feature groups existed reads the log-mel alone.
+    """
+    groups = meta.get("groups") or {}
+    names = meta["model"].get("groups", ["logmel"])
+    return {"logmel": meta["feature_hash"]} | {g: groups.get(g) for g in names if g != "logmel"}
 
 
 def _tensor_bytes(obj: Any) -> bytes:
@@ -194,10 +224,57 @@ def meta_problem(meta: Any) -> str | None:
             return f"norm.{key}: expected finite numbers"
     if len(meta["norm"]["mean"]) != len(meta["norm"]["std"]):
         return "norm: mean and std differ in length"
+    problem = _groups_problem(meta)
+    if problem:
+        return problem
     for key in ("train", "val", "test"):
         actors = meta["split"].get(key)
         if not isinstance(actors, list) or not all(_is_int(a) for a in actors):
             return f"split.{key}: expected a list of actor numbers"
+    return None
+
+
+def _stats_problem(key: str, stats: Any) -> str | None:
+    if not isinstance(stats, dict):
+        return f"{key}: expected an object"
+    for part in ("mean", "std"):
+        values = stats.get(part)
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_BANDS:
+            return f"{key}.{part}: expected a list of 1..{MAX_BANDS} numbers"
+        if not all(_is_number(v) for v in values):
+            return f"{key}.{part}: expected finite numbers"
+    if len(stats["mean"]) != len(stats["std"]):
+        return f"{key}: mean and std differ in length"
+    return None
+
+
+def _groups_problem(meta: dict) -> str | None:
+    """What is wrong with the feature-group keys (all optional: older metas lack them)."""
+    from knd.config import FEATURE_GROUPS
+
+    model_groups = meta["model"].get("groups", ["logmel"])
+    if not isinstance(model_groups, list) or not all(g in FEATURE_GROUPS for g in model_groups):
+        return f"model.groups: expected a list of {list(FEATURE_GROUPS)}"
+    width = meta["model"].get("fusion_width", 32)
+    if not (_is_int(width) and 1 <= width <= MAX_WIDTH):
+        return f"model.fusion_width: expected an integer in 1..{MAX_WIDTH}, got {width!r}"
+    hashes = meta.get("groups", {})
+    if not isinstance(hashes, dict) or not all(
+        isinstance(h, str) and len(h) <= 128 for h in hashes.values()
+    ):
+        return "groups: expected {group: hash}"
+    group_norm = meta.get("group_norm", {})
+    if not isinstance(group_norm, dict):
+        return "group_norm: expected an object"
+    for group in model_groups:
+        if group != "logmel" and group not in group_norm:
+            return f"group_norm: no statistics for the model's group {group!r}"
+    for group, stats in group_norm.items():
+        if group not in FEATURE_GROUPS:
+            return f"group_norm: unknown group {group!r}"
+        problem = _stats_problem(f"group_norm.{group}", stats)
+        if problem:
+            return problem
     return None
 
 
@@ -214,12 +291,7 @@ def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     meta = load_meta(folder)
     spec = meta["model"]
     try:
-        model = build_model(
-            spec["name"],
-            num_classes=len(meta["labels"]),
-            width=int(spec.get("width", 32)),
-            dropout=float(spec.get("dropout", 0.0)),
-        )
+        model = build_from_spec(spec, len(meta["labels"]), meta.get("group_norm", {}))
     except (KeyError, ValueError) as e:  # e.g. an unknown model name
         uri = storage.join(folder, META_FILE)
         raise ValueError(f"{uri}: not a valid checkpoint meta ({e})") from None

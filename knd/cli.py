@@ -12,7 +12,7 @@ from knd.config import SCHEMAS, ConfigError, config_dir, describe, load_config
 COMMANDS = {
     "synth": ("knd.synth", "make a deterministic synthetic RAVDESS-format corpus"),
     "download": ("knd.download", "download and extract the official RAVDESS speech set"),
-    "prepare": ("knd.prepare", "audio -> log-mel Parquet shards + manifest (Ray tasks)"),
+    "prepare": ("knd.prepare", "audio -> feature-group Parquet shards + manifest (Ray tasks)"),
     "train": ("knd.train", "train a model with Ray Train (DDP)"),
     "evaluate": ("knd.evaluate", "metrics of a checkpoint on prepared features"),
     "tune": ("knd.tune", "cross-actor-fold hyperparameter search (Ray Tune)"),

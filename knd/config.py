@@ -25,8 +25,20 @@ from typing import Any, Literal
 
 import yaml
 
-MODEL_NAMES = ("cpu_small", "plain_cnn", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn")
+MODEL_NAMES = (
+    "cpu_small",
+    "plain_cnn",
+    "fused_cnn",
+    "egemaps_mlp",
+    "resnet18",
+    "resnet34",
+    "vgg11_bn",
+    "vgg16_bn",
+)
 """Every architecture :func:`knd.models.build_model` builds (the one list of them)."""
+
+FEATURE_GROUPS = ("logmel", "prosody", "egemaps")
+"""Every feature group ``knd prepare`` can compute (:mod:`knd.features` describes each)."""
 
 
 class ConfigError(ValueError):
@@ -73,11 +85,19 @@ class FeatureConfig:
     f_min: float = _help("lowest mel frequency in Hz", ge=0)
     f_max: float = _help("highest mel frequency in Hz", gt=0)
     dtype: Literal["float16", "float32"] = _help("stored feature dtype")
+    groups: tuple[Literal[FEATURE_GROUPS], ...] = _help(
+        "feature groups to compute: logmel (always), prosody (frame-level F0, voicing, energy), "
+        "egemaps (88 openSMILE eGeMAPSv02 functionals per clip)"
+    )
 
     @staticmethod
     def cross_checks(cfg: FeatureConfig) -> list[tuple[str, str]]:
         """Relations between the fields that torchaudio's transforms rely on."""
         problems = []
+        if "logmel" not in cfg.groups:
+            problems.append(("groups", f"must include logmel, got {list(cfg.groups)}"))
+        if len(set(cfg.groups)) != len(cfg.groups):
+            problems.append(("groups", f"names a group twice: {list(cfg.groups)}"))
         if cfg.win_length > cfg.n_fft:
             problems.append(("win_length", f"must be <= n_fft ({cfg.n_fft}), got {cfg.win_length}"))
         if cfg.f_min >= cfg.f_max:
@@ -106,8 +126,33 @@ class SplitConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal[MODEL_NAMES] = _help("architecture")
-    width: int = _help("base channel width (cpu_small and plain_cnn only)", ge=1, le=1024)
+    width: int = _help(
+        "base channel width (cpu_small, plain_cnn and fused_cnn only)", ge=1, le=1024
+    )
     dropout: float = _help("dropout before the classifier", ge=0, lt=1)
+    groups: tuple[Literal[FEATURE_GROUPS], ...] = _help(
+        "feature groups the model reads (fused_cnn: logmel plus any of prosody, egemaps; "
+        "egemaps_mlp: egemaps; the others: logmel)"
+    )
+    fusion_width: int = _help(
+        "width of each prosody/eGeMAPS branch before the fused classifier", ge=1, le=1024
+    )
+
+    @staticmethod
+    def cross_checks(cfg: ModelConfig) -> list[tuple[str, str]]:
+        """Which groups each architecture reads."""
+        groups = list(cfg.groups)
+        if len(set(groups)) != len(groups):
+            return [("groups", f"names a group twice: {groups}")]
+        if cfg.name == "egemaps_mlp":
+            if groups != ["egemaps"]:
+                return [("groups", f"egemaps_mlp reads [egemaps] only, got {groups}")]
+        elif cfg.name == "fused_cnn":
+            if "logmel" not in groups:
+                return [("groups", f"fused_cnn needs logmel among its groups, got {groups}")]
+        elif groups != ["logmel"]:
+            return [("groups", f"{cfg.name} reads [logmel] only, got {groups}")]
+        return []
 
 
 @dataclass(frozen=True)

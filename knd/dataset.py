@@ -7,8 +7,11 @@ A prepared feature set is a folder (local or ``s3://``)::
     <output>/shards-<hash8>-<run>/part-*.parquet ...
 
 Each shard holds one row per clip (:func:`row_schema`): path, content hash, RAVDESS labels,
-duration and the log-mel as one fixed-size binary value (raw little-endian values, shape and dtype
-in the schema metadata). Only the shards the manifest lists belong to the dataset.
+duration and each feature group as one fixed-size binary value (raw little-endian values, shape
+and dtype in the field metadata): the log-mel in ``features``, other groups in a column named
+after the group (``prosody``, ``egemaps``). The manifest's ``feature_groups`` lists each group's
+hash, shape and dtype; a manifest written before groups existed describes the log-mel alone.
+Only the shards the manifest lists belong to the dataset.
 
 This module is library layer: it never imports a stage.
 """
@@ -16,6 +19,7 @@ This module is library layer: it never imports a stage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +38,7 @@ import pyarrow.parquet as pq
 
 from knd import storage
 from knd.config import FeatureConfig
-from knd.features import feature_shape
+from knd.features import feature_shape, group_specs
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +52,26 @@ UNKNOWN = -1
 LABEL_COLUMNS = ("actor", "emotion", "intensity", "statement", "repetition", "label")
 
 
+def group_column(group: str) -> str:
+    """The shard column of a feature group (the log-mel keeps its original name)."""
+    return "features" if group == "logmel" else group
+
+
 def row_schema(params: FeatureConfig) -> pa.Schema:
     """Schema of one processed file: the stored columns plus ``error`` (null for a good clip)."""
     shape = feature_shape(params)
     meta = {"feature_shape": json.dumps(list(shape)), "feature_dtype": params.dtype}
     fields = [pa.field("path", pa.string()), pa.field("sha256", pa.string())]
     fields += [pa.field(name, pa.int32()) for name in LABEL_COLUMNS]
-    fields += [
-        pa.field("gender", pa.string()),
-        pa.field("duration", pa.float32()),
+    fields += [pa.field("gender", pa.string()), pa.field("duration", pa.float32())]
+    for group, spec in group_specs(params).items():
+        nbytes = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+        field_meta = {"feature_shape": json.dumps(spec["shape"]), "feature_dtype": spec["dtype"]}
         # Raw little-endian values, one fixed-size binary per clip, shape and dtype in the
         # metadata: Parquet writes a list column with a level per element, this one with one per
         # clip (7x faster to write and 10x faster to read), and it needs no Ray tensor extension.
-        pa.field("features", pa.binary(feature_nbytes(params)), metadata=meta),
-        pa.field("error", pa.string()),
-    ]
+        fields.append(pa.field(group_column(group), pa.binary(nbytes), metadata=field_meta))
+    fields.append(pa.field("error", pa.string()))
     return pa.schema(fields, metadata=meta)
 
 
@@ -88,9 +97,15 @@ class FeatureTable:
     path: np.ndarray
     duration: np.ndarray
     manifest: dict[str, Any]
+    side: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """The groups read besides the log-mel, ``{group: float32 [rows, *shape]}``."""
 
     def __len__(self) -> int:
         return len(self.label)
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Every group read, the log-mel under ``logmel``: what a model's inputs are made of."""
+        return {"logmel": self.features, **self.side}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,16 +348,69 @@ def read_manifest(output: str) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _checked_manifest(path: str, expected_hash: str | None) -> dict[str, Any]:
+def manifest_groups(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{group: {"hash", "shape", "dtype"}}`` of a manifest (an old one: the log-mel alone)."""
+    groups = manifest.get("feature_groups")
+    if isinstance(groups, dict) and "logmel" in groups:
+        return groups
+    return {
+        "logmel": {
+            "hash": manifest.get("feature_hash"),
+            "shape": list(manifest.get("feature_shape", [])),
+            "dtype": manifest.get("feature_dtype", "float32"),
+        }
+    }
+
+
+def check_groups(
+    path: str, manifest: dict[str, Any], expected: dict[str, str | None]
+) -> dict[str, dict[str, Any]]:
+    """The specs of the ``expected`` groups (``{group: hash or None}``) of a feature set.
+
+    Raises:
+        ValueError: a group is missing (the message names the command that adds it), or was
+            made with other parameters than ``expected`` says.
+    """
+    present = manifest_groups(manifest)
+    for group, wanted in expected.items():
+        if group not in present:
+            needed = sorted(set(present) | set(expected), key=_GROUP_ORDER.index)
+            raise ValueError(
+                f"features at {path} have no {group!r} group; add it with: knd prepare "
+                f"input=<audio> output={path} features.groups=[{','.join(needed)}]"
+            )
+        if wanted is not None and present[group].get("hash") != wanted:
+            raise ValueError(
+                f"{group} features at {path} were made with other parameters (hash "
+                f"{present[group].get('hash')}, checkpoint expects {wanted})"
+            )
+    return {group: present[group] for group in expected}
+
+
+_GROUP_ORDER = ("logmel", "prosody", "egemaps")
+
+
+def _checked_manifest(
+    path: str, expected: dict[str, str | None]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The manifest of ``path`` and the specs of the ``expected`` groups."""
     manifest = read_manifest(path)
     if manifest is None:
         raise ValueError(f"no prepared features at {path} (no {MANIFEST}; run knd prepare first)")
-    if expected_hash is not None and manifest.get("feature_hash") != expected_hash:
-        raise ValueError(
-            f"features were made with other parameters (hash {manifest.get('feature_hash')}, "
-            f"checkpoint expects {expected_hash})"
-        )
-    return manifest
+    if not manifest.get("shards"):
+        raise ValueError(f"no prepared features at {path} ({MANIFEST} lists no shard)")
+    return manifest, check_groups(path, manifest, expected)
+
+
+def _expected(
+    groups: Iterable[str] | dict[str, str | None] | None, expected_hash: str | None
+) -> dict[str, str | None]:
+    wanted: dict[str, str | None] = {"logmel": expected_hash}
+    if isinstance(groups, dict):
+        wanted |= groups
+    elif groups is not None:
+        wanted |= {g: None for g in groups if g != "logmel"}
+    return wanted
 
 
 def _shard_paths(path: str, manifest: dict[str, Any]) -> tuple[pafs.FileSystem, list[str]]:
@@ -351,66 +419,76 @@ def _shard_paths(path: str, manifest: dict[str, Any]) -> tuple[pafs.FileSystem, 
 
 
 def _to_numpy_batch(
-    table: pa.Table, shape: tuple[int, int], dtype: str, actors: tuple[int, ...] | None
+    table: pa.Table, specs: dict[str, dict[str, Any]], actors: tuple[int, ...] | None
 ) -> dict[str, np.ndarray]:
     if actors is not None:
         table = table.filter(pc.is_in(table["actor"], pa.array(list(actors), pa.int32())))
+    columns = {group_column(g): spec for g, spec in specs.items()}
     out = {
         name: table[name].to_numpy(zero_copy_only=False)
         for name in table.column_names
-        if name != "features"
+        if name not in columns and name not in _GROUP_ORDER
     }
-    out["features"] = decode_features(table["features"], shape, dtype)
+    for name, spec in columns.items():
+        out[name] = decode_features(table[name], tuple(spec["shape"]), spec["dtype"])
     return out
 
 
 def read_features(
-    path: str, actors: Iterable[int] | None = None, expected_hash: str | None = None
+    path: str,
+    actors: Iterable[int] | None = None,
+    expected_hash: str | None = None,
+    groups: Iterable[str] | dict[str, str | None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """A Ray Dataset over the committed shards of a prepared feature set, and its manifest.
 
     Args:
         path: the ``output`` of ``knd prepare`` (folder or ``s3://``).
         actors: keep only these actors (None: all).
-        expected_hash: refuse features whose ``feature_hash`` differs.
+        expected_hash: refuse features whose log-mel ``feature_hash`` differs.
+        groups: feature groups to read besides the log-mel, as names or ``{name: hash}`` (a
+            hash refuses the group when it differs).
 
     Returns:
         ``(dataset, manifest)``; the dataset's ``features`` column holds float32 arrays
-        ``[n_mels, n_frames]``.
+        ``[n_mels, n_frames]``, and each other group a float32 column named after it.
 
     Raises:
-        ValueError: no manifest, or features made with other parameters.
+        ValueError: no manifest, a missing group, or features made with other parameters.
     """
     import ray
 
-    manifest = _checked_manifest(path, expected_hash)
+    manifest, specs = _checked_manifest(path, _expected(groups, expected_hash))
     fs, files = _shard_paths(path, manifest)
-    shape = tuple(manifest["feature_shape"])
     wanted = None if actors is None else tuple(int(a) for a in actors)
     ds = ray.data.read_parquet(files, filesystem=fs)
     ds = ds.map_batches(
         _to_numpy_batch,
         batch_format="pyarrow",
         batch_size=None,
-        fn_kwargs={"shape": shape, "dtype": manifest["feature_dtype"], "actors": wanted},
+        fn_kwargs={"specs": specs, "actors": wanted},
     )
     return ds, manifest
 
 
 def load_features(
-    path: str, actors: Iterable[int] | None = None, expected_hash: str | None = None
+    path: str,
+    actors: Iterable[int] | None = None,
+    expected_hash: str | None = None,
+    groups: Iterable[str] | dict[str, str | None] | None = None,
 ) -> FeatureTable:
     """The same data as :func:`read_features`, in memory and without Ray.
 
     Raises:
-        ValueError: no manifest, or features made with other parameters.
+        ValueError: no manifest, a missing group, or features made with other parameters.
     """
-    manifest = _checked_manifest(path, expected_hash)
+    manifest, specs = _checked_manifest(path, _expected(groups, expected_hash))
     fs, files = _shard_paths(path, manifest)
-    shape = tuple(manifest["feature_shape"])
-    table = pa.concat_tables([pq.read_table(f, filesystem=fs) for f in files])
+    columns = [c for c in pq.read_schema(files[0], filesystem=fs).names if c not in _GROUP_ORDER]
+    columns += [group_column(g) for g in specs if g != "logmel"]
+    table = pa.concat_tables([pq.read_table(f, filesystem=fs, columns=columns) for f in files])
     wanted = None if actors is None else tuple(int(a) for a in actors)
-    cols = _to_numpy_batch(table, shape, manifest["feature_dtype"], wanted)
+    cols = _to_numpy_batch(table, specs, wanted)
     return FeatureTable(
         features=cols["features"],
         label=cols["label"].astype(np.int64),
@@ -419,4 +497,5 @@ def load_features(
         path=cols["path"].astype(str),
         duration=cols["duration"].astype(np.float32),
         manifest=manifest,
+        side={g: cols[g] for g in specs if g != "logmel"},
     )

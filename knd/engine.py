@@ -3,12 +3,13 @@
 ``knd train``'s Ray Train worker, each fold model of a ``knd tune`` trial and the plain-loop
 baseline of ``bench/train.py`` all train through :class:`Learner`, so a hyperparameter means the
 same thing wherever it is set. The engine takes batches as plain iterables of
-``(raw log-mel [B, n_mels, frames], label ids [B])`` tensors; where they come from (a Ray Dataset
-shard, in-memory arrays, a GPU-resident copy) is the caller's business.
+``(raw feature groups {"logmel": [B, n_mels, frames], ...}, label ids [B])``; where they come from
+(a Ray Dataset shard, in-memory arrays, a GPU-resident copy) is the caller's business.
 
 Augmentation runs on raw log-mel in dB, in this order: band shift and gain (another voice, another
 recording level), normalisation per mel band, SpecAugment masks (masked cells become the mean),
-then mixup.
+then mixup, which mixes every group of an example with the same partner and weight. The other
+groups are standardised with their own training statistics and not otherwise augmented.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from knd.config import TrainConfig
+from knd.config import TrainConfig, to_dict
 from knd.features import normalise
-from knd.inference import logits_of
+from knd.inference import Inputs, Norm, logits_of, norm_tensors, normalised_side
 from knd.metrics import metric_collection, summarise
-from knd.models import build_model, unwrap
+from knd.models import build_from_spec, unwrap
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-"""Raw log-mel features ``[B, n_mels, frames]`` and label ids ``[B]``."""
+Batch = tuple[Inputs, torch.Tensor]
+"""Raw feature groups ``{"logmel": [B, n_mels, frames], ...}`` and label ids ``[B]``."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,15 +108,20 @@ def shift_and_gain(x: torch.Tensor, max_shift: int, gain_db: float) -> torch.Ten
 
 
 def mixup(
-    x: torch.Tensor, y: torch.Tensor, alpha: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Mix each example with a random partner: ``(x_mixed, y, y_partner, weight_of_y)``."""
+    x: torch.Tensor, y: torch.Tensor, alpha: float, side: Inputs | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, Inputs]:
+    """Mix each example with a random partner: ``(x_mixed, y, y_partner, weight_of_y, side)``.
+
+    Every tensor of ``side`` (the other groups) is mixed with the same partner and weight.
+    """
+    side = side or {}
     if alpha <= 0:
-        return x, y, y, 1.0
+        return x, y, y, 1.0, side
     lam = float(np.random.beta(alpha, alpha))
     lam = max(lam, 1.0 - lam)  # keep the first example dominant so its label stays meaningful
     perm = torch.randperm(x.shape[0], device=x.device)
-    return lam * x + (1.0 - lam) * x[perm], y, y[perm], lam
+    mixed = {k: lam * v + (1.0 - lam) * v[perm] for k, v in side.items()}
+    return lam * x + (1.0 - lam) * x[perm], y, y[perm], lam, mixed
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -135,10 +141,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 def band_stats(features: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-mel-band mean and standard deviation over every frame of every clip.
+    """Per-channel mean and standard deviation over every frame of every clip.
 
     Args:
-        features: batches of raw log-mel ``[B, n_mels, frames]`` (any float dtype).
+        features: batches of one raw group, channels on axis 1: log-mel ``[B, n_mels, frames]``,
+            prosody ``[B, channels, frames]`` or functionals ``[B, dims]`` (any float dtype).
 
     Raises:
         ValueError: no clip at all.
@@ -147,11 +154,12 @@ def band_stats(features: Iterable[np.ndarray]) -> tuple[list[float], list[float]
     count = 0
     for batch in features:
         f = np.asarray(batch, dtype=np.float64)
+        axes = (0, *range(2, f.ndim))
         if total is None:
             total, squares = np.zeros(f.shape[1]), np.zeros(f.shape[1])
-        total += f.sum(axis=(0, 2))
-        squares += np.square(f).sum(axis=(0, 2))
-        count += f.shape[0] * f.shape[2]
+        total += f.sum(axis=axes)
+        squares += np.square(f).sum(axis=axes)
+        count += f.size // f.shape[1]
     if not count:
         raise ValueError("no training clips to compute normalisation statistics on")
     mean = total / count
@@ -165,10 +173,26 @@ def in_chunks(array: np.ndarray, size: int = 256) -> Iterator[np.ndarray]:
         yield array[start : start + size]
 
 
+def group_stats(batches: Callable[[], Iterable[dict]], groups: Iterable[str]) -> dict[str, dict]:
+    """``{group: {"mean", "std"}}`` of the training clips, one pass over ``batches()`` per group.
+
+    Args:
+        batches: gives batches ``{column: array}`` (the log-mel in ``features``, other groups
+            under their names), e.g. a Ray Dataset's ``iter_batches``.
+        groups: the groups to describe.
+    """
+    out = {}
+    for group in groups:
+        column = "features" if group == "logmel" else group
+        mean, std = band_stats(b[column] for b in batches())
+        out[group] = {"mean": mean, "std": std}
+    return out
+
+
 class ArrayBatches:
     """Shuffled mini-batches of in-memory tensors, reshuffled by ``(seed, epoch)``.
 
-    A batch is ``(features, labels)``, plus the rows of ``extra`` (e.g. actor ids) when given.
+    A batch is ``(inputs, labels)``, plus the rows of ``extra`` (e.g. actor ids) when given.
     ``rows`` restricts the batches to some row indices (a fold's training actors) without copying.
 
     The tensors may live on the GPU: then a batch is an index on the device, with no host copy.
@@ -176,19 +200,21 @@ class ArrayBatches:
 
     def __init__(
         self,
-        features: torch.Tensor,
+        inputs: Inputs,
         labels: torch.Tensor,
         batch_size: int,
         seed: int,
         extra: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
     ) -> None:
-        if len(features) != len(labels):
-            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
-        self.features, self.labels, self.seed = features, labels, seed
-        self.extra = None if extra is None else extra.to(features.device)
-        all_rows = torch.arange(len(labels), device=features.device)
-        self.rows = all_rows if rows is None else rows.to(features.device)
+        for group, values in inputs.items():
+            if len(values) != len(labels):
+                raise ValueError(f"{len(values)} {group} rows but {len(labels)} labels")
+        self.inputs, self.labels, self.seed = inputs, labels, seed
+        device = labels.device
+        self.extra = None if extra is None else extra.to(device)
+        all_rows = torch.arange(len(labels), device=device)
+        self.rows = all_rows if rows is None else rows.to(device)
         self.batch_size = max(1, min(batch_size, len(self.rows)))
         self.steps = max(1, len(self.rows) // self.batch_size)  # drop the ragged last batch
 
@@ -197,21 +223,21 @@ class ArrayBatches:
         order = self.rows[torch.from_numpy(shuffled).to(self.rows.device)]
         for i in range(self.steps):
             rows = order[i * self.batch_size : (i + 1) * self.batch_size]
+            inputs = {group: values[rows] for group, values in self.inputs.items()}
             if self.extra is None:
-                yield self.features[rows], self.labels[rows]
+                yield inputs, self.labels[rows]
             else:
-                yield self.features[rows], self.labels[rows], self.extra[rows]
+                yield inputs, self.labels[rows], self.extra[rows]
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-def ordered_batches(
-    features: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
-) -> Iterator[Batch]:
-    """``(features, labels)`` in order, in batches of ``batch_size`` (for evaluation)."""
+def ordered_batches(inputs: Inputs, labels: torch.Tensor, batch_size: int = 256) -> Iterator[Batch]:
+    """``(inputs, labels)`` in order, in batches of ``batch_size`` (for evaluation)."""
     for start in range(0, len(labels), batch_size):
-        yield features[start : start + batch_size], labels[start : start + batch_size]
+        end = start + batch_size
+        yield {g: v[start:end] for g, v in inputs.items()}, labels[start:end]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +267,8 @@ class Learner:
     Args:
         cfg: the train config (model, optimiser, schedule, augmentation).
         num_classes: size of the label set.
-        norm: per-mel-band ``(mean, std)`` of the training clips.
+        norm: ``{group: {"mean", "std"}}`` of the training clips, for every group the model
+            reads (``cfg.model.groups``).
         steps_per_epoch: optimiser steps in one epoch (fixes the LR schedule).
         device: where the model runs.
         wrap: applied to the model before the optimiser is built (Ray Train's ``prepare_model``
@@ -252,19 +279,19 @@ class Learner:
         self,
         cfg: TrainConfig,
         num_classes: int,
-        norm: tuple[list[float], list[float]],
+        norm: dict[str, dict[str, list[float]]],
         steps_per_epoch: int,
         device: torch.device,
         wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     ) -> None:
         self.cfg, self.device, self.gpu = cfg, device, device.type == "cuda"
         self.num_classes = num_classes
-        self.norm_stats = {"mean": list(norm[0]), "std": list(norm[1])}
-        self.norm = (
-            torch.tensor(norm[0], dtype=torch.float32, device=device),
-            torch.tensor(norm[1], dtype=torch.float32, device=device),
-        )
-        model = build_model(cfg.model.name, num_classes, cfg.model.width, cfg.model.dropout)
+        missing = set(cfg.model.groups) - set(norm)
+        if missing:
+            raise ValueError(f"no normalisation statistics for the groups {sorted(missing)}")
+        self.norm_stats = {g: norm[g] for g in cfg.model.groups}
+        self.norm = norm_tensors(self.norm_stats, device)
+        model = build_from_spec(to_dict(cfg.model), num_classes, self.norm_stats)
         model = model.to(device)
         if self.gpu:
             model = model.to(memory_format=torch.channels_last)
@@ -280,16 +307,18 @@ class Learner:
         optim = self.cfg.optim
         return lr_at(step, plan.total_steps, plan.warmup_steps, optim.lr, optim.schedule)
 
-    def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on raw log-mel ``[B, n_mels, frames]``; the (detached) loss."""
+    def train_step(self, inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on raw feature groups; the (detached) loss."""
         cfg, aug = self.cfg, self.cfg.augment
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr()
-        x = shift_and_gain(features.to(self.device).float(), aug.freq_shift, aug.gain_db)
-        x = normalise(x, *self.norm)
+        inputs = {g: inputs[g].to(self.device) for g in self.norm}
+        x = shift_and_gain(inputs["logmel"].float(), aug.freq_shift, aug.gain_db)
+        x = normalise(x, *self.norm["logmel"])
         x = spec_augment(x, aug.freq_mask, aug.time_mask, aug.num_masks)
-        x, y_a, y_b, lam = mixup(x[:, None], labels.to(self.device), aug.mixup_alpha)
-        logits = logits_of(self.model, x)
+        side = normalised_side(inputs, self.norm)
+        x, y_a, y_b, lam, side = mixup(x[:, None], labels.to(self.device), aug.mixup_alpha, side)
+        logits = logits_of(self.model, x, side)
         smooth = cfg.optim.label_smoothing
         loss = lam * F.cross_entropy(logits, y_a, label_smoothing=smooth)
         if lam < 1.0:
@@ -310,7 +339,7 @@ class Learner:
         """Train on every batch once: ``(loss summed over examples, examples)``.
 
         Args:
-            batches: the epoch's ``(features, labels)`` batches.
+            batches: the epoch's ``(inputs, labels)`` batches.
             on_batch: called with ``(index, batch)`` before each optimiser step.
         """
         self.model.train()
@@ -346,7 +375,7 @@ class Learner:
 def evaluate(
     model: torch.nn.Module,
     batches: Iterable[Batch],
-    norm: tuple[torch.Tensor, torch.Tensor],
+    norm: Norm,
     num_classes: int,
     device: torch.device,
 ) -> dict:
@@ -363,10 +392,11 @@ def evaluate(
     collection = metric_collection(num_classes, sync=True).to(device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad():
-        for features, labels in batches:
-            x = normalise(features.to(device).float(), *norm)[:, None]
+        for inputs, labels in batches:
+            inputs = {g: inputs[g].to(device) for g in norm}
+            x = normalise(inputs["logmel"].float(), *norm["logmel"])[:, None]
             y = labels.to(device)
-            logits = logits_of(plain, x)
+            logits = logits_of(plain, x, normalised_side(inputs, norm))
             collection.update(logits.argmax(dim=1), y)
             loss_sum[0] += F.cross_entropy(logits, y, reduction="sum").double()
             loss_sum[1] += len(y)

@@ -17,9 +17,8 @@ import numpy as np
 from knd import storage
 from knd.checkpoint import load_model
 from knd.config import EvaluateConfig, to_dict
-from knd.inference import predict
+from knd.inference import score_actors
 from knd.metrics import metrics_report, split_metrics
-from knd.ravdess import targets_of
 from knd.report import read_history, write_report
 
 log = logging.getLogger(__name__)
@@ -61,17 +60,11 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         FileNotFoundError: the checkpoint folder is incomplete.
         ValueError: features made with other parameters, or none of the asked actors present.
     """
-    from knd.dataset import load_features
-
     model, meta = load_model(cfg.checkpoint)
     actors = tuple(cfg.actors) if cfg.actors else tuple(meta["split"]["test"])
-    table = load_features(cfg.data, actors=actors, expected_hash=meta["feature_hash"])
-    if len(table) == 0:
-        raise ValueError(f"{cfg.data}: no clips of actors {list(actors)}")
+    scores = score_actors(model, meta, cfg.data, actors, cfg.batch_size)
+    table, targets, preds, part = scores.table, scores.targets, scores.preds, scores.metrics
     labels = meta["labels"]
-    targets = targets_of(table.emotion, meta["label_set"])
-    preds, _ = predict(model, meta, table.features, cfg.batch_size)
-    part = split_metrics(preds, targets, len(labels), actors=table.actor)
     trained_on = set(meta["split"]["train"]) & set(actors)
     if trained_on:
         log.warning("actors %s were in this checkpoint's training set", sorted(trained_on))
@@ -82,6 +75,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         test_actors=sorted({int(a) for a in table.actor}),
         checkpoint=cfg.checkpoint,
         data=cfg.data,
+        feature_groups=list(meta["model"].get("groups", ["logmel"])),
         epoch=meta.get("epoch"),
     )
     out = cfg.out or storage.join(_parent(cfg.checkpoint), "evaluation")

@@ -1,7 +1,14 @@
-"""Log-mel features: one pure function shared by ``prepare`` (clips) and ``score`` (windows).
+"""Feature groups: one pure front end shared by ``prepare`` (clips) and ``score`` (windows).
 
-Training and scoring both go through :func:`clip_features`, and every stored feature set carries
-:func:`feature_hash` of its parameters, so features made with other parameters are refused.
+A clip's features are a set of named groups, each with its own parameters and hash:
+
+- ``logmel``: the log-mel spectrogram ``[n_mels, frames]`` in dB (always computed);
+- ``prosody``: frame-level F0, voicing, periodicity and energy ``[4, frames]`` on the log-mel's
+  frame grid (:mod:`knd.prosody`);
+- ``egemaps``: 88 utterance-level eGeMAPSv02 functionals (:mod:`knd.egemaps`).
+
+Training and scoring both go through :func:`clip_groups`, and every stored feature set carries
+each group's hash, so features made with other parameters are refused.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import json
 
 import numpy as np
 
-from knd import audio
+from knd import audio, egemaps, prosody
 from knd.config import FeatureConfig
 
 FEATURE_ALGORITHM = "logmel-db-v1"
@@ -23,14 +30,106 @@ LOG_FLOOR = 1e-10
 """Mel power floor before the log: -100 dB, far below 16-bit quantisation noise."""
 
 
-def feature_hash(params: FeatureConfig) -> str:
-    """A stable 16-hex-digit hash of the feature parameters and the algorithm version."""
-    payload = {"algorithm": FEATURE_ALGORITHM, **dataclasses.asdict(params)}
+FRAME_GROUPS = ("logmel", "prosody")
+"""Groups with a time axis (normalised per channel over frames); the others are one vector."""
+
+
+def _hash(payload: dict) -> str:
+    payload = dict(payload)
     for key, value in payload.items():
         if isinstance(value, float) and value.is_integer():
             payload[key] = int(value)  # 3.0 and 3 are the same parameter
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def feature_hash(params: FeatureConfig) -> str:
+    """A stable 16-hex-digit hash of the log-mel parameters and the algorithm version.
+
+    ``groups`` is not part of it: the log-mel of a feature set does not change when other groups
+    are added beside it (and manifests written before groups existed keep their hash).
+    """
+    fields = {k: v for k, v in dataclasses.asdict(params).items() if k != "groups"}
+    return _hash({"algorithm": FEATURE_ALGORITHM, **fields})
+
+
+def group_hash(name: str, params: FeatureConfig) -> str:
+    """The hash of one group: its algorithm and every parameter it depends on."""
+    if name == "logmel":
+        return feature_hash(params)
+    shared = {"sample_rate": params.sample_rate, "clip_seconds": params.clip_seconds}
+    shared["trim_db"] = params.trim_db
+    if name == "prosody":
+        return _hash(
+            {
+                "algorithm": prosody.PROSODY_ALGORITHM,
+                **shared,
+                "win_length": params.win_length,
+                "hop_length": params.hop_length,
+                "pitch_floor": prosody.PITCH_FLOOR_HZ,
+                "pitch_ceiling": prosody.PITCH_CEILING_HZ,
+            }
+        )
+    if name == "egemaps":
+        return _hash({"algorithm": egemaps.EGEMAPS_ALGORITHM, **shared})
+    raise ValueError(f"unknown feature group {name!r}")
+
+
+def group_shape(name: str, params: FeatureConfig) -> tuple[int, ...]:
+    """The stored shape of one clip's ``name`` group."""
+    if name == "logmel":
+        return feature_shape(params)
+    if name == "prosody":
+        return len(prosody.CHANNELS), feature_shape(params)[1]
+    if name == "egemaps":
+        return (egemaps.NUM_FUNCTIONALS,)
+    raise ValueError(f"unknown feature group {name!r}")
+
+
+def group_dtype(name: str, params: FeatureConfig) -> str:
+    """The stored dtype of a group: the log-mel's is configurable, the small groups float32."""
+    return params.dtype if name == "logmel" else "float32"
+
+
+def group_specs(params: FeatureConfig) -> dict[str, dict]:
+    """``{group: {"hash", "shape", "dtype"}}`` of every group ``params`` computes."""
+    return {
+        name: {
+            "hash": group_hash(name, params),
+            "shape": list(group_shape(name, params)),
+            "dtype": group_dtype(name, params),
+        }
+        for name in params.groups
+    }
+
+
+def check_computes(expected: dict[str, str | None], params: FeatureConfig, source: str) -> None:
+    """Refuse to compute groups whose hash here differs from what ``source`` was made with.
+
+    A group's hash covers its algorithm version: features computed by another version of this
+    code would reach a model trained on the old ones unnoticed.
+
+    Raises:
+        ValueError: a group's hash differs (one line naming the group, both hashes and why).
+    """
+    for group, wanted in expected.items():
+        here = group_hash(group, params)
+        if wanted is not None and wanted != here:
+            raise ValueError(
+                f"{source}: its {group} features have hash {wanted}, but this knd computes "
+                f"{here} from the same parameters (another version of the {group} algorithm); "
+                "train again with this version, or score with the one it was trained with"
+            )
+
+
+def stored_params(values: dict) -> FeatureConfig:
+    """The FeatureConfig of stored ``feature_params`` (a manifest's or a checkpoint's).
+
+    Parameters stored before feature groups existed describe the log-mel alone.
+    """
+    from knd.config import build
+
+    return build(FeatureConfig, {"groups": ["logmel"], **values}, "feature_params.")
 
 
 def clip_samples(params: FeatureConfig) -> int:
@@ -94,23 +193,63 @@ def mono_at_feature_rate(
     return audio.resample(wave, sample_rate, params.sample_rate)
 
 
-def clip_features(
+def segment_groups(segment: np.ndarray, params: FeatureConfig) -> dict[str, np.ndarray]:
+    """Every group of ``params.groups`` of one trimmed stretch of mono audio at the feature rate.
+
+    The frame-level groups see the stretch fitted to ``clip_seconds`` (padded or cut), so they
+    share one frame grid; the functionals see the speech alone (never the padding), cut to the
+    same length.
+
+    Returns:
+        ``{group: float32 array of group_shape(group, params)}``.
+    """
+    clip = clip_samples(params)
+    fitted = audio.fit_length(segment, clip)
+    out = {"logmel": log_mel(fitted, params)}
+    if "prosody" in params.groups:
+        out["prosody"] = prosody.frame_prosody(
+            fitted, params.sample_rate, params.win_length, params.hop_length
+        )
+    if "egemaps" in params.groups:
+        out["egemaps"] = egemaps.functionals(segment[:clip], params.sample_rate)
+    return out
+
+
+def clip_groups(
     samples: np.ndarray, sample_rate: int, params: FeatureConfig
-) -> tuple[np.ndarray, float]:
-    """Decoded audio -> fixed-shape log-mel: downmix, resample, trim, fit to ``clip_seconds``.
+) -> tuple[dict[str, np.ndarray], float]:
+    """Decoded audio -> every feature group: downmix, resample, trim, fit to ``clip_seconds``.
 
     Args:
         samples: ``[frames, channels]`` or ``[frames]`` float32.
         sample_rate: rate of ``samples`` in Hz.
-        params: feature parameters.
+        params: feature parameters (``params.groups`` says which groups).
 
     Returns:
-        ``(features, duration_s)``: float32 ``feature_shape(params)`` and the input's duration.
+        ``(groups, duration_s)``: see :func:`segment_groups`, and the input's duration.
     """
     duration = len(samples) / float(sample_rate)
     wave = audio.trim_silence(mono_at_feature_rate(samples, sample_rate, params), params.trim_db)
-    wave = audio.fit_length(wave, clip_samples(params))
-    return log_mel(wave, params), duration
+    return segment_groups(wave, params), duration
+
+
+def clip_features(
+    samples: np.ndarray, sample_rate: int, params: FeatureConfig
+) -> tuple[np.ndarray, float]:
+    """The log-mel group of :func:`clip_groups` alone: float32 ``feature_shape(params)``."""
+    groups, duration = clip_groups(samples, sample_rate, dataclasses.replace(params, groups=()))
+    return groups["logmel"], duration
+
+
+def normalise_group(name: str, values, mean, std):
+    """Standardise a batch of one group with its training statistics (numpy or torch).
+
+    Frame-level groups ``[B, channels, frames]`` per channel (:func:`normalise`); utterance-level
+    groups ``[B, dims]`` per dimension.
+    """
+    if name in FRAME_GROUPS:
+        return normalise(values, mean, std)
+    return normalise(values[..., None], mean, std)[..., 0]
 
 
 def normalise(features, mean, std):

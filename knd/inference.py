@@ -1,4 +1,5 @@
-"""The one forward pass: training's validation, ``knd evaluate`` and ``knd score`` all run it.
+"""The one forward pass: training's validation, ``knd evaluate`` and ``knd score`` all run it,
+and the one path from a checkpoint to metrics on a set of actors (:func:`score_actors`).
 
 On a GPU the model runs channels-last under bf16 autocast (as it trained); on the CPU in float32.
 Keeping this in one place is what guarantees that evaluate and score give the same probabilities
@@ -7,38 +8,70 @@ for the same clip on the same device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
-from knd.features import normalise
+from knd.features import normalise_group
+
+Inputs = dict[str, torch.Tensor]
+"""Raw feature groups of a batch: ``{"logmel": [B, n_mels, frames], "prosody": ..., ...}``."""
+Norm = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""Per-group ``(mean, std)`` of the training clips, as tensors on the model's device."""
 
 
-def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """float32 logits of normalised ``[B, 1, n_mels, frames]`` on the model's device."""
+def norm_stats(meta: dict) -> dict[str, dict[str, list[float]]]:
+    """``{group: {"mean", "std"}}`` of a checkpoint meta (the log-mel's is ``meta["norm"]``)."""
+    return {"logmel": meta["norm"]} | meta.get("group_norm", {})
+
+
+def norm_tensors(stats: dict[str, dict[str, list[float]]], device: str | torch.device) -> Norm:
+    """:func:`norm_stats` as float32 tensors on ``device``."""
+    return {
+        group: (
+            torch.as_tensor(s["mean"], dtype=torch.float32, device=device),
+            torch.as_tensor(s["std"], dtype=torch.float32, device=device),
+        )
+        for group, s in stats.items()
+    }
+
+
+def normalised_side(inputs: Inputs, norm: Norm) -> Inputs:
+    """Every group but the log-mel, standardised (the model's keyword inputs)."""
+    return {
+        group: normalise_group(group, values.float(), *norm[group])
+        for group, values in inputs.items()
+        if group != "logmel"
+    }
+
+
+def logits_of(model: torch.nn.Module, x: torch.Tensor, side: Inputs | None = None) -> torch.Tensor:
+    """float32 logits of normalised ``[B, 1, n_mels, frames]`` (and other groups) on the model's
+    device."""
     gpu = x.device.type == "cuda"
     if gpu:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=gpu):
-        return model(x).float()
+        return model(x, **(side or {})).float()
 
 
-def probabilities(
-    model: torch.nn.Module, features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
-) -> torch.Tensor:
-    """Class probabilities ``[B, classes]`` of raw log-mel ``[B, n_mels, frames]`` (no grad)."""
+def probabilities(model: torch.nn.Module, inputs: Inputs, norm: Norm) -> torch.Tensor:
+    """Class probabilities ``[B, classes]`` of raw feature groups (no grad)."""
     with torch.inference_mode():
-        x = normalise(features.float(), mean, std)[:, None]
-        return torch.softmax(logits_of(model, x), dim=1)
+        x = normalise_group("logmel", inputs["logmel"].float(), *norm["logmel"])[:, None]
+        return torch.softmax(logits_of(model, x, normalised_side(inputs, norm)), dim=1)
 
 
 def predict(
     model: torch.nn.Module,
     meta: dict,
-    features: np.ndarray,
+    features: np.ndarray | dict[str, np.ndarray],
     batch_size: int = 128,
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class predictions and probabilities for raw (un-normalised) log-mel features.
+    """Class predictions and probabilities for raw (un-normalised) features.
 
     The model is put in eval mode: batch norm then uses its running statistics, so a clip's
     prediction does not depend on the other clips in its batch.
@@ -46,7 +79,8 @@ def predict(
     Args:
         model: the classifier (on ``device``).
         meta: the checkpoint's meta (normalisation mean/std, label names).
-        features: ``[N, n_mels, n_frames]``.
+        features: log-mel ``[N, n_mels, n_frames]``, or ``{group: [N, ...]}`` of every group
+            the model reads.
         batch_size: clips per forward pass.
         device: where to run the model.
 
@@ -55,14 +89,65 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    mean = torch.as_tensor(meta["norm"]["mean"], dtype=torch.float32, device=device)
-    std = torch.as_tensor(meta["norm"]["std"], dtype=torch.float32, device=device)
+    groups = features if isinstance(features, dict) else {"logmel": features}
+    norm = norm_tensors(norm_stats(meta), device)
     model.eval()
     probs = []
-    for start in range(0, len(features), batch_size):
-        x = torch.as_tensor(np.asarray(features[start : start + batch_size]), device=device)
-        probs.append(probabilities(model, x, mean, std).cpu())
+    for start in range(0, len(groups["logmel"]), batch_size):
+        batch = {
+            g: torch.as_tensor(np.asarray(v[start : start + batch_size]), device=device)
+            for g, v in groups.items()
+        }
+        probs.append(probabilities(model, batch, norm).cpu())
     if not probs:
         return np.zeros(0, dtype=np.int64), np.zeros((0, len(meta["labels"])), np.float32)
     p = torch.cat(probs).numpy()
     return p.argmax(axis=1).astype(np.int64), p.astype(np.float32)
+
+
+@dataclass
+class ActorScores:
+    """A checkpoint's predictions on the clips of some actors of a prepared feature set."""
+
+    table: Any
+    """The :class:`knd.dataset.FeatureTable` scored (paths, actors, emotions...)."""
+    targets: np.ndarray
+    preds: np.ndarray
+    probs: np.ndarray
+    metrics: dict
+    """:func:`knd.metrics.split_metrics` of ``preds`` against ``targets``."""
+
+
+def score_actors(
+    model: torch.nn.Module,
+    meta: dict,
+    data: str,
+    actors,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> ActorScores:
+    """Score a checkpoint's model on the clips of ``actors`` in the feature set ``data``.
+
+    The one path from a checkpoint to metrics on a set of actors: ``knd train`` (its kept
+    checkpoint), ``knd tune`` (the refit's test score), ``knd evaluate`` and the benchmarks.
+    Exactly the feature groups the model was trained on are read, and each is refused when it
+    was made with other parameters.
+
+    Raises:
+        ValueError: no clip of these actors, features missing a group the model reads, or
+            made with other parameters.
+    """
+    from knd.checkpoint import model_groups
+    from knd.dataset import load_features
+    from knd.metrics import split_metrics
+    from knd.ravdess import targets_of
+
+    groups = model_groups(meta)
+    table = load_features(data, actors=actors, expected_hash=groups["logmel"], groups=groups)
+    if len(table) == 0:
+        raise ValueError(f"{data}: no clips of actors {sorted(int(a) for a in actors)}")
+    inputs = {g: v for g, v in table.inputs().items() if g in groups}
+    preds, probs = predict(model, meta, inputs, batch_size, device)
+    targets = targets_of(table.emotion, meta["label_set"])
+    metrics = split_metrics(preds, targets, len(meta["labels"]), actors=table.actor)
+    return ActorScores(table, targets, preds, probs, metrics)

@@ -1,8 +1,10 @@
-"""Spectrogram classifiers: torchvision VGG/ResNet adapted to 1-channel log-mel, and a small CNN.
+"""Classifiers: torchvision VGG/ResNet adapted to 1-channel log-mel, small CNNs, fused models.
 
-Every model takes ``[batch, 1, n_mels, frames]`` and returns ``[batch, num_classes]`` logits. All of
-them end in global pooling, so the clip length (frames) is free; weights are always random
-(``weights=None``): nothing is downloaded.
+Every model takes the normalised log-mel ``[batch, 1, n_mels, frames]`` as its first argument and
+the other feature groups it reads as keyword tensors (``prosody=[batch, 4, frames]``,
+``egemaps=[batch, 88]``), and returns ``[batch, num_classes]`` logits. All of them end in global
+pooling, so the clip length (frames) is free; weights are always random (``weights=None``):
+nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -77,6 +79,108 @@ class PlainCNN(nn.Module):
         return self.classifier(self.dropout(self.features(x).mean(dim=(2, 3))))
 
 
+class ProsodyBranch(nn.Module):
+    """Two 1-D conv blocks over the frame-level prosody channels, mean+max pooled over time.
+
+    Kernels of 5 frames (50 ms) twice, the second after a 2x pooling: ~0.15 s of context, the
+    span of a pitch accent or a syllable's rise or fall.
+    """
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(channels, width, 5, padding=2, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool1d(2, ceil_mode=True),
+            nn.Conv1d(width, width, 5, padding=2, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.out_features = 2 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net(x)
+        return torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+
+
+class FunctionalsBranch(nn.Module):
+    """An MLP layer over utterance-level functionals (already standardised)."""
+
+    def __init__(self, dims: int, width: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(dims, width), nn.BatchNorm1d(width), nn.ReLU()
+        )
+        self.out_features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FusedCNN(nn.Module):
+    """:class:`PlainCNN`'s log-mel stack, fused with prosody and eGeMAPS branches before the head.
+
+    Mid fusion: each group is embedded by its own branch (the CNN's global average pool, a 1-D
+    conv over the prosody contour, an MLP over the functionals), the embeddings are concatenated
+    and one linear layer classifies them. The log-mel keeps the CNN's 4w features; the other
+    groups add what a spectrogram smears: pitch level and contour, voicing, loudness, voice
+    quality.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        width: int = 32,
+        dropout: float = 0.0,
+        prosody_channels: int = 0,
+        functionals: int = 0,
+        fusion_width: int = 32,
+    ):
+        super().__init__()
+        self.cnn = PlainCNN(num_classes, width=width).features
+        size = 4 * width
+        self.prosody = ProsodyBranch(prosody_channels, fusion_width) if prosody_channels else None
+        self.egemaps = (
+            FunctionalsBranch(functionals, fusion_width, dropout) if functionals else None
+        )
+        for branch in (self.prosody, self.egemaps):
+            size += branch.out_features if branch is not None else 0
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(size, num_classes)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        prosody: torch.Tensor | None = None,
+        egemaps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        parts = [self.cnn(x).mean(dim=(2, 3))]
+        for branch, values, name in (
+            (self.prosody, prosody, "prosody"),
+            (self.egemaps, egemaps, "egemaps"),
+        ):
+            if branch is not None:
+                if values is None:
+                    raise ValueError(f"this model reads the {name} group, but none was given")
+                parts.append(branch(values.to(parts[0].dtype)))
+        return self.classifier(self.dropout(torch.cat(parts, dim=1)))
+
+
+class FunctionalsMLP(nn.Module):
+    """The classical baseline: an MLP on the eGeMAPS functionals alone (the log-mel is ignored)."""
+
+    def __init__(self, num_classes: int, functionals: int, width: int = 64, dropout: float = 0.2):
+        super().__init__()
+        self.body = FunctionalsBranch(functionals, width, dropout)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor, egemaps: torch.Tensor | None = None) -> torch.Tensor:
+        if egemaps is None:
+            raise ValueError("egemaps_mlp reads the egemaps group, but none was given")
+        return self.classifier(self.body(egemaps))
+
+
 def _resnet(name: str, num_classes: int, dropout: float) -> nn.Module:
     import torchvision
 
@@ -123,19 +227,44 @@ class SpectrogramVGG(nn.Module):
 _VGG_LAYOUTS = {"vgg11_bn": "A", "vgg16_bn": "D"}
 
 
-def build_model(name: str, num_classes: int, width: int = 32, dropout: float = 0.2) -> nn.Module:
-    """A freshly initialised classifier for 1-channel spectrograms.
+def build_model(
+    name: str,
+    num_classes: int,
+    width: int = 32,
+    dropout: float = 0.2,
+    groups: dict[str, tuple[int, ...]] | None = None,
+    fusion_width: int = 32,
+) -> nn.Module:
+    """A freshly initialised classifier.
 
     Args:
         name: one of ``MODEL_NAMES``.
         num_classes: size of the label set.
-        width: base channel width (``cpu_small`` and ``plain_cnn``; torchvision models keep
-            their widths).
+        width: base channel width (``cpu_small``, ``plain_cnn`` and ``fused_cnn``; torchvision
+            models keep their widths).
         dropout: dropout before the final linear layer.
+        groups: ``{group: one clip's shape}`` of the feature groups the model reads
+            (``fused_cnn`` and ``egemaps_mlp``; the others read the log-mel alone).
+        fusion_width: width of each non-log-mel branch (``fused_cnn``; ``egemaps_mlp``'s hidden
+            layer is twice it).
 
     Raises:
-        ValueError: an unknown model name.
+        ValueError: an unknown model name, or a group the model needs is missing.
     """
+    groups = groups or {}
+    if name == "fused_cnn":
+        return FusedCNN(
+            num_classes,
+            width=width,
+            dropout=dropout,
+            prosody_channels=groups["prosody"][0] if "prosody" in groups else 0,
+            functionals=groups["egemaps"][0] if "egemaps" in groups else 0,
+            fusion_width=fusion_width,
+        )
+    if name == "egemaps_mlp":
+        if "egemaps" not in groups:
+            raise ValueError("egemaps_mlp reads the egemaps group; model.groups must be [egemaps]")
+        return FunctionalsMLP(num_classes, groups["egemaps"][0], 2 * fusion_width, dropout)
     if name == "cpu_small":
         return SmallCNN(num_classes, width=width, dropout=dropout)
     if name == "plain_cnn":
@@ -157,3 +286,23 @@ def unwrap(model: nn.Module) -> nn.Module:
                 break
         else:
             return model
+
+
+def build_from_spec(spec: dict, num_classes: int, norm: dict[str, dict]) -> nn.Module:
+    """The model a checkpoint's ``meta["model"]`` (or a ModelConfig as a dict) describes.
+
+    Args:
+        spec: ``name`` and optionally ``width``, ``dropout``, ``fusion_width`` (older
+            checkpoints lack the last).
+        num_classes: size of the label set.
+        norm: ``{group: {"mean", "std"}}`` of the groups the model reads besides the log-mel;
+            each group's width is the length of its statistics.
+    """
+    return build_model(
+        spec["name"],
+        num_classes,
+        width=int(spec.get("width", 32)),
+        dropout=float(spec.get("dropout", 0.0)),
+        groups={g: (len(s["mean"]),) for g, s in norm.items() if g != "logmel"},
+        fusion_width=int(spec.get("fusion_width", 32)),
+    )

@@ -1,4 +1,4 @@
-"""``knd prepare``: audio files -> log-mel Parquet shards + ``manifest.json`` + ``rejected.csv``.
+"""``knd prepare``: audio -> feature-group Parquet shards + ``manifest.json`` + ``rejected.csv``.
 
 The data path streams: features never pass through the driver. The driver lists the input and
 runs two passes of Ray tasks over *paths* (audio bytes never cross the object store either):
@@ -6,7 +6,7 @@ runs two passes of Ray tasks over *paths* (audio bytes never cross the object st
 1. **hash**: each task reads its files and returns ``(path, sha256, size)``. The driver then
    rejects duplicate clips (same bytes; the shortest path wins) and names that are not RAVDESS
    names, so a duplicate is never decoded.
-2. **featurise**: each task decodes, featurises (:func:`knd.features.clip_features`) and writes
+2. **featurise**: each task decodes, featurises (:func:`knd.features.clip_groups`) and writes
    its kept clips as one Parquet shard into the run's staging folder itself, returning only small
    per-file rows (path, hash, labels, duration, error, shard) to the driver.
 
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -56,15 +57,22 @@ from knd.dataset import (
     UNKNOWN,
     OutputLease,
     encode_features,
+    group_column,
+    manifest_groups,
     missing_shards,
     read_manifest,
     remove_superseded,
     row_schema,
     shard_rows_table,
-    stored_dtype,
     write_shard,
 )
-from knd.features import FEATURE_ALGORITHM, clip_features, feature_hash, feature_shape
+from knd.features import (
+    FEATURE_ALGORITHM,
+    clip_groups,
+    feature_hash,
+    feature_shape,
+    group_specs,
+)
 from knd.ravdess import EMOTIONS, parse_name
 
 log = logging.getLogger(__name__)
@@ -143,10 +151,14 @@ def process_files(
     """
     schema = row_schema(params)
     cols: dict[str, list] = {name: [] for name in schema.names}
-    store = stored_dtype(params)
+    stores = {
+        group_column(g): np.dtype(spec["dtype"]).newbyteorder("<")
+        for g, spec in group_specs(params).items()
+    }
     fs = None
     for i, (uri, path) in enumerate(zip(uris, paths, strict=True)):
-        row: dict[str, Any] = {"path": path, "sha256": None, "duration": None, "features": None}
+        row: dict[str, Any] = {"path": path, "sha256": None, "duration": None}
+        row |= dict.fromkeys(stores)
         row |= {name: UNKNOWN for name in LABEL_COLUMNS} | {"gender": "unknown", "error": None}
         try:
             row |= _describe(path, require_labels)
@@ -156,17 +168,19 @@ def process_files(
             row["sha256"] = hashes[i] if hashes else hashlib.sha256(data).hexdigest()
             samples, rate = decode_audio(data)
             del data
-            feats, row["duration"] = clip_features(samples, rate, params)
-            row["features"] = feats.astype(store, order="C")
+            groups, row["duration"] = clip_groups(samples, rate, params)
+            for group, values in groups.items():
+                column = group_column(group)
+                row[column] = values.astype(stores[column], order="C")
         except Exception as e:  # noqa: BLE001 - any failure is this file's, never the batch's
             row["error"] = failure_reason(e)
-            row["features"] = None
+            row |= dict.fromkeys(stores)
         for name in schema.names:
             cols[name].append(row[name])
     arrays = []
     for field in schema:
-        if field.name == "features":
-            arrays.append(encode_features(cols["features"], field.type, store))
+        if field.name in stores:
+            arrays.append(encode_features(cols[field.name], field.type, stores[field.name]))
         else:
             arrays.append(pa.array(cols[field.name], type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -215,7 +229,7 @@ def featurize_part(
         fs, root = storage.resolve(output)
         write_shard(shard_rows_table(good), fs, f"{root}/{staging}/{part}")
         shard = f"{folder}/{part}"
-    rows = table.drop_columns(["features"]).to_pylist()
+    rows = table.drop_columns([group_column(g) for g in group_specs(params)]).to_pylist()
     for row in rows:
         row["shard"] = shard if row["error"] is None else None
     return rows
@@ -455,6 +469,7 @@ def build_manifest(
         "feature_algorithm": FEATURE_ALGORITHM,
         "feature_shape": list(feature_shape(params)),
         "feature_dtype": params.dtype,
+        "feature_groups": group_specs(params),
         "num_rows": len(kept),
         "rows_per_actor": _counts([r["actor"] for r in kept]),
         "rows_per_emotion": _counts([r["emotion"] for r in kept], EMOTIONS),
@@ -571,6 +586,8 @@ def _already_prepared(cfg: PrepareConfig, listing: str) -> dict[str, Any] | None
     if (
         current is None
         or current.get("feature_hash") != feature_hash(cfg.features)
+        or {g: s["hash"] for g, s in manifest_groups(current).items()}
+        != {g: s["hash"] for g, s in group_specs(cfg.features).items()}
         or current.get("input_listing") != listing
         or current.get("require_labels") != cfg.require_labels
     ):

@@ -311,6 +311,8 @@ def run_blocks(
         for key in ("recipe", "label_set", "best_epoch", "epoch", "checkpoint", "data")
         if report.get(key) is not None
     ]
+    if report.get("feature_groups"):
+        facts.append(f"feature groups: `{', '.join(report['feature_groups'])}`")
     if facts:
         blocks.append(bullets(*facts))
     blocks.append(

@@ -45,7 +45,8 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from knd import audio, features, storage
-from knd.config import FeatureConfig, ScoreConfig, build
+from knd.config import FeatureConfig, ScoreConfig
+from knd.dataset import group_column
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +59,22 @@ MAX_FAILURES_SHOWN = 20
 
 @dataclass(frozen=True)
 class Window:
-    """One scored stretch of a file: its times in the original file and its log-mel features."""
+    """One scored stretch of a file: its times in the original file and its feature groups."""
 
     start: float
     end: float
-    features: np.ndarray
+    groups: dict[str, np.ndarray]
 
 
 def file_windows(
     samples: np.ndarray, sample_rate: int, params: FeatureConfig, hop_seconds: float
 ) -> list[Window]:
-    """Decoded audio -> the log-mel windows that score it.
+    """Decoded audio -> the windows that score it, each with every group of ``params.groups``.
 
-    A file no longer than one clip after trimming takes exactly :func:`knd.features.clip_features`'
-    steps (downmix, resample, trim, pad to ``clip_seconds``, log-mel), so it matches its prepared
-    features. A longer one is cut into clip-long windows every ``hop_seconds`` (the last aligned
-    to the end) over the trimmed signal.
+    A file no longer than one clip after trimming takes exactly :func:`knd.features.clip_groups`'
+    steps (downmix, resample, trim, pad to ``clip_seconds``, features), so it matches its
+    prepared features. A longer one is cut into clip-long windows every ``hop_seconds`` (the last
+    aligned to the end) over the trimmed signal.
 
     Args:
         samples: ``[frames, channels]`` or ``[frames]`` float32.
@@ -90,11 +91,13 @@ def file_windows(
     clip = features.clip_samples(params)
     rate = float(params.sample_rate)
     if len(trimmed) <= clip:
-        feats = features.log_mel(audio.fit_length(trimmed, clip), params)
-        return [Window(offset / rate, (offset + len(trimmed)) / rate, feats)]
+        groups = features.segment_groups(trimmed, params)
+        return [Window(offset / rate, (offset + len(trimmed)) / rate, groups)]
     hop = max(1, int(round(hop_seconds * params.sample_rate)))
     return [
-        Window((offset + s) / rate, (offset + e) / rate, features.log_mel(trimmed[s:e], params))
+        Window(
+            (offset + s) / rate, (offset + e) / rate, features.segment_groups(trimmed[s:e], params)
+        )
         for s, e in audio.windows(len(trimmed), clip, hop)
     ]
 
@@ -119,10 +122,10 @@ def featurize_batch(
 
     # One Ray task per CPU already fills the machine; torch's own threads would oversubscribe it.
     torch.set_num_threads(1)
-    shape = features.feature_shape(params)
-    stored = np.dtype(params.dtype)
+    specs = features.group_specs(params)
+    columns = {group: group_column(group) for group in specs}
     rows: dict[str, list] = {k: [] for k in ("path", "window", "n_windows", "start", "end")}
-    rows.update(duration=[], error=[], features=[])
+    rows.update(duration=[], error=[], **{c: [] for c in columns.values()})
     fs = None
     for path in batch["path"]:
         path = str(path)
@@ -142,7 +145,8 @@ def featurize_batch(
         except Exception as e:  # noqa: BLE001 - any failure is this file's, never the job's
             error = f"{type(e).__name__}: {e}".splitlines()[0]
         if error:
-            wins = [Window(math.nan, math.nan, np.zeros(shape, dtype=np.float32))]
+            empty = {g: np.zeros(spec["shape"], dtype=np.float32) for g, spec in specs.items()}
+            wins = [Window(math.nan, math.nan, empty)]
         for i, win in enumerate(wins):
             rows["path"].append(path)
             rows["window"].append(i)
@@ -152,11 +156,13 @@ def featurize_batch(
             rows["duration"].append(duration)
             rows["error"].append(error)
             # Rounded to the stored dtype: the model was trained on features rounded this way.
-            rows["features"].append(win.features.astype(stored))
-    out = {k: np.asarray(v) for k, v in rows.items() if k != "features"}
+            for group, column in columns.items():
+                rows[column].append(win.groups[group].astype(specs[group]["dtype"]))
+    out = {k: np.asarray(v) for k, v in rows.items() if k not in columns.values()}
     out["path"] = np.asarray(rows["path"], dtype=object)
     out["error"] = np.asarray(rows["error"], dtype=object)
-    out["features"] = np.stack(rows["features"])
+    for column in columns.values():
+        out[column] = np.stack(rows[column])
     return out
 
 
@@ -167,11 +173,11 @@ class Scorer:
         import torch
 
         from knd.checkpoint import load_model
+        from knd.inference import norm_stats, norm_tensors
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model, meta = load_model(checkpoint, device=self.device)
-        self.mean = torch.as_tensor(meta["norm"]["mean"], dtype=torch.float32, device=self.device)
-        self.std = torch.as_tensor(meta["norm"]["std"], dtype=torch.float32, device=self.device)
+        self.norm = norm_tensors(norm_stats(meta), self.device)
         self.num_classes = len(meta["labels"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,12 +185,15 @@ class Scorer:
 
         from knd.inference import probabilities
 
-        feats = batch.pop("features")
+        values = {g: batch.pop(group_column(g)) for g in self.norm}
         ok = np.asarray(batch["error"] == "", dtype=bool)
         probs = np.full((len(ok), self.num_classes), np.nan, dtype=np.float32)
         if ok.any():
-            x = torch.from_numpy(np.ascontiguousarray(feats[ok])).to(self.device)
-            probs[ok] = probabilities(self.model, x, self.mean, self.std).cpu().numpy()
+            inputs = {
+                g: torch.from_numpy(np.ascontiguousarray(v[ok])).to(self.device)
+                for g, v in values.items()
+            }
+            probs[ok] = probabilities(self.model, inputs, self.norm).cpu().numpy()
         batch["probs"] = probs
         return batch
 
@@ -252,7 +261,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     """
     import ray
 
-    from knd.checkpoint import load_meta
+    from knd.checkpoint import load_meta, model_groups
     from knd.runtime import init_ray
 
     output = str(cfg.output)
@@ -262,7 +271,12 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         raise ValueError("batch_size and num_actors must be >= 1 and window_hop_seconds > 0")
     meta = load_meta(cfg.checkpoint)
     labels = list(meta["labels"])
-    params = build(FeatureConfig, meta["feature_params"], "feature_params.")
+    # Exactly the groups the model was trained on, computed by prepare's own front end.
+    trained_on = model_groups(meta)
+    params = dataclasses.replace(
+        features.stored_params(meta["feature_params"]), groups=tuple(trained_on)
+    )
+    features.check_computes(trained_on, params, cfg.checkpoint)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)
     if not paths:
         raise ValueError(f"no audio files ({', '.join(storage.AUDIO_SUFFIXES)}) under {cfg.input}")

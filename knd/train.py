@@ -43,15 +43,17 @@ from knd.checkpoint import (
     load_tensors,
     load_train_state,
     make_meta,
+    model_groups,
     save_checkpoint,
 )
 from knd.config import TrainConfig, build, to_dict
 from knd.console import follow_epochs
-from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
-from knd.inference import predict
-from knd.metrics import metrics_report, split_metrics
+from knd.dataset import check_groups, group_column, manifest_groups
+from knd.engine import ArrayBatches, Learner, group_stats, ordered_batches
+from knd.inference import norm_stats, score_actors
+from knd.metrics import metrics_report
 from knd.models import unwrap
-from knd.ravdess import ActorSplit, emotion_to_label_table, split_actors, targets_of
+from knd.ravdess import ActorSplit, emotion_to_label_table, split_actors
 from knd.report import write_report
 from knd.tracking import scrub, start_tracking
 
@@ -109,8 +111,15 @@ def _shard_columns(shard: Any, columns: list[str]) -> dict[str, np.ndarray]:
 class StreamedBatches:
     """A shard too large for memory, streamed from Ray Data every epoch (locally shuffled)."""
 
-    def __init__(self, shard: Any, label_table: torch.Tensor, batch_size: int, rows: int):
-        self.shard, self.label_table = shard, label_table
+    def __init__(
+        self,
+        shard: Any,
+        label_table: torch.Tensor,
+        batch_size: int,
+        rows: int,
+        groups: tuple[str, ...],
+    ):
+        self.shard, self.label_table, self.groups = shard, label_table, groups
         self.batch_size, self.buffer = batch_size, min(rows, 4096)
 
     def epoch(self, epoch: int):
@@ -119,19 +128,24 @@ class StreamedBatches:
             batch_size=self.batch_size, drop_last=True, local_shuffle_buffer_size=self.buffer
         ):
             labels = self.label_table[batch["emotion"].to(device).long()]
-            yield batch["features"], labels, batch["actor"]
+            yield {g: batch[group_column(g)] for g in self.groups}, labels, batch["actor"]
+
+
+def _inputs(cols: dict[str, np.ndarray], groups: tuple[str, ...], device) -> dict:
+    """The model's input groups out of numpy shard columns, as tensors on ``device``."""
+    return {g: torch.from_numpy(np.asarray(cols[group_column(g)])).to(device) for g in groups}
 
 
 def _training_batches(shard: Any, label_table: torch.Tensor, config: dict, seed: int):
     """This rank's training batches: from memory when the shard fits, else streamed."""
-    batch = config["local_batch"]
+    batch, groups = config["local_batch"], tuple(config["groups"])
     if not config["in_memory"]:
-        return StreamedBatches(shard, label_table, batch, config["rows_per_worker"])
-    cols = _shard_columns(shard, ["features", "emotion", "actor"])
+        return StreamedBatches(shard, label_table, batch, config["rows_per_worker"], groups)
+    cols = _shard_columns(shard, [*(group_column(g) for g in groups), "emotion", "actor"])
     device = label_table.device
-    features = torch.from_numpy(cols["features"]).to(device)
+    inputs = _inputs(cols, groups, device)
     labels = label_table[torch.from_numpy(cols["emotion"]).to(device).long()]
-    return ArrayBatches(features, labels, batch, seed, extra=torch.from_numpy(cols["actor"]))
+    return ArrayBatches(inputs, labels, batch, seed, extra=torch.from_numpy(cols["actor"]))
 
 
 def rank_share(paths: np.ndarray, rank: int, world: int) -> np.ndarray:
@@ -139,24 +153,24 @@ def rank_share(paths: np.ndarray, rank: int, world: int) -> np.ndarray:
     return np.array([zlib.crc32(str(p).encode()) % world == rank for p in paths], dtype=bool)
 
 
-def _validation_batches(
-    val: Any, label_table: torch.Tensor, in_memory: bool, rank: int, world: int
-):
+def _validation_batches(val: Any, label_table: torch.Tensor, config: dict, rank: int, world: int):
     """A function giving this rank's share of the validation rows as engine batches."""
-    device = label_table.device
+    device, groups = label_table.device, tuple(config["groups"])
 
-    def share(batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def share(batch: dict) -> tuple[dict, torch.Tensor] | None:
         mine = rank_share(batch["path"], rank, world)
         if not mine.any():
             return None
-        features = torch.from_numpy(np.asarray(batch["features"])[mine])
+        inputs = _inputs({k: np.asarray(v)[mine] for k, v in batch.items()}, groups, device)
         labels = label_table[torch.from_numpy(np.asarray(batch["emotion"])[mine]).to(device).long()]
-        return features.to(device), labels
+        return inputs, labels
 
-    if in_memory:
-        kept = share(_shard_columns(val, ["features", "emotion", "path"]))
-        features, labels = kept if kept is not None else (torch.zeros(0), torch.zeros(0))
-        return lambda: ordered_batches(features, labels)
+    if config["in_memory"]:
+        columns = [*(group_column(g) for g in groups), "emotion", "path"]
+        kept = share(_shard_columns(val, columns))
+        empty = ({g: torch.zeros(0) for g in groups}, torch.zeros(0))
+        inputs, labels = kept if kept is not None else empty
+        return lambda: ordered_batches(inputs, labels)
 
     def streamed():
         for batch in val.iter_batches(batch_size=STREAM_BATCH, batch_format="numpy"):
@@ -261,13 +275,13 @@ def train_loop_per_worker(config: dict) -> None:
     val_batches = None
     if config["has_val"]:
         val_shard = ray.train.get_dataset_shard("val")
-        val_batches = _validation_batches(val_shard, label_table, config["in_memory"], rank, world)
+        val_batches = _validation_batches(val_shard, label_table, config, rank, world)
     load_s = time.perf_counter() - loading
 
     learner = Learner(
         cfg,
         num_classes=len(meta["labels"]),
-        norm=(meta["norm"]["mean"], meta["norm"]["std"]),
+        norm=norm_stats(meta),
         steps_per_epoch=config["rows_per_worker"] // config["local_batch"],
         device=device,
         wrap=ray.train.torch.prepare_model,
@@ -339,16 +353,19 @@ def load_split(cfg: TrainConfig) -> SplitData:
     """
     from knd.dataset import read_features
 
-    _, manifest = read_features(cfg.data)
+    groups = cfg.model.groups
+    _, manifest = read_features(cfg.data, groups=groups)
     present = sorted(int(a) for a in manifest["rows_per_actor"] if a != "unknown")
     split = split_actors(cfg.split.test_actors, cfg.split.val_actors, actors=present)
-    columns = ["features", "emotion", "actor"]
-    # Materialised once: the workers then read the object store, not Parquet.
-    train = read_features(cfg.data, actors=split.train)[0].select_columns(columns).materialize()
-    val = None
-    if split.val:
-        val = read_features(cfg.data, actors=split.val)[0].select_columns([*columns, "path"])
-        val = val.materialize()
+    columns = [*(group_column(g) for g in groups), "emotion", "actor"]
+
+    def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
+        ds = read_features(cfg.data, actors=actors, groups=groups)[0]
+        # Materialised once: the workers then read the object store, not Parquet.
+        return ds.select_columns([*columns, *extra]).materialize()
+
+    train = rows_of(split.train)
+    val = rows_of(split.val, ("path",)) if split.val else None
     return SplitData(manifest, split, train, val, train.count())
 
 
@@ -389,6 +406,7 @@ def _check_resume(cfg: TrainConfig, manifest: dict, test: tuple[int, ...]) -> di
             f"{cfg.resume}: checkpoint expects features with hash {meta['feature_hash']}, "
             f"{cfg.data} has {manifest['feature_hash']}"
         )
+    check_groups(cfg.data, manifest, model_groups(meta))
     if tuple(meta["split"]["test"]) != test or meta["label_set"] != cfg.labels:
         raise ValueError(
             f"{cfg.resume}: checkpoint was trained on labels {meta['label_set']} with test "
@@ -443,8 +461,11 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
     shards = data.train.split(world, equal=True) if world > 1 else [data.train]
     rows_per_worker = shards[0].count()
     local_batch = max(1, min(cfg.optim.batch_size // world, rows_per_worker))
-    n_mels, n_frames = meta["feature_shape"]
-    row_bytes = n_mels * n_frames * np.dtype(meta["feature_params"]["dtype"]).itemsize
+    row_bytes = sum(
+        int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+        for group, spec in manifest_groups(data.manifest).items()
+        if group in cfg.model.groups
+    )
     datasets = {f"train_{r}": shard for r, shard in enumerate(shards)}
     if data.val is not None:
         datasets["val"] = data.val
@@ -458,6 +479,7 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
             "rows_per_worker": rows_per_worker,
             "local_batch": local_batch,
             "in_memory": rows_per_worker * row_bytes <= IN_MEMORY_BYTES,
+            "groups": list(cfg.model.groups),
             "has_val": has_val,
             **run,
         },
@@ -484,19 +506,13 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
     )
 
 
-def _score_split(cfg: TrainConfig, checkpoint: str, split: ActorSplit, feature_hash: str) -> dict:
+def _score_split(cfg: TrainConfig, checkpoint: str, split: ActorSplit) -> dict:
     """Validation (when there is a group) and test metrics of the kept checkpoint."""
-    from knd.dataset import load_features
-
     model, meta = load_model(checkpoint)
     parts: dict[str, dict | None] = {"val": None}
     for part, actors in (("val", split.val), ("test", split.test)):
-        if not actors:
-            continue
-        table = load_features(cfg.data, actors=actors, expected_hash=feature_hash)
-        preds, _ = predict(model, meta, table.features)
-        targets = targets_of(table.emotion, cfg.labels)
-        parts[part] = split_metrics(preds, targets, len(meta["labels"]), actors=table.actor)
+        if actors:
+            parts[part] = score_actors(model, meta, cfg.data, actors).metrics
     return parts
 
 
@@ -523,10 +539,9 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     split, manifest = data.split, data.manifest
     resumed = _check_resume(cfg, manifest, split.test) if cfg.resume else None
     if resumed is not None:
-        norm = resumed["norm"]
+        norm = norm_stats(resumed)
     else:
-        mean, std = band_stats(b["features"] for b in data.train.iter_batches(batch_size=256))
-        norm = {"mean": mean, "std": std}
+        norm = group_stats(lambda: data.train.iter_batches(batch_size=256), cfg.model.groups)
     parts = {"train": split.train, "val": split.val, "test": split.test}
     meta = make_meta(cfg, manifest, norm, parts, run=name)
     storage.write_text(storage.join(run_path, CONFIG_FILE), yaml.safe_dump(scrub(to_dict(cfg))))
@@ -546,7 +561,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)
 
-    scores = _score_split(cfg, checkpoint_uri, split, manifest["feature_hash"])
+    scores = _score_split(cfg, checkpoint_uri, split)
     history = _read_history(run_path)
     report = metrics_report(
         meta["labels"],
@@ -562,6 +577,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         best_epoch=int(best_metrics["epoch"]),
         epochs=[int(h["epoch"]) for h in history],
         feature_hash=manifest["feature_hash"],
+        feature_groups=list(cfg.model.groups),
         checkpoint=checkpoint_uri,
     )
     write_report(

@@ -46,6 +46,7 @@ from knd.config import (
     to_dict,
 )
 from knd.console import is_verbose, tune_callback
+from knd.dataset import check_groups, group_column, manifest_groups
 from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
 from knd.experiment import (
     BEST_CONFIG_FILE,
@@ -122,7 +123,18 @@ def param_space(space: dict, bases: dict[str, TrainConfig], recipe: str, where: 
     from ray import tune
 
     out: dict[str, Any] = {}
-    base = bases[recipe]
+    # Fixed values hold for every trial: the other keys are checked against a base that has them
+    # (model.groups is only valid once model.name says which architecture reads the groups).
+    fixed = {
+        k: v
+        for k, v in space.items()
+        if not isinstance(v, dict) and (k in SPACE_KEYS or k.startswith(SPACE_SECTIONS))
+    }
+    fixed.pop("recipe", None)
+    try:
+        base = replace(bases[recipe], **fixed)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     for key, spec in space.items():
         here = f"{where}: {key}"
         if key not in SPACE_KEYS and not key.startswith(SPACE_SECTIONS):
@@ -160,6 +172,16 @@ def param_space(space: dict, bases: dict[str, TrainConfig], recipe: str, where: 
         else:
             out[key] = getattr(tune, kind)(float(low), float(high))
     return out
+
+
+def space_groups(space: dict, bases) -> list[str]:
+    """Every feature group a trial of ``space`` (on one of the ``bases``) may read."""
+    groups = {g for base in bases for g in base.model.groups}
+    spec = space.get("model.groups")
+    values = next(iter(spec.values())) if isinstance(spec, dict) else [spec] if spec else []
+    for value in values:
+        groups.update(value if isinstance(value, list | tuple) else [value])
+    return sorted(groups, key=("logmel", "prosody", "egemaps").index)
 
 
 def space_recipes(space: dict, recipe: str) -> list[str]:
@@ -200,17 +222,19 @@ class FoldModel:
         if len(train_rows) == 0:
             raise ValueError("a fold has no training clips")
         self.train_rows, self.val_rows = train_rows, val_rows
-        features = data["features"]
-        rows = torch.as_tensor(train_rows, device=features.device)
-        chunks = (features[rows[i : i + 256]].cpu().numpy() for i in range(0, len(rows), 256))
-        mean, std = band_stats(chunks)
+        inputs = {g: data[group_column(g)] for g in cfg.model.groups}
+        labels = data["label"]
+        rows = torch.as_tensor(train_rows, device=labels.device)
+        norm = {}
+        for group, values in inputs.items():
+            chunks = (values[rows[i : i + 256]].cpu().numpy() for i in range(0, len(rows), 256))
+            mean, std = band_stats(chunks)
+            norm[group] = {"mean": mean, "std": std}
         torch.manual_seed(seed)
-        self.batches = ArrayBatches(features, data["label"], cfg.optim.batch_size, seed, rows=rows)
-        self.learner = Learner(
-            cfg, len(label_names(cfg.labels)), (mean, std), self.batches.steps, device
-        )
-        val = torch.as_tensor(val_rows, device=features.device, dtype=torch.long)
-        self.val = (features[val], data["label"][val])
+        self.batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, seed, rows=rows)
+        self.learner = Learner(cfg, len(label_names(cfg.labels)), norm, self.batches.steps, device)
+        val = torch.as_tensor(val_rows, device=labels.device, dtype=torch.long)
+        self.val = ({g: v[val] for g, v in inputs.items()}, labels[val])
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over the training rows (shuffled by seed and epoch); the mean loss."""
@@ -228,12 +252,15 @@ class FoldModel:
         self.learner.load_state_dict(state)
 
 
-def trial_tensors(data: dict[str, np.ndarray], label_set: str, device: torch.device) -> dict:
-    """The trial's features and label ids as tensors on ``device`` (one copy for all folds)."""
-    table = np.asarray(emotion_to_label_table(label_set))
-    return {
-        "features": torch.tensor(data["features"], device=device),
-        "label": torch.as_tensor(table[data["emotion"]], device=device, dtype=torch.long),
+def trial_tensors(
+    data: dict[str, np.ndarray], cfg: TrainConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The trial's feature groups and label ids as tensors on ``device`` (one copy for all
+    folds), keyed by shard column (``features``, ``prosody``...) and ``label``."""
+    table = np.asarray(emotion_to_label_table(cfg.labels))
+    columns = [group_column(g) for g in cfg.model.groups]
+    return {c: torch.tensor(data[c], device=device) for c in columns} | {
+        "label": torch.as_tensor(table[data["emotion"]], device=device, dtype=torch.long)
     }
 
 
@@ -260,7 +287,7 @@ class CrossValidation:
         device: torch.device,
     ):
         actor = data["actor"]
-        tensors = trial_tensors(data, cfg.labels, device)
+        tensors = trial_tensors(data, cfg, device)
         self.models = []
         for i, fold in enumerate(folds):
             held_out = np.isin(actor, fold)
@@ -349,7 +376,7 @@ def retrain(params: dict, data: dict[str, np.ndarray], meta: dict, cpus: float) 
     _seed(cfg)
     started = time.perf_counter()
     every_row = np.arange(len(data["actor"]))
-    tensors = trial_tensors(data, cfg.labels, device)
+    tensors = trial_tensors(data, cfg, device)
     model = FoldModel(cfg, tensors, every_row, every_row[:0], device, cfg.train.seed)
     for epoch in range(1, cfg.optim.epochs + 1):
         model.train_epoch(epoch)
@@ -399,6 +426,7 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         split = {"split.test_actors": test, "split.val_actors": val}
         bases[recipe] = replace(base, **split, **{"optim.epochs": cfg.max_epochs})
     search_algorithm(cfg, param_space(space, bases, cfg.recipe, path), path)  # fail now
+    check_groups(cfg.data, manifest, dict.fromkeys(space_groups(space, bases.values())))
     return {
         "tune": to_dict(cfg),
         "space_file": path,
@@ -415,8 +443,15 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         "feature_hash": manifest["feature_hash"],
         "feature_params": manifest["feature_params"],
         "feature_shape": manifest["feature_shape"],
+        "feature_groups": manifest_groups(manifest),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def experiment_groups(meta: dict) -> dict[str, str]:
+    """``{group: hash}`` of every feature group the experiment's corpus offers its trials."""
+    specs = meta.get("feature_groups") or {"logmel": {"hash": meta["feature_hash"]}}
+    return {group: spec["hash"] for group, spec in specs.items()}
 
 
 def _experiment_uri(cfg: TuneConfig) -> str:
@@ -426,19 +461,17 @@ def _experiment_uri(cfg: TuneConfig) -> str:
     return str(Path(cfg.storage_path).expanduser().resolve() / name)
 
 
-def load_columns(data: str, actors: list[int], feature_hash: str) -> dict[str, np.ndarray]:
-    """The columns a trial trains on (``features, emotion, actor, path``) of ``actors`` only."""
+def load_columns(data: str, actors: list[int], groups: dict[str, str]) -> dict[str, np.ndarray]:
+    """The columns trials train on (every feature group of ``groups``, a ``{group: hash}``,
+    under its shard column, plus ``emotion, actor, path``) of ``actors`` only: a trial whose
+    configuration reads fewer groups takes what it needs."""
     from knd.dataset import load_features
 
-    table = load_features(data, actors=actors, expected_hash=feature_hash)
+    table = load_features(data, actors=actors, expected_hash=groups["logmel"], groups=groups)
     if len(table) == 0:
         raise ValueError(f"{data}: no clips of actors {actors}")
-    return {
-        "features": table.features,
-        "emotion": table.emotion,
-        "actor": table.actor,
-        "path": table.path,
-    }
+    columns = {group_column(g): v for g, v in table.inputs().items()}
+    return columns | {"emotion": table.emotion, "actor": table.actor, "path": table.path}
 
 
 def _callbacks(cfg: TuneConfig, experiment: str) -> list:
@@ -560,10 +593,9 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     import ray
 
     from knd.checkpoint import load_model, make_meta, save_checkpoint
-    from knd.inference import predict
-    from knd.metrics import metrics_report, split_metrics
-    from knd.models import build_model
-    from knd.ravdess import targets_of
+    from knd.inference import score_actors
+    from knd.metrics import metrics_report
+    from knd.models import build_from_spec
     from knd.report import write_report
 
     params = best["params"]
@@ -575,9 +607,7 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     task = ray.remote(num_cpus=cpus, num_gpus=cfg.gpus_per_trial)(retrain)
     trained = ray.get(task.remote(params, data_ref, meta, cpus))
     labels = list(label_names(cfg.labels))
-    model = build_model(
-        train_cfg.model.name, len(labels), train_cfg.model.width, train_cfg.model.dropout
-    )
+    model = build_from_spec(to_dict(train_cfg.model), len(labels), trained["norm"])
     model.load_state_dict(trained["model"])
     ckpt_meta = make_meta(
         train_cfg,
@@ -591,11 +621,8 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     checkpoint = storage.join(experiment, BEST_DIR, "checkpoint")
     save_checkpoint(checkpoint, model, ckpt_meta)
     # The test actors are read only now, after the search, and scored exactly once.
-    test_data = load_columns(cfg.data, meta["test_actors"], meta["feature_hash"])
     model, ckpt_meta = load_model(checkpoint)
-    preds, _ = predict(model, ckpt_meta, test_data["features"])
-    targets = targets_of(test_data["emotion"], cfg.labels)
-    test = split_metrics(preds, targets, len(labels), actors=test_data["actor"])
+    test = score_actors(model, ckpt_meta, cfg.data, meta["test_actors"]).metrics
     report = metrics_report(
         labels,
         test=test,
@@ -603,6 +630,7 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
         test_actors=meta["test_actors"],
         train_actors=meta["train_actors"],
         epochs=trained["epochs"],
+        feature_groups=list(train_cfg.model.groups),
         checkpoint=checkpoint,
     )
     write_report(storage.join(experiment, BEST_DIR), report)
@@ -683,7 +711,7 @@ def run(cfg: TuneConfig) -> TuneResult:
     )  # fmt: skip
     init_ray(cfg.ray)
     # Only the non-test actors are ever loaded while the search runs.
-    data = load_columns(cfg.data, meta["train_actors"], meta["feature_hash"])
+    data = load_columns(cfg.data, meta["train_actors"], experiment_groups(meta))
     started = time.time()
     _search(cfg, meta, data, experiment)
     search_s = time.time() - started

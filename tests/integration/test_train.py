@@ -317,8 +317,8 @@ def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
     model, meta = load_model(checkpoint)
     table = load_features(features, actors=VAL_ACTORS + TEST_ACTORS)
     mine = rank_share(table.path, rank, world)
-    norm = (torch.tensor(meta["norm"]["mean"]), torch.tensor(meta["norm"]["std"]))
-    x = torch.from_numpy(table.features[mine])
+    norm = {"logmel": (torch.tensor(meta["norm"]["mean"]), torch.tensor(meta["norm"]["std"]))}
+    x = {"logmel": torch.from_numpy(table.features[mine])}
     y = torch.from_numpy(targets_of(table.emotion[mine], "ravdess8"))
     return evaluate(model, ordered_batches(x, y, 7), norm, 8, torch.device("cpu"))
 

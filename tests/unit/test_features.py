@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from knd.config import load_config
-from knd.features import clip_features, feature_hash, feature_shape, log_mel, normalise
+from knd.features import (
+    clip_features,
+    feature_hash,
+    feature_shape,
+    group_specs,
+    log_mel,
+    normalise,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +69,33 @@ def test_log_mel_shape_and_floor(params):
 def test_feature_hash_is_stable_and_tracks_every_parameter(params):
     assert feature_hash(params) == feature_hash(dataclasses.replace(params))
     assert len(feature_hash(params)) == 16
+    logmel_fields = [f for f in dataclasses.fields(params) if f.name != "groups"]
     changed = {
         feature_hash(dataclasses.replace(params, **{f.name: other}))
         for f, other in zip(
-            dataclasses.fields(params),
+            logmel_fields,
             (8000, 2.0, 30.0, 1024, 320, 80, 40, 20.0, 7000.0, "float32"),
             strict=True,
         )
     }
-    assert len(changed) == len(dataclasses.fields(params))
+    assert len(changed) == len(logmel_fields)
     assert feature_hash(params) not in changed
+
+
+def test_adding_groups_keeps_the_logmel_hash_and_each_group_has_its_own(params):
+    every = dataclasses.replace(params, groups=("logmel", "prosody", "egemaps"))
+    assert feature_hash(every) == feature_hash(params)  # old manifests and checkpoints still fit
+    specs = group_specs(every)
+    assert specs["logmel"]["hash"] == feature_hash(params)
+    assert len({spec["hash"] for spec in specs.values()}) == 3
+    # The prosody grid is the log-mel's: a new hop moves both hashes, a new n_mels only one.
+    hop = group_specs(dataclasses.replace(every, hop_length=320))
+    assert hop["prosody"]["hash"] != specs["prosody"]["hash"]
+    assert hop["prosody"]["shape"][1] == hop["logmel"]["shape"][1]
+    mels = group_specs(dataclasses.replace(every, n_mels=80))
+    assert mels["prosody"]["hash"] == specs["prosody"]["hash"]
+    assert mels["logmel"]["hash"] != specs["logmel"]["hash"]
+    assert specs["egemaps"]["shape"] == [88]
 
 
 def test_normalise_standardises_each_band_numpy_and_torch(params):

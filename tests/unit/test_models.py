@@ -7,8 +7,10 @@ import torch
 
 from knd.models import MODEL_NAMES, build_model
 
+LOGMEL_MODELS = [n for n in MODEL_NAMES if n != "egemaps_mlp"]
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+
+@pytest.mark.parametrize("name", LOGMEL_MODELS)
 def test_one_channel_input_gives_a_logit_per_class(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=7, width=8, dropout=0.1).eval()
@@ -49,3 +51,49 @@ def test_plain_cnn_is_four_conv_blocks_of_w_2w_4w_4w_with_global_average_pooling
     pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert len(pools) == 4
     assert model.classifier.in_features == 128
+
+
+def _side(batch: int, frames: int) -> dict[str, torch.Tensor]:
+    return {"prosody": torch.randn(batch, 4, frames), "egemaps": torch.randn(batch, 88)}
+
+
+@pytest.mark.parametrize(
+    "groups", [("prosody",), ("egemaps",), ("prosody", "egemaps")], ids=lambda g: "+".join(g)
+)
+def test_fused_cnn_reads_each_group_it_was_built_for_and_any_clip_length(groups):
+    torch.manual_seed(0)
+    shapes = {"prosody": (4,), "egemaps": (88,)}
+    model = build_model("fused_cnn", 8, width=8, groups={g: shapes[g] for g in groups}).eval()
+    with torch.no_grad():
+        for frames in (64, 301):
+            side = {g: v for g, v in _side(3, frames).items() if g in groups}
+            logits = model(torch.randn(3, 1, 64, frames), **side)
+            assert logits.shape == (3, 8) and torch.isfinite(logits).all()
+        # The side groups reach the logits: changing one changes the output.
+        x, side = (
+            torch.randn(2, 1, 64, 100),
+            {g: v for g, v in _side(2, 100).items() if g in groups},
+        )
+        other = {g: v + 3.0 for g, v in side.items()}
+        assert not torch.allclose(model(x, **side), model(x, **other))
+    missing = groups[0]
+    with pytest.raises(ValueError, match=missing):
+        model(torch.randn(2, 1, 64, 100), **{g: v for g, v in side.items() if g != missing})
+
+
+def test_fused_cnn_without_side_groups_is_plain_cnn_sized():
+    fused = build_model("fused_cnn", 8, width=32)
+    plain = build_model("plain_cnn", 8, width=32)
+    assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in plain.parameters())
+
+
+def test_egemaps_mlp_ignores_the_spectrogram_and_needs_the_functionals():
+    torch.manual_seed(0)
+    model = build_model("egemaps_mlp", 8, groups={"egemaps": (88,)}).eval()
+    egemaps = torch.randn(4, 88)
+    with torch.no_grad():
+        a = model(torch.randn(4, 1, 64, 50), egemaps=egemaps)
+        b = model(torch.randn(4, 1, 64, 90), egemaps=egemaps)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="egemaps"):
+        build_model("egemaps_mlp", 8)

@@ -31,7 +31,7 @@ def test_a_short_file_gets_exactly_its_prepared_features(params, sr, channels):
     samples = np.stack([mono] * channels, axis=1) if channels > 1 else mono[:, None]
     wins = file_windows(samples, sr, params, hop_seconds=1.5)
     assert len(wins) == 1
-    np.testing.assert_array_equal(wins[0].features, clip_features(samples, sr, params)[0])
+    np.testing.assert_array_equal(wins[0].groups["logmel"], clip_features(samples, sr, params)[0])
     # Times are in the original file: the leading half second of silence was trimmed.
     assert wins[0].start == pytest.approx(0.5, abs=0.02)
     assert wins[0].end == pytest.approx(2.7, abs=0.02)
@@ -45,7 +45,7 @@ def test_a_long_file_is_cut_into_overlapping_windows_covering_it(params):
     assert wins[-1].end == pytest.approx(10.0)
     assert all(w.end - w.start == pytest.approx(params.clip_seconds) for w in wins)
     assert len(wins) == 6  # 0, 1.5, 3, 4.5, 6 and one aligned to the end (7)
-    assert all(w.features.shape == feature_shape(params) for w in wins)
+    assert all(w.groups["logmel"].shape == feature_shape(params) for w in wins)
 
 
 def test_windows_average_per_file_and_errors_stay_rows():

@@ -205,3 +205,15 @@ def test_optuna_samples_the_shipped_space_and_refuses_grids():
         search_algorithm(cfg, grid, "g.yaml")
     random, limit = search_algorithm(replace(cfg, search="random"), grid, "g.yaml")
     assert limit is None and random.max_concurrent == 3
+
+
+def test_the_fused_space_searches_feature_groups_and_names_every_group_it_may_read():
+    from knd.tune import space_groups
+
+    path = space_path("fused_cnn")
+    space = load_yaml(path)
+    bases = bases_for(space_recipes(space, "cpu_small"))
+    out = param_space(space, bases, "cpu_small", path)
+    assert len(out["model.groups"].categories) == 4
+    assert space_groups(space, bases.values()) == ["logmel", "prosody", "egemaps"]
+    assert space_groups(load_yaml(space_path("cpu_small")), bases.values()) == ["logmel"]

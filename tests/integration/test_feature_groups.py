@@ -1,0 +1,148 @@
+"""Feature groups end to end on real local Ray: prepare -> train -> evaluate -> score with the
+log-mel, prosody and eGeMAPS groups, and a checkpoint that refuses features lacking its groups."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from knd import storage
+from knd.config import load_config
+from knd.ravdess import EMOTIONS
+
+pytestmark = pytest.mark.ray
+
+GROUPS = "[logmel,prosody,egemaps]"
+P_COLUMNS = [f"p_{name}" for name in EMOTIONS]
+
+
+@pytest.fixture(scope="module")
+def grouped_features(tiny_corpus, ray_session, tmp_path_factory):
+    """Three actors of the tiny corpus prepared with every feature group."""
+    from knd.prepare import run
+
+    corpus = tmp_path_factory.mktemp("three_actors")
+    for actor in ("Actor_01", "Actor_02", "Actor_03"):
+        shutil.copytree(Path(tiny_corpus) / actor, corpus / actor)
+    out = tmp_path_factory.mktemp("grouped_features")
+    cfg = load_config("prepare", [f"input={corpus}", f"output={out}", f"features.groups={GROUPS}"])
+    result = run(cfg)
+    assert result.exit_code == 0 and result.num_rejected == 0, result
+    return str(corpus), str(out)
+
+
+@pytest.fixture(scope="module")
+def fused_run(grouped_features, tmp_path_factory):
+    from knd.train import run
+
+    _, features = grouped_features
+    cfg = load_config(
+        "train",
+        [
+            f"data={features}",
+            "model.name=fused_cnn",
+            f"model.groups={GROUPS}",
+            "model.width=8",
+            "model.fusion_width=8",
+            "optim.epochs=2",
+            "split.test_actors=[3]",
+            "split.val_actors=[]",
+            "train.num_workers=1",
+            f"run_dir={tmp_path_factory.mktemp('runs')}",
+            "name=fused",
+            "wandb.enabled=false",
+        ],
+    )
+    return run(cfg)
+
+
+def test_prepare_writes_every_group_finite_into_the_shards(grouped_features):
+    from knd.dataset import load_features, manifest_groups
+
+    _, features = grouped_features
+    manifest = json.loads(storage.read_text(storage.join(features, "manifest.json")))
+    specs = manifest_groups(manifest)
+    assert list(specs) == ["logmel", "prosody", "egemaps"]
+    assert specs["prosody"]["shape"] == [4, manifest["feature_shape"][1]]
+    table = load_features(features, groups=["prosody", "egemaps"])
+    assert table.side["prosody"].shape == (180, 4, manifest["feature_shape"][1])
+    assert table.side["egemaps"].shape == (180, 88)
+    for values in table.side.values():
+        assert np.isfinite(values).all()
+    # Speech-like clips are voiced for a good part of their frames, and F0 moves within a clip.
+    voiced = table.side["prosody"][:, 1]
+    assert 0.2 < voiced.mean() < 0.95
+    assert np.median(table.side["prosody"][:, 0].std(axis=1)) > 0.3
+
+
+def test_fused_model_trains_evaluates_and_scores_with_one_front_end(
+    grouped_features, fused_run, tmp_path
+):
+    from knd.audio import decode_audio, trim_silence
+    from knd.checkpoint import load_meta, load_model
+    from knd.dataset import load_features
+    from knd.evaluate import run as evaluate
+    from knd.features import clip_samples, mono_at_feature_rate, stored_params
+    from knd.inference import predict
+    from knd.score import run as score
+
+    corpus, features = grouped_features
+    meta = load_meta(fused_run.checkpoint)
+    assert meta["model"]["groups"] == ["logmel", "prosody", "egemaps"]
+    assert set(meta["groups"]) == {"logmel", "prosody", "egemaps"}
+    assert len(meta["group_norm"]["egemaps"]["mean"]) == 88
+    assert fused_run.metrics["test"]["n"] == 60
+
+    evaluated = evaluate(
+        load_config("evaluate", [f"checkpoint={fused_run.checkpoint}", f"data={features}"])
+    )
+    assert evaluated.metrics["test"]["n"] == 60
+
+    # Score a dozen files of the test actor from audio: score computes the groups itself. Files
+    # no longer than one clip, so score takes exactly prepare's steps (a longer one is windowed).
+    table = load_features(features, actors=[3], groups=["prosody", "egemaps"])
+    params = stored_params(meta["feature_params"])
+
+    def one_clip(path: str) -> bool:
+        samples, rate = decode_audio(storage.read_bytes(str(Path(corpus) / path)))
+        wave = trim_silence(mono_at_feature_rate(samples, rate, params), params.trim_db)
+        return len(wave) <= clip_samples(params)
+
+    short = sorted(p for p in table.path if one_clip(p))
+    assert len(short) >= 12
+    folder = tmp_path / "clips"
+    chosen = [str(Path(corpus) / p) for p in short[:: len(short) // 12][:12]]
+    for path in chosen:
+        target = folder / "Actor_03" / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    output = tmp_path / "scores.parquet"
+    args = [f"checkpoint={fused_run.checkpoint}", f"input={folder}", f"output={output}"]
+    result = score(load_config("score", args))
+    assert result.exit_code == 0 and result.failed == 0
+    scored = pd.read_parquet(output)
+
+    model, meta = load_model(fused_run.checkpoint)
+    _, expected = predict(model, meta, table.inputs())
+    rows = pd.Series(np.arange(len(table.path)), index=table.path)
+    relative = [Path(p).relative_to(folder).as_posix() for p in scored["path"]]
+    np.testing.assert_allclose(
+        scored[P_COLUMNS].to_numpy(), expected[rows.loc[relative].to_numpy()], atol=1e-4
+    )
+    # Without the prosody and eGeMAPS inputs the probabilities would differ by far more.
+    plain = dict(table.inputs(), prosody=np.zeros_like(table.side["prosody"]))
+    _, without = predict(model, meta, plain)
+    assert np.abs(without - expected).max() > 100 * 1e-4
+
+
+def test_a_checkpoint_refuses_features_that_lack_its_groups(fused_run, tiny_features):
+    from knd.evaluate import run as evaluate
+
+    cfg = load_config("evaluate", [f"checkpoint={fused_run.checkpoint}", f"data={tiny_features}"])
+    with pytest.raises(ValueError, match=r"no 'prosody' group.*features\.groups=\[logmel"):
+        evaluate(cfg)
