@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from knd.cli import COMMANDS
-from knd.config import SCHEMAS, describe
+from knd.cli import COMMANDS, main
+from knd.config import SCHEMAS, command_keys, load_config
 from knd.docs import benchmarks_markdown, cli_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,18 +27,52 @@ def reference_sections() -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
-def test_cli_reference_lists_every_key_of_every_command():
+def help_defaults(command: str, capsys) -> dict[str, str]:
+    """``{key: default}`` as ``knd <command> --help`` prints them (``required`` for none)."""
+    assert main([command, "--help"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  "):
+            name, default, _ = re.split(r" {2,}", line.strip(), maxsplit=2)
+            rows[name] = "required" if default == "(required)" else default
+    return rows
+
+
+def page_defaults(section: str) -> dict[str, str]:
+    """``{key: default}`` as a command's section of the Command line page shows them."""
+    rows = {}
+    for name, default in re.findall(r"^\| `([\w.]+)` \| .*? \| (\*\*required\*\*|`[^`]*`) \|",
+                                    section, flags=re.M):  # fmt: skip
+        rows[name] = "required" if default == "**required**" else default.strip("`")
+    return rows
+
+
+def test_cli_reference_shows_the_defaults_that_help_shows_for_every_key(capsys):
     sections = reference_sections()
     assert list(sections) == list(COMMANDS) and set(COMMANDS) == set(SCHEMAS)
     for command, section in sections.items():
-        # `knd <command> --help` walks the schema on its own: every key it prints is documented.
-        keys = [line.split()[0] for line in describe(command).splitlines()]
-        documented = re.findall(r"^\| `([\w.]+)` \|", section, flags=re.M)
-        assert documented == keys, command
+        helped = help_defaults(command, capsys)
+        assert list(helped) == [k.name for k in command_keys(command)], command
+        assert page_defaults(section) == helped, command
+    # The default recipe is applied on both (the page once showed the schema without it).
     train = sections["train"]
-    assert "| `optim.lr` | float | `0.003` | peak learning rate (AdamW) |" in train
+    assert "| `model.name` | " in train and help_defaults("train", capsys)["model.name"] == (
+        load_config("train", ["data=x"]).model.name
+    )
+    assert page_defaults(train)["split.val_actors"] == "[]"
+    assert "| `optim.lr` | float (`0 < x <= 10`) | `0.003` | peak learning rate (AdamW) |" in train
     assert "| `data` | str or none | **required** |" in train
     assert "| `labels` | ravdess8 \\| ravdess7 | `ravdess8` |" in train
+
+
+def test_help_gives_each_key_its_type_and_range(capsys):
+    assert main(["train", "--help"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  ")}  # fmt: skip
+    assert lines["split.test_actors"].endswith("[list of int; 1 <= x <= 24]")
+    assert lines["optim.schedule"].endswith("[cosine | onecycle]")
+    assert lines["name"].endswith("[str or none; a plain name]")
+    assert lines["train.max_failures"].endswith("[int; x >= -1]")
 
 
 def test_benchmarks_page_has_every_result_file_and_its_machine(tmp_path):
