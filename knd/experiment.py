@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,6 +33,7 @@ from knd.config import (
     replace,
     to_dict,
 )
+from knd.dataset import manifest_actors, read_manifest
 from knd.ravdess import actor_folds
 from knd.search_space import check_search, param_space, space_path, space_recipes
 
@@ -186,7 +186,7 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         ValueError: no test actor in the corpus, or too few actors for the folds.
         ConfigError: a bad search space.
     """
-    present = sorted(int(a) for a in manifest["rows_per_actor"] if str(a).isdigit())
+    present = manifest_actors(manifest)
     test = sorted({int(a) for a in cfg.test_actors})
     if not set(test) & set(present):
         raise ValueError(f"{cfg.data}: none of the test actors {test} is in the corpus {present}")
@@ -237,9 +237,7 @@ def _space_bases(cfg: TuneConfig, space: dict, present: list[int], test: list[in
 def experiment_uri(cfg: TuneConfig) -> str:
     """The folder of a new search: ``storage_path/name`` (local paths made absolute)."""
     name = cfg.name or f"tune-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if storage.is_remote(cfg.storage_path):
-        return storage.join(cfg.storage_path, name)
-    return str(Path(cfg.storage_path).expanduser().resolve() / name)
+    return storage.join(storage.absolute(cfg.storage_path), name)
 
 
 def resumed_config(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
@@ -248,9 +246,7 @@ def resumed_config(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
     Raises:
         ValueError: the folder was not made by ``knd tune``.
     """
-    experiment = cfg.resume.rstrip("/")
-    if not storage.is_remote(experiment):
-        experiment = str(Path(experiment).expanduser().resolve())
+    experiment = storage.absolute(cfg.resume.rstrip("/"))
     meta = read_meta(experiment)
     if meta is None:
         raise ValueError(f"{experiment}: not a knd tune experiment (no {META_FILE})")
@@ -271,8 +267,6 @@ def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
         ValueError: no prepared features, a folder that already exists, or features that differ
             from the ones a resumed search started on.
     """
-    from knd.dataset import read_manifest
-
     if cfg.resume:
         cfg, meta, experiment = resumed_config(cfg)
     elif not cfg.data:

@@ -390,6 +390,18 @@ def read_history(run_path: str) -> list[dict]:
     return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
+def append_history(run_path: str, record: dict) -> None:
+    """Add one epoch's record (with its ``epoch``) to ``<run_path>/history.jsonl``.
+
+    After a recovery from a checkpoint the epochs after it run again: their new records replace
+    the old ones (every record from ``record["epoch"]`` on is dropped), so every epoch appears
+    once, in order.
+    """
+    kept = [h for h in read_history(run_path) if h.get("epoch", -1) < record["epoch"]]
+    text = "".join(json.dumps(h) + "\n" for h in [*kept, record])
+    storage.write_text(storage.join(run_path, HISTORY_FILE), text)
+
+
 # ----------------------------------------------------------------------------------------------
 # The analysis report (knd analyse)
 
