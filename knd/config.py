@@ -198,7 +198,9 @@ class PrepareConfig:
     require_labels: bool = _help("reject files whose names are not RAVDESS names")
     features: FeatureConfig = _help("feature parameters")
     rows_per_shard: int = _help("rows per Parquet shard", ge=1, le=10_000_000)
-    batch_size: int = _help("files per Ray Data batch", ge=1, le=1_000_000)
+    batch_size: int = _help(
+        "fewest files per Ray task (each task writes one shard of them)", ge=1, le=1_000_000
+    )
     ray: RayConfig = _help("Ray connection")
 
 

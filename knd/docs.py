@@ -1,17 +1,21 @@
 """Pages of the documentation site generated at build time, so they cannot drift from the code.
 
-``docs/hooks.py`` (an MkDocs hook) replaces two markers in the Markdown of the site:
+``docs/hooks.py`` (an MkDocs hook) replaces three kinds of marker in the Markdown of the site:
 
 - ``<!-- knd:cli-reference -->`` with :func:`cli_reference`: every command, and every key by its
   full dotted name as typed on the command line, with its type, range, default and help text, from
   :func:`knd.config.command_keys` (what ``knd <command> --help`` prints);
 - ``<!-- knd:benchmarks -->`` with :func:`benchmarks_markdown`: every ``bench/results/*.json``
-  as tables, with the machine it was measured on.
+  as tables, with the machine it was measured on;
+- ``<!-- knd:default COMMAND KEY -->`` (e.g. ``<!-- knd:default train split.val_actors -->``)
+  with that key's default as ``knd COMMAND --help`` shows it (:func:`fill_defaults`), so prose
+  that states a default never types it by hand.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from knd.config import SCHEMAS, Key, command_keys
 
 CLI_MARKER = "<!-- knd:cli-reference -->"
 BENCH_MARKER = "<!-- knd:benchmarks -->"
+DEFAULT_MARKER = re.compile(r"<!-- knd:default (\w+) ([\w.]+) -->")
 
 
 def _cell(text: str) -> str:
@@ -57,6 +62,25 @@ def cli_reference() -> str:
             out.append(f"| `{key.name}` | {_type(key)} | {_default(key)} | {_cell(key.help)} |")
         out.append("")
     return "\n".join(out)
+
+
+def default_text(command: str, key: str) -> str:
+    """The default of ``knd <command> <key>=...`` as ``--help`` shows it.
+
+    Raises:
+        KeyError: no such command or key (a page that names a removed key fails the build).
+    """
+    if command not in SCHEMAS:
+        raise KeyError(f"docs: no command {command!r}")
+    keys = {k.name: k for k in command_keys(command)}
+    if key not in keys:
+        raise KeyError(f"docs: knd {command} has no key {key!r}")
+    return keys[key].default_text
+
+
+def fill_defaults(markdown: str) -> str:
+    """Every ``<!-- knd:default COMMAND KEY -->`` of ``markdown`` replaced by `` `default` ``."""
+    return DEFAULT_MARKER.sub(lambda m: f"`{default_text(m[1], m[2])}`", markdown)
 
 
 # ----------------------------------------------------------------------------------------------

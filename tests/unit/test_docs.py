@@ -15,7 +15,7 @@ import yaml
 
 from knd.cli import COMMANDS, main
 from knd.config import SCHEMAS, command_keys, load_config
-from knd.docs import benchmarks_markdown, cli_reference
+from knd.docs import benchmarks_markdown, cli_reference, fill_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 MKDOCS = str(Path(sys.executable).with_name("mkdocs"))
@@ -75,6 +75,33 @@ def test_help_gives_each_key_its_type_and_range(capsys):
     assert lines["train.max_failures"].endswith("[int; x >= -1]")
 
 
+def test_a_default_stated_in_prose_is_the_one_help_shows(capsys):
+    text = "val <!-- knd:default train split.val_actors --> and <!-- knd:default tune folds -->."
+    tune_folds = help_defaults("tune", capsys)["folds"]
+    assert fill_defaults(text) == f"val `[]` and `{tune_folds}`."
+    with pytest.raises(KeyError, match="has no key 'split.nope'"):
+        fill_defaults("<!-- knd:default train split.nope -->")
+    # Every marker on every page names a real key; the Concepts page says what a plain run does.
+    for page in (REPO / "docs").rglob("*.md"):
+        assert "<!-- knd:default" not in fill_defaults(page.read_text()), page
+    concepts = fill_defaults((REPO / "docs" / "concepts.md").read_text())
+    assert "`split.val_actors` (default `[]`)" in concepts
+    assert "`train.checkpoint_metric` (default `val_loss`" in concepts
+
+
+def test_the_pipeline_diagram_is_mermaid_and_one_picture_in_readme_and_home_page():
+    def mermaid(path: Path) -> list[str]:
+        return re.findall(r"^```mermaid\n(.*?)^```$", path.read_text(), flags=re.M | re.S)
+
+    home, readme = mermaid(REPO / "docs" / "index.md"), mermaid(REPO / "README.md")
+    assert len(home) == 1 and home == readme
+    assert "knd prepare · Ray tasks" in home[0]
+    fences = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    superfences = next(e for e in fences["markdown_extensions"] if "pymdownx.superfences" in e)
+    custom = superfences["pymdownx.superfences"]["custom_fences"]
+    assert {"name": "mermaid", "class": "mermaid"}.items() <= custom[0].items()
+
+
 def test_benchmarks_page_has_every_result_file_and_its_machine(tmp_path):
     results = {
         "a.json": {"command": "python bench/a.py", "machine": {"cpus": 2}, "ratio": 1.2345},
@@ -124,6 +151,10 @@ def test_site_builds_strict_and_a_broken_link_fails_it(tmp_path):
     assert "train.num_workers" in cli_page and "features.n_mels" in cli_page
     api_page = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     assert "split_metrics" in api_page
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert '<pre class="mermaid">' in home and "──▶" not in home
+    concepts = (tmp_path / "site" / "concepts" / "index.html").read_text()
+    assert "knd:default" not in concepts and "<code>val_loss</code>" in concepts
 
     copy = tmp_path / "copy"
     copy.mkdir()
