@@ -82,24 +82,35 @@ def confusion_figure(
 
 
 def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> bytes:
+    """A PNG of :func:`learning_curves`."""
+    return _png(learning_curves(history, best_epoch))
+
+
+def learning_curves(history: Sequence[dict], best_epoch: int | None = None):
     """Learning curves: train/val loss (left) and validation UAR (right) per epoch.
+
+    A run without validation actors has no validation UAR: it gets the loss panel alone, not an
+    empty second one.
 
     Args:
         history: one record per epoch (``history.jsonl``), with ``epoch`` and any of
             ``train_loss``, ``val_loss``, ``val_uar``. A resumed run can report an epoch twice;
             the later record wins.
         best_epoch: marked with a dashed line (the epoch whose checkpoint was kept).
+
+    Returns:
+        The matplotlib Figure.
     """
     from matplotlib.ticker import MaxNLocator
 
     by_epoch = {int(h["epoch"]): h for h in history if "epoch" in h}
     epochs = sorted(by_epoch)
-    fig = _figure(9.0, 3.4, dpi=110)
-    loss_ax, uar_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for ax, keys, title in (
-        (loss_ax, ("train_loss", "val_loss"), "loss"),
-        (uar_ax, ("val_uar",), "validation UAR"),
-    ):
+    panels = [(("train_loss", "val_loss"), "loss")]
+    if any(by_epoch[e].get("val_uar") is not None for e in epochs):
+        panels.append((("val_uar",), "validation UAR"))
+    fig = _figure(4.5 * len(panels), 3.4, dpi=110)
+    for i, (keys, title) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), i)
         for key in keys:
             points = [(e, by_epoch[e][key]) for e in epochs if by_epoch[e].get(key) is not None]
             if points:
@@ -112,9 +123,9 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a run without validation has one curve per panel
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    return _png(fig)
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +134,8 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
 
 @dataclass(frozen=True)
 class Block:
-    """A piece of a report: ``kind`` is heading, text, bullets, table, image, link or code."""
+    """A piece of a report: ``kind`` is heading, text, bullets, table, image, code or markdown
+    (Markdown text put in as it is)."""
 
     kind: str
     text: str = ""

@@ -46,9 +46,9 @@ from functools import lru_cache
 
 import numpy as np
 from scipy.signal import butter, lfilter, resample_poly, sosfilt
-from tqdm import tqdm
 
 from knd import storage
+from knd.console import file_progress
 from knd.ravdess import ACTORS, EMOTIONS, Clip
 
 log = logging.getLogger(__name__)
@@ -747,7 +747,7 @@ def write_corpus(
         actors: actor numbers, or N for actors 1..N.
         seed: the same seed writes byte-identical files.
         workers: parallel processes; 0 means one per CPU. The files do not depend on it.
-        progress: show a progress bar.
+        progress: show progress on stderr (a bar on a terminal, a few lines in a log).
         style: ``classic`` or ``speech`` (see the module docstring).
 
     Raises:
@@ -761,7 +761,7 @@ def write_corpus(
         raise ValueError(f"actors must be 1..24 (an int N means actors 1..N), got {actors!r}")
     tasks = [(str(out), clip, int(seed), style) for actor in chosen for clip in actor_clips(actor)]
     workers = min(workers or os.cpu_count() or 1, len(tasks))
-    bar = tqdm(total=len(tasks), unit="file", desc="synth", disable=not progress)
+    bar = file_progress(len(tasks), "synth", show=progress)
     paths: list[str] = []
     try:
         if workers == 1:
