@@ -308,7 +308,32 @@ def run_blocks(
         config: the exact config of the run, shown as YAML.
         history: one record per epoch; gives ``curves.png`` when it has any.
     """
-    labels = report["labels"]
+    blocks = _headline_blocks(report)
+    figures: dict[str, bytes] = {}
+    part = report.get(split)
+    if part:
+        png = confusion_figure(part["confusion"], report["labels"], f"{split}: {_headline(part)}")
+        figures[CONFUSION_FILE] = png
+        blocks += [heading("Confusion matrix"), image(CONFUSION_FILE, png, f"{split} confusion")]
+        blocks += _breakdown_blocks(part, report["labels"])
+    if history:
+        png = curves_figure(history, report.get("best_epoch"))
+        figures[CURVES_FILE] = png
+        blocks += [heading("Learning curves"), image(CURVES_FILE, png, "loss and val UAR")]
+        blocks.append(
+            table(
+                ["epoch", "train loss", "val loss", "val UAR", "epoch s"],
+                [[h.get("epoch"), h.get("train_loss"), h.get("val_loss"), h.get("val_uar"),
+                  h.get("epoch_s")] for h in history],
+            )
+        )  # fmt: skip
+    if config is not None:
+        blocks += [heading("Config"), code(yaml.safe_dump(config, sort_keys=False), "yaml")]
+    return blocks, figures
+
+
+def _headline_blocks(report: dict) -> list[Block]:
+    """The headline table of every split, the run's facts and what UAR means."""
     blocks: list[Block] = [heading("Headline metrics")]
     rows = []
     for name in ("test", "val"):
@@ -331,39 +356,25 @@ def run_blocks(
             "recalls, so a model that favours the larger classes gains nothing from it."
         )
     )
-    figures: dict[str, bytes] = {}
-    part = report.get(split)
-    if part:
-        png = confusion_figure(part["confusion"], labels, f"{split}: {_headline(part)}")
-        figures[CONFUSION_FILE] = png
-        blocks += [heading("Confusion matrix"), image(CONFUSION_FILE, png, f"{split} confusion")]
-        blocks += [heading("Per emotion")]
-        per_class = per_class_metrics(part["confusion"])
-        blocks.append(
-            table(
-                ["emotion", "clips", "recall", "precision", "F1"],
-                [[lab, c["n"], c["recall"], c["precision"], c["f1"]]
-                 for lab, c in zip(labels, per_class, strict=True)],
-            )
-        )  # fmt: skip
-        if part.get("per_actor"):
-            blocks.append(heading("Per actor"))
-            per_actor = sorted(part["per_actor"].items(), key=lambda kv: int(kv[0]))
-            blocks.append(table(["actor", "accuracy"], [[a, acc] for a, acc in per_actor]))
-    if history:
-        png = curves_figure(history, report.get("best_epoch"))
-        figures[CURVES_FILE] = png
-        blocks += [heading("Learning curves"), image(CURVES_FILE, png, "loss and val UAR")]
-        blocks.append(
-            table(
-                ["epoch", "train loss", "val loss", "val UAR", "epoch s"],
-                [[h.get("epoch"), h.get("train_loss"), h.get("val_loss"), h.get("val_uar"),
-                  h.get("epoch_s")] for h in history],
-            )
-        )  # fmt: skip
-    if config is not None:
-        blocks += [heading("Config"), code(yaml.safe_dump(config, sort_keys=False), "yaml")]
-    return blocks, figures
+    return blocks
+
+
+def _breakdown_blocks(part: dict, labels: Sequence[str]) -> list[Block]:
+    """Per-emotion and per-actor tables of one split."""
+    per_class = per_class_metrics(part["confusion"])
+    blocks = [
+        heading("Per emotion"),
+        table(
+            ["emotion", "clips", "recall", "precision", "F1"],
+            [[lab, c["n"], c["recall"], c["precision"], c["f1"]]
+             for lab, c in zip(labels, per_class, strict=True)],
+        ),
+    ]  # fmt: skip
+    if part.get("per_actor"):
+        blocks.append(heading("Per actor"))
+        per_actor = sorted(part["per_actor"].items(), key=lambda kv: int(kv[0]))
+        blocks.append(table(["actor", "accuracy"], [[a, acc] for a, acc in per_actor]))
+    return blocks
 
 
 def write_report(
