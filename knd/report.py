@@ -22,12 +22,16 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from knd import storage
 from knd.metrics import per_class_metrics
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
+    from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion.png"
@@ -86,7 +90,7 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
     return _png(learning_curves(history, best_epoch))
 
 
-def learning_curves(history: Sequence[dict], best_epoch: int | None = None):
+def learning_curves(history: Sequence[dict], best_epoch: int | None = None) -> Figure:
     """Learning curves: train/val loss (left) and validation UAR (right) per epoch.
 
     A run without validation actors has no validation UAR: it gets the loss panel alone, not an
@@ -99,7 +103,7 @@ def learning_curves(history: Sequence[dict], best_epoch: int | None = None):
         best_epoch: marked with a dashed line (the epoch whose checkpoint was kept).
 
     Returns:
-        The matplotlib Figure.
+        The figure, one panel per kind of curve.
     """
     from matplotlib.ticker import MaxNLocator
 
