@@ -42,6 +42,7 @@ import numpy as np
 from knd import storage
 from knd.config import load_config
 from knd.ravdess import EMOBOX_FOLDS, EMOTIONS
+from knd.report import read_history
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synth_difficulty.json"
 
@@ -185,7 +186,7 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict | No
     run_path = Path(args.work) / "runs" / name
     if (run_path / "metrics.json").exists():  # finished earlier (an interrupted bench resumes)
         metrics = json.loads((run_path / "metrics.json").read_text())
-        history = [json.loads(line) for line in (run_path / train.HISTORY_FILE).open()]
+        history = read_history(str(run_path))
         result = train.TrainResult(
             str(run_path), metrics["checkpoint"], metrics, history, metrics["best_epoch"]
         )

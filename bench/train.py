@@ -67,14 +67,17 @@ class GpuSampler:
 
 def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dict:
     """Train with the engine over in-memory tensors, no Ray; per-epoch times and metrics."""
-    from knd.dataset import load_features
+    from knd.dataset import load_features, manifest_actors, read_manifest
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    manifest_actors = load_features(data, actors=[]).manifest["rows_per_actor"]
-    present = sorted(int(a) for a in manifest_actors if a != "unknown")
-    split = split_actors(cfg.split.test_actors, cfg.split.val_actors, actors=present)
+    manifest = read_manifest(data)
+    if manifest is None:
+        raise SystemExit(f"no prepared features at {data} (run knd prepare)")
+    split = split_actors(
+        cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
+    )
     train = load_features(data, actors=split.train, groups=cfg.model.groups)
     dev = torch.device(device)
     gpu = dev.type == "cuda"

@@ -138,8 +138,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from knd.config import RayConfig
+    from knd.experiment import experiment_meta
     from knd.runtime import init_ray
-    from knd.tune import experiment_meta
 
     scratch = tempfile.mkdtemp(prefix="knd-bench-tune-")
     init_ray(RayConfig(address=None, num_cpus=2, verbose=False))

@@ -11,10 +11,10 @@ if str(REPO) not in sys.path:  # the knd of this tree, also without an editable 
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    from knd.docs import BENCH_MARKER, CLI_MARKER, benchmarks_markdown, cli_reference
+    from knd.docs import BENCH_MARKER, CLI_MARKER, benchmarks_markdown, cli_reference, fill_defaults
 
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     if BENCH_MARKER in markdown:
         markdown = markdown.replace(BENCH_MARKER, benchmarks_markdown(REPO / "bench" / "results"))
-    return markdown
+    return fill_defaults(markdown)

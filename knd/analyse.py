@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import yaml
 
 from knd import storage
 from knd.config import AnalyseConfig
@@ -30,8 +29,8 @@ from knd.experiment import (
     BEST_CONFIG_FILE,
     BEST_RESULT_FILE,
     SCORES,
+    best_config_text,
     best_row,
-    best_train_config,
     load_experiment,
     number,
     read_meta,
@@ -287,9 +286,8 @@ def run(cfg: AnalyseConfig) -> AnalyseResult:
     }
     best = best_row(rows, metric)
     if best is not None and meta is not None:
-        tree = best_train_config(best["params"], meta)
-        header = f"# knd train data={meta['tune']['data']} config={BEST_CONFIG_FILE}\n"
-        files[BEST_CONFIG_FILE] = (header + yaml.safe_dump(tree, sort_keys=False)).encode()
+        text = best_config_text(best["params"], meta, meta["tune"]["data"])
+        files[BEST_CONFIG_FILE] = text.encode()
     elif meta is None:
         log.warning("%s was not made by knd tune: no %s written", experiment, BEST_CONFIG_FILE)
     for name, data in files.items():

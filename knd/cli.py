@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 
@@ -37,9 +38,28 @@ def command_help(command: str) -> str:
     )
 
 
+SIGPIPE_STATUS = 141
+"""What a shell reports for a process its reader went away from (128 + SIGPIPE)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``knd <command> key=value ...`` and run the command's stage."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Parse ``knd <command> key=value ...`` and run the command's stage.
+
+    Output piped into a reader that stops early (``knd train --help | head``) ends the command
+    quietly, as it ends ``cat`` or ``ls``: no traceback, status 141.
+    """
+    try:
+        status = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
+        return status
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit; pointed at /dev/null, that flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return SIGPIPE_STATUS
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -79,6 +99,8 @@ def run_command(command: str, args: list[str]) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"knd {command}: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # the reader of our output went away: main() ends quietly
     except OSError as e:  # disk full, permissions, a file where a folder should be...
         where = f"{e.filename}: " if e.filename else ""
         print(f"knd {command}: {where}{e.strerror or e}", file=sys.stderr)

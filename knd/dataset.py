@@ -499,3 +499,11 @@ def load_features(
         manifest=manifest,
         side={g: cols[g] for g in specs if g != "logmel"},
     )
+
+
+def manifest_actors(manifest: dict[str, Any]) -> list[int]:
+    """The actors a manifest has clips of, ascending: the one list train, tune and bench split.
+
+    Clips whose names are not RAVDESS names are counted under ``unknown``, which is no actor.
+    """
+    return sorted(int(a) for a in manifest["rows_per_actor"] if str(a).isdigit())

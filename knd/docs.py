@@ -1,104 +1,86 @@
 """Pages of the documentation site generated at build time, so they cannot drift from the code.
 
-``docs/hooks.py`` (an MkDocs hook) replaces two markers in the Markdown of the site:
+``docs/hooks.py`` (an MkDocs hook) replaces three kinds of marker in the Markdown of the site:
 
 - ``<!-- knd:cli-reference -->`` with :func:`cli_reference`: every command, and every key by its
-  full dotted name as typed on the command line, with its type, default and help text, read from
-  the config schemas (:data:`knd.config.SCHEMAS`) and the shipped YAML defaults;
+  full dotted name as typed on the command line, with its type, range, default and help text, from
+  :func:`knd.config.command_keys` (what ``knd <command> --help`` prints);
 - ``<!-- knd:benchmarks -->`` with :func:`benchmarks_markdown`: every ``bench/results/*.json``
-  as tables, with the machine it was measured on.
+  as tables, with the machine it was measured on;
+- ``<!-- knd:default COMMAND KEY -->`` (e.g. ``<!-- knd:default train split.val_actors -->``)
+  with that key's default as ``knd COMMAND --help`` shows it (:func:`fill_defaults`), so prose
+  that states a default never types it by hand.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
+from knd.config import SCHEMAS, Key, command_keys
 
 CLI_MARKER = "<!-- knd:cli-reference -->"
 BENCH_MARKER = "<!-- knd:benchmarks -->"
+DEFAULT_MARKER = re.compile(r"<!-- knd:default (\w+) ([\w.]+) -->")
 
 
-@dataclasses.dataclass(frozen=True)
-class Key:
-    """One ``key=value`` a command takes."""
-
-    name: str  # full dotted name, e.g. ``optim.lr``
-    type: str
-    default: Any
-    required: bool
-    help: str
-
-
-def type_name(kind: Any) -> str:
-    """A short, readable name of an annotated config type (``int | None`` -> ``int or none``)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        inner = [type_name(a) for a in args if a is not type(None)]
-        return " or ".join(inner) + (" or none" if type(None) in args else "")
-    if origin is Literal:
-        return " \\| ".join(str(a) for a in args)
-    if origin is tuple:
-        return f"list of {type_name(args[0])}"
-    return getattr(kind, "__name__", str(kind))
-
-
-def command_keys(command: str) -> list[Key]:
-    """Every key of ``command``, sections flattened to dotted names, in schema order."""
-    from knd.config import SCHEMAS, config_dir, load_yaml
-
-    schema = SCHEMAS[command]
-    defaults = load_yaml(config_dir() / f"{command}.yaml")
-    keys: list[Key] = []
-
-    def walk(kind: type, tree: dict, prefix: str) -> None:
-        hints = typing.get_type_hints(kind)
-        for f in dataclasses.fields(kind):
-            hint = hints[f.name]
-            if dataclasses.is_dataclass(hint):
-                walk(hint, tree.get(f.name) or {}, prefix + f.name + ".")
-                continue
-            value = tree.get(f.name)
-            required = f.name in getattr(kind, "required", ()) and value is None
-            keys.append(Key(prefix + f.name, type_name(hint), value, required,
-                            f.metadata.get("help", "")))  # fmt: skip
-
-    walk(schema, defaults, "")
-    return keys
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (a ``|`` would start a new column)."""
+    return text.replace("|", "\\|")
 
 
 def _default(key: Key) -> str:
-    if key.required:
-        return "**required**"
-    text = yaml.safe_dump(key.default, default_flow_style=True).strip()
-    return f"`{text.removesuffix('...').strip()}`"
+    return "**required**" if key.required else f"`{key.default_text}`"  # a `|` inside code is text
+
+
+def _type(key: Key) -> str:
+    return _cell(key.type) + (f" (`{key.bounds}`)" if key.bounds else "")
 
 
 def cli_reference() -> str:
-    """Markdown: one section per command, one table row per key."""
+    """Markdown: one section per command, one table row per key (:func:`knd.config.command_keys`,
+    the same keys and defaults as ``knd <command> --help``)."""
     from knd.cli import COMMANDS
-    from knd.config import SCHEMAS
 
     out = []
     for command, (_, summary) in COMMANDS.items():
-        schema = SCHEMAS[command]
+        keys = command_keys(command)
         out += [f"## `knd {command}`", "", summary[0].upper() + summary[1:] + ".", ""]
         out += [f"Defaults: `configs/{command}.yaml`."]
-        if getattr(schema, "applies_recipe", False):
-            out[-1] += " A recipe (`configs/recipes/<recipe>.yaml`) is applied over them."
-        required = [k.name for k in command_keys(command) if k.required]
-        example = " ".join(f"{k}=..." for k in required)
+        if getattr(SCHEMAS[command], "applies_recipe", False):
+            recipe = next(k.default for k in keys if k.name == "recipe")
+            out[-1] += (
+                " A recipe (`configs/recipes/<recipe>.yaml`) is applied over them; the defaults"
+                f" below are a plain run's, with the default recipe `{recipe}` applied."
+            )
+        example = " ".join(f"{k.name}=..." for k in keys if k.required)
         out += ["", "```bash", f"knd {command} {example}".rstrip(), "```", ""]
         out += ["| key | type | default | help |", "|---|---|---|---|"]
-        for key in command_keys(command):
-            out.append(f"| `{key.name}` | {key.type} | {_default(key)} | {key.help} |")
+        for key in keys:
+            out.append(f"| `{key.name}` | {_type(key)} | {_default(key)} | {_cell(key.help)} |")
         out.append("")
     return "\n".join(out)
+
+
+def default_text(command: str, key: str) -> str:
+    """The default of ``knd <command> <key>=...`` as ``--help`` shows it.
+
+    Raises:
+        KeyError: no such command or key (a page that names a removed key fails the build).
+    """
+    if command not in SCHEMAS:
+        raise KeyError(f"docs: no command {command!r}")
+    keys = {k.name: k for k in command_keys(command)}
+    if key not in keys:
+        raise KeyError(f"docs: knd {command} has no key {key!r}")
+    return keys[key].default_text
+
+
+def fill_defaults(markdown: str) -> str:
+    """Every ``<!-- knd:default COMMAND KEY -->`` of ``markdown`` replaced by `` `default` ``."""
+    return DEFAULT_MARKER.sub(lambda m: f"`{default_text(m[1], m[2])}`", markdown)
 
 
 # ----------------------------------------------------------------------------------------------

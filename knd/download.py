@@ -202,37 +202,15 @@ def fetch(url: str, part: Path, chunk_bytes: int, timeout_s: float) -> FetchResu
     """
     shown = _redact(url)
     offset = part.stat().st_size if part.exists() else 0
-    plain_url, auth = _split_credentials(url)
-    request = urllib.request.Request(plain_url, headers={"User-Agent": "knd-download"})
-    if auth:
-        request.add_header("Authorization", auth)
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
     received = 0
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urllib.request.urlopen(_request(url, offset), timeout=timeout_s) as response:
             start, total = _response_span(response, offset)
             if offset and start == 0:
                 log.info("%s ignored the Range request; downloading from the start", shown)
             elif offset:
                 log.info("resuming %s at byte %d", part.name, offset)
-            mode = "ab" if start else "wb"
-            with (
-                open(part, mode) as f,
-                tqdm(
-                    total=total,
-                    initial=start,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=part.name.removesuffix(".part"),
-                    disable=None,
-                ) as bar,
-            ):
-                while chunk := response.read(chunk_bytes):
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
+            received = _write_body(response, part, start, total, chunk_bytes)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:
             if _range_total(e.headers.get("Content-Range")) == offset:
@@ -254,6 +232,33 @@ def fetch(url: str, part: Path, chunk_bytes: int, timeout_s: float) -> FetchResu
             f"download incomplete: {shown}: {size} of {total} bytes; rerun to resume"
         )
     return FetchResult(received, start)
+
+
+def _request(url: str, offset: int) -> urllib.request.Request:
+    """A GET of ``url`` from byte ``offset``; its user:password go in a header, not the URL."""
+    plain_url, auth = _split_credentials(url)
+    request = urllib.request.Request(plain_url, headers={"User-Agent": "knd-download"})
+    if auth:
+        request.add_header("Authorization", auth)
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    return request
+
+
+def _write_body(
+    response: http.client.HTTPResponse, part: Path, start: int, total: int | None, chunk_bytes: int
+) -> int:
+    """Stream the body into ``part`` (appended after byte ``start``, else from the start), with a
+    bar on a terminal; returns the bytes written."""
+    received = 0
+    bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=part.name.removesuffix(".part"), disable=None)  # fmt: skip
+    with open(part, "ab" if start else "wb") as f, bar:
+        while chunk := response.read(chunk_bytes):
+            f.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    return received
 
 
 def _response_span(response: http.client.HTTPResponse, offset: int) -> tuple[int, int | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import posixpath
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,9 +92,4 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
 
 
 def _parent(uri: str) -> str:
-    uri = str(uri).rstrip("/")
-    if storage.is_remote(uri):
-        return uri.rsplit("/", 1)[0]
-    from pathlib import Path
-
-    return str(Path(uri).resolve().parent)
+    return posixpath.dirname(storage.absolute(str(uri).rstrip("/")))

@@ -1,6 +1,8 @@
-"""The ``knd tune`` experiment folder, shared by ``knd tune`` (which writes it) and ``knd analyse``.
+"""The ``knd tune`` experiment folder: the one module that writes and reads it.
 
-An experiment folder (local or ``s3://``) holds Ray Tune's own state and trial folders, plus:
+``knd tune`` opens and fills the folder through this module and ``knd analyse`` reads it (and
+writes the same ``best_config.yaml``) through it. An experiment folder (local or ``s3://``) holds
+Ray Tune's own state and trial folders, plus:
 
 - ``knd_tune.json``: what the search was (test actors, folds, base train configs, space...);
 - ``best_config.yaml``: the best configuration, as ``knd train config=...`` takes it;
@@ -12,11 +14,36 @@ Reading Tune's state unpickles Ray's files: trust an experiment folder as you tr
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from typing import Any
 
+import yaml
+
 from knd import storage
-from knd.config import TrainConfig, build, load_config, merge, replace, to_dict
+from knd.config import (
+    ConfigError,
+    TrainConfig,
+    TuneConfig,
+    build,
+    load_config,
+    load_yaml,
+    merge,
+    replace,
+    to_dict,
+)
+from knd.dataset import check_groups, manifest_actors, manifest_groups, read_manifest
+from knd.ravdess import actor_folds
+from knd.search_space import (
+    check_search,
+    param_space,
+    space_groups,
+    space_path,
+    space_recipes,
+)
+
+log = logging.getLogger(__name__)
 
 META_FILE = "knd_tune.json"
 BEST_RESULT_FILE = "best_result.json"
@@ -152,3 +179,169 @@ def number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(number) else number
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing: a new or resumed search, and its best configuration
+
+
+def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
+    """Everything a trial, a resume and ``knd analyse`` need to know about the experiment.
+
+    Raises:
+        ValueError: no test actor in the corpus, or too few actors for the folds.
+        ConfigError: a bad search space.
+    """
+    present = manifest_actors(manifest)
+    test = sorted({int(a) for a in cfg.test_actors})
+    if not set(test) & set(present):
+        raise ValueError(f"{cfg.data}: none of the test actors {test} is in the corpus {present}")
+    missing = sorted(set(test) - set(present))
+    if missing:
+        log.warning("test actors %s are not in the corpus; testing on the others", missing)
+    folds = [list(f) for f in actor_folds(present, cfg.folds, exclude=test)]
+    path = space_path(cfg.space)
+    space = load_yaml(path)
+    bases = _space_bases(cfg, space, present, test)
+    check_search(cfg.search, param_space(space, bases, cfg.recipe, path), path)  # fail now
+    check_groups(cfg.data, manifest, dict.fromkeys(space_groups(space, bases.values())))
+    return {
+        "tune": to_dict(cfg),
+        "space_file": path,
+        "space": space,
+        "recipe": cfg.recipe,
+        "bases": {name: to_dict(base) for name, base in bases.items()},
+        "actors": present,
+        "test_actors": [a for a in test if a in present],
+        "train_actors": [a for a in present if a not in test],
+        "folds": folds,
+        "max_epochs": cfg.max_epochs,
+        "metric": cfg.metric,
+        "cpus_per_trial": cfg.cpus_per_trial,
+        "feature_hash": manifest["feature_hash"],
+        "feature_params": manifest["feature_params"],
+        "feature_shape": manifest["feature_shape"],
+        "feature_groups": manifest_groups(manifest),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def experiment_groups(meta: dict) -> dict[str, str]:
+    """``{group: hash}`` of every feature group the experiment's corpus offers its trials."""
+    specs = meta.get("feature_groups") or {"logmel": {"hash": meta["feature_hash"]}}
+    return {group: spec["hash"] for group, spec in specs.items()}
+
+
+def _space_bases(cfg: TuneConfig, space: dict, present: list[int], test: list[int]) -> dict:
+    """The base train config of every recipe the space may pick, with the search's split."""
+    # knd train picks its checkpoint on validation actors: best_config.yaml sets aside one group
+    # of about four (an EmoBox group where they fit), so it trains on most non-test actors.
+    rest = [a for a in present if a not in test]
+    val = list(actor_folds(present, max(2, len(rest) // 4), exclude=test)[0])
+    bases = {}
+    for recipe in space_recipes(space, cfg.recipe):
+        base = load_config(
+            "train", [f"data={cfg.data}", f"recipe={recipe}", f"labels={cfg.labels}"]
+        )
+        split = {"split.test_actors": test, "split.val_actors": val}
+        bases[recipe] = replace(base, **split, **{"optim.epochs": cfg.max_epochs})
+    return bases
+
+
+def experiment_uri(cfg: TuneConfig) -> str:
+    """The folder of a new search: ``storage_path/name`` (local paths made absolute)."""
+    name = cfg.name or f"tune-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return storage.join(storage.absolute(cfg.storage_path), name)
+
+
+def resumed_config(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
+    """``(config, meta, experiment folder)`` of the search that ``cfg.resume`` names.
+
+    Raises:
+        ValueError: the folder was not made by ``knd tune``.
+    """
+    experiment = storage.absolute(cfg.resume.rstrip("/"))
+    meta = read_meta(experiment)
+    if meta is None:
+        raise ValueError(f"{experiment}: not a knd tune experiment (no {META_FILE})")
+    # The search continues exactly as it started; only where Ray and the data are may change.
+    tree = meta["tune"] | {"resume": experiment, "ray": to_dict(cfg.ray)}
+    if cfg.data:
+        tree["data"] = cfg.data
+    return build(TuneConfig, tree), meta, experiment
+
+
+def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
+    """``(config, meta, experiment folder)`` of a new search, or of the one ``resume`` names.
+
+    A new search writes its ``knd_tune.json`` now, so a killed run can be resumed.
+
+    Raises:
+        ConfigError: neither ``data`` nor ``resume``, or a bad search space.
+        ValueError: no prepared features, a folder that already exists, or features that differ
+            from the ones a resumed search started on.
+    """
+    if cfg.resume:
+        cfg, meta, experiment = resumed_config(cfg)
+    elif not cfg.data:
+        raise ConfigError("missing required key 'data' (knd tune data=... or resume=PATH)")
+    else:
+        experiment, meta = experiment_uri(cfg), None
+        if storage.exists(storage.join(experiment, META_FILE)):
+            raise ValueError(f"{experiment} exists: resume={experiment} finishes it, or rename")
+    manifest = read_manifest(cfg.data)
+    if manifest is None:
+        raise ValueError(f"no prepared features at {cfg.data} (no manifest.json; run knd prepare)")
+    if meta is None:
+        meta = experiment_meta(cfg, manifest)
+        storage.write_text(storage.join(experiment, META_FILE), json.dumps(meta, indent=2) + "\n")
+    elif manifest["feature_hash"] != meta["feature_hash"]:
+        raise ValueError(f"{cfg.data}: features differ from the ones this search started on")
+    return cfg, meta, experiment
+
+
+def best_config_text(params: dict, meta: dict, data: str) -> str:
+    """``best_config.yaml``: the command that uses it, then the best trial's train config.
+
+    Args:
+        params: the best trial's sampled keys.
+        meta: the experiment's ``knd_tune.json``.
+        data: the features the command in the first line trains on.
+    """
+    tree = best_train_config(params, meta)
+    header = f"# knd train data={data} config={BEST_CONFIG_FILE}\n"
+    return header + yaml.safe_dump(tree, sort_keys=False)
+
+
+def write_best(cfg: TuneConfig, meta: dict, best: dict, experiment: str, extra: dict) -> dict:
+    """``best_config.yaml`` and ``best_result.json`` of the search; returns the summary.
+
+    Args:
+        cfg: the search's config.
+        meta: the experiment's ``knd_tune.json``.
+        best: the best trial's row (:func:`best_row`).
+        experiment: the experiment folder.
+        extra: ``test`` (the retrained model's test metrics or None), ``num_trials``,
+            ``search_s``.
+    """
+    text = best_config_text(best["params"], meta, cfg.data)
+    storage.write_text(storage.join(experiment, BEST_CONFIG_FILE), text)
+    test = extra.get("test")
+    summary = {
+        "experiment": experiment,
+        "trial_id": best["trial_id"],
+        "metric": cfg.metric,
+        "cv": {k: best[k] for k in best if k.startswith(("uar", "accuracy", "macro_f1"))},
+        "epochs": best["epochs"],
+        "params": best["params"],
+        "test": None if test is None else {k: v for k, v in test.items() if k != "confusion"},
+        "test_actors": meta["test_actors"],
+        "folds": meta["folds"],
+        "num_trials": extra["num_trials"],
+        "search_s": extra["search_s"],
+        "train_config": best_train_config(best["params"], meta),
+    }
+    storage.write_text(
+        storage.join(experiment, BEST_RESULT_FILE), json.dumps(summary, indent=2) + "\n"
+    )
+    return summary

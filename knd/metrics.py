@@ -125,3 +125,15 @@ def per_class_metrics(confusion: Sequence[Sequence[int]]) -> list[dict]:
         {"n": int(n), "recall": float(r), "precision": float(p), "f1": float(f)}
         for n, r, p, f in zip(true, recall, precision, f1, strict=True)
     ]
+
+
+def fold_summary(scores: list[dict]) -> dict:
+    """Mean and (population) standard deviation over folds, plus every fold's UAR."""
+    out: dict[str, float] = {}
+    for key in ("uar", "accuracy", "macro_f1"):
+        values = np.array([s[key] for s in scores], dtype=np.float64)
+        out[key], out[f"{key}_std"] = float(values.mean()), float(values.std())
+    out |= {f"uar_fold_{i}": float(s["uar"]) for i, s in enumerate(scores, start=1)}
+    out["val_loss"] = float(np.mean([s["loss"] for s in scores]))
+    out["train_loss"] = float(np.mean([s["train_loss"] for s in scores]))
+    return out

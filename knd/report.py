@@ -22,12 +22,16 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from knd import storage
 from knd.metrics import per_class_metrics
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
+    from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion.png"
@@ -82,24 +86,35 @@ def confusion_figure(
 
 
 def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> bytes:
+    """A PNG of :func:`learning_curves`."""
+    return _png(learning_curves(history, best_epoch))
+
+
+def learning_curves(history: Sequence[dict], best_epoch: int | None = None) -> Figure:
     """Learning curves: train/val loss (left) and validation UAR (right) per epoch.
+
+    A run without validation actors has no validation UAR: it gets the loss panel alone, not an
+    empty second one.
 
     Args:
         history: one record per epoch (``history.jsonl``), with ``epoch`` and any of
             ``train_loss``, ``val_loss``, ``val_uar``. A resumed run can report an epoch twice;
             the later record wins.
         best_epoch: marked with a dashed line (the epoch whose checkpoint was kept).
+
+    Returns:
+        The figure, one panel per kind of curve.
     """
     from matplotlib.ticker import MaxNLocator
 
     by_epoch = {int(h["epoch"]): h for h in history if "epoch" in h}
     epochs = sorted(by_epoch)
-    fig = _figure(9.0, 3.4, dpi=110)
-    loss_ax, uar_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for ax, keys, title in (
-        (loss_ax, ("train_loss", "val_loss"), "loss"),
-        (uar_ax, ("val_uar",), "validation UAR"),
-    ):
+    panels = [(("train_loss", "val_loss"), "loss")]
+    if any(by_epoch[e].get("val_uar") is not None for e in epochs):
+        panels.append((("val_uar",), "validation UAR"))
+    fig = _figure(4.5 * len(panels), 3.4, dpi=110)
+    for i, (keys, title) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), i)
         for key in keys:
             points = [(e, by_epoch[e][key]) for e in epochs if by_epoch[e].get(key) is not None]
             if points:
@@ -112,9 +127,9 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a run without validation has one curve per panel
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    return _png(fig)
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +138,8 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> byt
 
 @dataclass(frozen=True)
 class Block:
-    """A piece of a report: ``kind`` is heading, text, bullets, table, image, link or code."""
+    """A piece of a report: ``kind`` is heading, text, bullets, table, image, code or markdown
+    (Markdown text put in as it is)."""
 
     kind: str
     text: str = ""
@@ -296,7 +312,32 @@ def run_blocks(
         config: the exact config of the run, shown as YAML.
         history: one record per epoch; gives ``curves.png`` when it has any.
     """
-    labels = report["labels"]
+    blocks = _headline_blocks(report)
+    figures: dict[str, bytes] = {}
+    part = report.get(split)
+    if part:
+        png = confusion_figure(part["confusion"], report["labels"], f"{split}: {_headline(part)}")
+        figures[CONFUSION_FILE] = png
+        blocks += [heading("Confusion matrix"), image(CONFUSION_FILE, png, f"{split} confusion")]
+        blocks += _breakdown_blocks(part, report["labels"])
+    if history:
+        png = curves_figure(history, report.get("best_epoch"))
+        figures[CURVES_FILE] = png
+        blocks += [heading("Learning curves"), image(CURVES_FILE, png, "loss and val UAR")]
+        blocks.append(
+            table(
+                ["epoch", "train loss", "val loss", "val UAR", "epoch s"],
+                [[h.get("epoch"), h.get("train_loss"), h.get("val_loss"), h.get("val_uar"),
+                  h.get("epoch_s")] for h in history],
+            )
+        )  # fmt: skip
+    if config is not None:
+        blocks += [heading("Config"), code(yaml.safe_dump(config, sort_keys=False), "yaml")]
+    return blocks, figures
+
+
+def _headline_blocks(report: dict) -> list[Block]:
+    """The headline table of every split, the run's facts and what UAR means."""
     blocks: list[Block] = [heading("Headline metrics")]
     rows = []
     for name in ("test", "val"):
@@ -321,39 +362,25 @@ def run_blocks(
             "recalls, so a model that favours the larger classes gains nothing from it."
         )
     )
-    figures: dict[str, bytes] = {}
-    part = report.get(split)
-    if part:
-        png = confusion_figure(part["confusion"], labels, f"{split}: {_headline(part)}")
-        figures[CONFUSION_FILE] = png
-        blocks += [heading("Confusion matrix"), image(CONFUSION_FILE, png, f"{split} confusion")]
-        blocks += [heading("Per emotion")]
-        per_class = per_class_metrics(part["confusion"])
-        blocks.append(
-            table(
-                ["emotion", "clips", "recall", "precision", "F1"],
-                [[lab, c["n"], c["recall"], c["precision"], c["f1"]]
-                 for lab, c in zip(labels, per_class, strict=True)],
-            )
-        )  # fmt: skip
-        if part.get("per_actor"):
-            blocks.append(heading("Per actor"))
-            per_actor = sorted(part["per_actor"].items(), key=lambda kv: int(kv[0]))
-            blocks.append(table(["actor", "accuracy"], [[a, acc] for a, acc in per_actor]))
-    if history:
-        png = curves_figure(history, report.get("best_epoch"))
-        figures[CURVES_FILE] = png
-        blocks += [heading("Learning curves"), image(CURVES_FILE, png, "loss and val UAR")]
-        blocks.append(
-            table(
-                ["epoch", "train loss", "val loss", "val UAR", "epoch s"],
-                [[h.get("epoch"), h.get("train_loss"), h.get("val_loss"), h.get("val_uar"),
-                  h.get("epoch_s")] for h in history],
-            )
-        )  # fmt: skip
-    if config is not None:
-        blocks += [heading("Config"), code(yaml.safe_dump(config, sort_keys=False), "yaml")]
-    return blocks, figures
+    return blocks
+
+
+def _breakdown_blocks(part: dict, labels: Sequence[str]) -> list[Block]:
+    """Per-emotion and per-actor tables of one split."""
+    per_class = per_class_metrics(part["confusion"])
+    blocks = [
+        heading("Per emotion"),
+        table(
+            ["emotion", "clips", "recall", "precision", "F1"],
+            [[lab, c["n"], c["recall"], c["precision"], c["f1"]]
+             for lab, c in zip(labels, per_class, strict=True)],
+        ),
+    ]  # fmt: skip
+    if part.get("per_actor"):
+        blocks.append(heading("Per actor"))
+        per_actor = sorted(part["per_actor"].items(), key=lambda kv: int(kv[0]))
+        blocks.append(table(["actor", "accuracy"], [[a, acc] for a, acc in per_actor]))
+    return blocks
 
 
 def write_report(
@@ -390,6 +417,18 @@ def read_history(run_path: str) -> list[dict]:
     if not storage.exists(uri):
         return []
     return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+
+
+def append_history(run_path: str, record: dict) -> None:
+    """Add one epoch's record (with its ``epoch``) to ``<run_path>/history.jsonl``.
+
+    After a recovery from a checkpoint the epochs after it run again: their new records replace
+    the old ones (every record from ``record["epoch"]`` on is dropped), so every epoch appears
+    once, in order.
+    """
+    kept = [h for h in read_history(run_path) if h.get("epoch", -1) < record["epoch"]]
+    text = "".join(json.dumps(h) + "\n" for h in [*kept, record])
+    storage.write_text(storage.join(run_path, HISTORY_FILE), text)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ the output's name in one step at the end, so driver memory holds only the files 
 retries are bounded: an actor that dies (a file that takes its worker down) is restarted, the
 task is not retried and its block is skipped (``max_errored_blocks``); the driver then scores the
 files it did not get back once more, one file per task, and reports those that fail again.
+
+Ray's C++ core logs once per actor that its "constructor arguments [are] in the object store and
+max_restarts > 0": Ray Data hands every actor of a pool its context and function as object
+references. Harmless here: the driver owns those objects until the pipeline ends, so a restarted
+actor finds them (docs/guides/troubleshooting.md).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import pyarrow.fs as pafs
 
 from knd import audio, features, storage
 from knd.config import FeatureConfig, ScoreConfig
+from knd.console import file_progress
 from knd.dataset import group_column
 
 log = logging.getLogger(__name__)
@@ -252,6 +258,22 @@ def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
     return float(min(1.0, max(0.1, total_cpus / max(1, num_actors))))
 
 
+def scoring_params(meta: dict, checkpoint: str) -> FeatureConfig:
+    """The feature parameters that score a checkpoint: exactly the groups its model was trained
+    on, computed by prepare's own front end.
+
+    Raises:
+        ValueError: this knd would compute a group differently from the features it trained on.
+    """
+    from knd.checkpoint import model_groups
+
+    trained_on = model_groups(meta)
+    stored = features.stored_params(meta["feature_params"])
+    params = dataclasses.replace(stored, groups=tuple(trained_on))
+    features.check_computes(trained_on, params, checkpoint)
+    return params
+
+
 def run(cfg: ScoreConfig) -> ScoreResult:
     """Score every audio file under ``cfg.input`` and write one row per file (or window).
 
@@ -261,7 +283,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     """
     import ray
 
-    from knd.checkpoint import load_meta, model_groups
+    from knd.checkpoint import load_meta
     from knd.runtime import init_ray
 
     output = str(cfg.output)
@@ -271,12 +293,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         raise ValueError("batch_size and num_actors must be >= 1 and window_hop_seconds > 0")
     meta = load_meta(cfg.checkpoint)
     labels = list(meta["labels"])
-    # Exactly the groups the model was trained on, computed by prepare's own front end.
-    trained_on = model_groups(meta)
-    params = dataclasses.replace(
-        features.stored_params(meta["feature_params"]), groups=tuple(trained_on)
-    )
-    features.check_computes(trained_on, params, cfg.checkpoint)
+    params = scoring_params(meta, cfg.checkpoint)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)
     if not paths:
         raise ValueError(f"no audio files ({', '.join(storage.AUDIO_SUFFIXES)}) under {cfg.input}")
@@ -354,7 +371,7 @@ def _scored_files(
 
     ctx = DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.max_errored_blocks)
-    # In input order, so the streamed output is sorted by path as before; a block whose task
+    # In input order, so the streamed output keeps the listing's path order; a block whose task
     # failed (its actor died) is skipped, not retried, and its files are reported by the caller.
     ctx.execution_options.preserve_order = True
     ctx.max_errored_blocks = -1
@@ -408,11 +425,8 @@ def _scored_files(
 
 
 def _batches_with_progress(ds, num_files: int) -> Iterator[pd.DataFrame]:
-    """The scored windows as DataFrames, with a progress bar over files."""
-    from tqdm import tqdm
-
-    bar_format = "{l_bar}{bar}| {n:.0f}/{total} files [{elapsed}<{remaining}]"
-    with tqdm(total=num_files, unit="file", bar_format=bar_format, file=sys.stderr) as bar:
+    """The scored windows as DataFrames, with progress over files (a bar only on a terminal)."""
+    with file_progress(num_files, "score") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             probs = batch.pop("probs")
             part = pd.DataFrame({k: v for k, v in batch.items()})

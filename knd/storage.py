@@ -39,12 +39,22 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded, links resolved); an ``s3://`` URI as it is.
+
+    Whatever a job records or hands to Ray (run folders, experiment folders) goes through this,
+    so a path means the same folder to every process, whatever its working folder.
+    """
+    uri = str(uri)
+    return uri if is_remote(uri) else str(Path(uri).expanduser().resolve())
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path inside it)`` for a local path or an ``s3://bucket/key`` URI."""
     uri = str(uri)
     if is_remote(uri):
         return s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    return pafs.LocalFileSystem(), absolute(uri)
 
 
 def join(base: str, *parts: str) -> str:

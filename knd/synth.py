@@ -46,9 +46,9 @@ from functools import lru_cache
 
 import numpy as np
 from scipy.signal import butter, lfilter, resample_poly, sosfilt
-from tqdm import tqdm
 
 from knd import storage
+from knd.console import file_progress
 from knd.ravdess import ACTORS, EMOTIONS, Clip
 
 log = logging.getLogger(__name__)
@@ -497,12 +497,7 @@ def _control_tracks(
         if phone.kind in "VL":
             last = phone.syllable == n_syllables - 1
             creak[a:b] = style.creak * (1.0 if last else 0.6 * stress)
-        formants = np.array(PHONES[phone.name][1]) * scale
-        if idiolect is not None:
-            formants = formants * np.array(idiolect.formants[phone.name])
-            if phone.kind == "V":
-                reduce = 0.55 * (1.0 - stress) / style.tempo
-                formants = formants + min(reduce, 0.6) * (np.array(SCHWA) * scale - formants)
+        formants = _phone_formants(phone, scale, stress, style, idiolect)
         middle = 0.5 * (phone.start + phone.end)
         for at in (
             phone.start + 0.3 * (middle - phone.start),
@@ -511,6 +506,38 @@ def _control_tracks(
             knots_t.append(at)
             knots_f.append(formants)
     attack_frames = style.attack * CONTROL_RATE
+    return {
+        "voicing": _smooth(voicing, attack_frames),
+        "aspiration": _smooth(aspiration, 3),
+        "creak": _smooth(creak, 8),
+        "effort": np.clip(_smooth(effort, 10), 0.0, 1.0),
+        "formants": _formant_tracks(knots_t, knots_f, n_ctrl, style, voice, idiolect),
+    }
+
+
+def _phone_formants(
+    phone: _Phone, scale: np.ndarray, stress: float, style: Style, idiolect: Idiolect | None
+) -> np.ndarray:
+    """F1-F3 targets of one phone: the actor's own with an idiolect, where a vowel undershoots
+    toward schwa the less stressed and the faster it is spoken."""
+    formants = np.array(PHONES[phone.name][1]) * scale
+    if idiolect is not None:
+        formants = formants * np.array(idiolect.formants[phone.name])
+        if phone.kind == "V":
+            reduce = 0.55 * (1.0 - stress) / style.tempo
+            formants = formants + min(reduce, 0.6) * (np.array(SCHWA) * scale - formants)
+    return formants
+
+
+def _formant_tracks(
+    knots_t: list[float],
+    knots_f: list[np.ndarray],
+    n_ctrl: int,
+    style: Style,
+    voice: Voice,
+    idiolect: Idiolect | None,
+) -> np.ndarray:
+    """Five formant tracks at the control rate: F1-F3 through the phones' targets, F4-F5 flat."""
     tc = np.arange(n_ctrl) / CONTROL_RATE
     knots = np.array(knots_f)
     formant_tracks = [np.interp(tc, knots_t, knots[:, k]) for k in range(3)]
@@ -520,13 +547,7 @@ def _control_tracks(
         np.full(n_ctrl, 3350.0 * high * upper[0]),
         np.full(n_ctrl, 3900.0 * high * upper[1]),
     ]
-    return {
-        "voicing": _smooth(voicing, attack_frames),
-        "aspiration": _smooth(aspiration, 3),
-        "creak": _smooth(creak, 8),
-        "effort": np.clip(_smooth(effort, 10), 0.0, 1.0),
-        "formants": np.stack(formant_tracks),
-    }
+    return np.stack(formant_tracks)
 
 
 def _glottal_source(
@@ -678,8 +699,11 @@ def synthesize(clip: Clip, seed: int = 0, style_name: str = "classic") -> np.nda
     speech /= np.sqrt(np.mean(speech[voiced] ** 2)) if voiced.any() else 1.0
     speech += _frication(phones, n, rng)
     speech *= 0.05 * 10 ** (style.loud / 20.0)
+    return _in_room(resample_poly(speech, SAMPLE_RATE // RATE, 1), voice, rng)
 
-    speech = resample_poly(speech, SAMPLE_RATE // RATE, 1)
+
+def _in_room(speech: np.ndarray, voice: Voice, rng: np.random.Generator) -> np.ndarray:
+    """The recording: ``speech`` (at the file rate) between stretches of room noise."""
     n = len(speech)
     lead = rng.uniform(0.45, 1.15)
     trail = rng.uniform(0.45, 1.25)
@@ -747,7 +771,7 @@ def write_corpus(
         actors: actor numbers, or N for actors 1..N.
         seed: the same seed writes byte-identical files.
         workers: parallel processes; 0 means one per CPU. The files do not depend on it.
-        progress: show a progress bar.
+        progress: show progress on stderr (a bar on a terminal, a few lines in a log).
         style: ``classic`` or ``speech`` (see the module docstring).
 
     Raises:
@@ -761,7 +785,7 @@ def write_corpus(
         raise ValueError(f"actors must be 1..24 (an int N means actors 1..N), got {actors!r}")
     tasks = [(str(out), clip, int(seed), style) for actor in chosen for clip in actor_clips(actor)]
     workers = min(workers or os.cpu_count() or 1, len(tasks))
-    bar = tqdm(total=len(tasks), unit="file", desc="synth", disable=not progress)
+    bar = file_progress(len(tasks), "synth", show=progress)
     paths: list[str] = []
     try:
         if workers == 1:

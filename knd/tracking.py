@@ -142,3 +142,30 @@ def start_tracking(
         return Tracker(None)
     log.info("wandb run %s (%s) logging to %s", name, mode, local)
     return Tracker(run)
+
+
+def wandb_callbacks(cfg: WandbConfig, experiment: str) -> list:
+    """Ray Tune's callbacks that log every trial of ``experiment`` to wandb (none if disabled).
+
+    The trials' ``actors`` (the list of actors each was given) is left out of wandb's tables.
+    """
+    if not cfg.enabled:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    mode = wandb_mode()
+    if mode == "offline":
+        # Ray's callback otherwise insists on an API key before it knows the mode.
+        os.environ.setdefault("WANDB_MODE", "offline")
+    # wandb writes its files locally: beside a local experiment, else in a temporary folder.
+    folder = tempfile.mkdtemp(prefix="knd-wandb-") if storage.is_remote(experiment) else experiment
+    log.info("wandb (%s) logs every trial to project %s", mode, cfg.project)
+    return [
+        WandbLoggerCallback(
+            project=cfg.project,
+            group=experiment.rstrip("/").rsplit("/", 1)[-1],
+            excludes=["actors"],
+            mode=mode,
+            dir=folder,
+        )
+    ]

@@ -19,7 +19,6 @@ per epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -27,7 +26,6 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,12 +52,11 @@ from knd.inference import norm_stats, score_actors
 from knd.metrics import metrics_report
 from knd.models import unwrap
 from knd.ravdess import ActorSplit, emotion_to_label_table, split_actors
-from knd.report import write_report
+from knd.report import append_history, read_history, write_report
 from knd.tracking import scrub, start_tracking
 
 log = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -215,19 +212,6 @@ def _restore(resume: str | None) -> dict | None:
     return {"model": weights} | (state or {})
 
 
-def _append_history(run_path: str, record: dict) -> None:
-    uri = storage.join(run_path, HISTORY_FILE)
-    old = storage.read_text(uri) if storage.exists(uri) else ""
-    # After a recovery from a checkpoint the epochs after it run again: their new records
-    # replace the old ones, so every epoch appears once.
-    kept = [
-        line
-        for line in old.splitlines()
-        if line.strip() and json.loads(line).get("epoch", -1) < record["epoch"]
-    ]
-    storage.write_text(uri, "".join(line + "\n" for line in kept) + json.dumps(record) + "\n")
-
-
 def _report_epoch(learner: Learner, meta: dict, config: dict, tracker: Any, rank: int) -> None:
     """``ray.train.report`` of one epoch; rank 0 also writes the checkpoint and the history."""
     import ray.train
@@ -241,7 +225,7 @@ def _report_epoch(learner: Learner, meta: dict, config: dict, tracker: Any, rank
             train_state = {"epoch": epoch, "step": state["step"], "optimizer": state["optimizer"]}
             save_checkpoint(folder, learner.model, meta, train_state)
             checkpoint = Checkpoint.from_directory(folder)
-            _append_history(config["run_path"], metrics)
+            append_history(config["run_path"], metrics)
             tracker.log(metrics, step=epoch)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -351,12 +335,13 @@ def load_split(cfg: TrainConfig) -> SplitData:
     Raises:
         ValueError: no prepared features, or a split that does not fit the corpus.
     """
-    from knd.dataset import read_features
+    from knd.dataset import manifest_actors, read_features
 
     groups = cfg.model.groups
     _, manifest = read_features(cfg.data, groups=groups)
-    present = sorted(int(a) for a in manifest["rows_per_actor"] if a != "unknown")
-    split = split_actors(cfg.split.test_actors, cfg.split.val_actors, actors=present)
+    split = split_actors(
+        cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
+    )
     columns = [*(group_column(g) for g in groups), "emotion", "actor"]
 
     def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
@@ -367,17 +352,6 @@ def load_split(cfg: TrainConfig) -> SplitData:
     train = rows_of(split.train)
     val = rows_of(split.val, ("path",)) if split.val else None
     return SplitData(manifest, split, train, val, train.count())
-
-
-def _run_root(run_dir: str) -> str:
-    return run_dir if storage.is_remote(run_dir) else str(Path(run_dir).expanduser().resolve())
-
-
-def _read_history(run_path: str) -> list[dict]:
-    uri = storage.join(run_path, HISTORY_FILE)
-    if not storage.exists(uri):
-        return []
-    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
 def _copy_checkpoint(checkpoint: Any, dest: str) -> None:
@@ -532,7 +506,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
 
     init_ray(cfg.ray)
     name = cfg.name or f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    root = _run_root(cfg.run_dir)
+    root = storage.absolute(cfg.run_dir)
     run_path = storage.join(root, name)
 
     data = load_split(cfg)
@@ -555,14 +529,14 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     run_info = {"root": root, "run_path": run_path, "name": name, "resume": cfg.resume}
     trainer = _trainer(cfg, data, meta, run_info | {"hooks": hooks})
     # One console line per epoch, from history.jsonl (rank 0 appends to it every epoch).
-    with follow_epochs(lambda: _read_history(run_path), cfg.optim.epochs):
+    with follow_epochs(lambda: read_history(run_path), cfg.optim.epochs):
         result = trainer.fit()
     best, best_metrics = kept_checkpoint(result, cfg, has_val=data.val is not None)
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)
 
     scores = _score_split(cfg, checkpoint_uri, split)
-    history = _read_history(run_path)
+    history = read_history(run_path)
     report = metrics_report(
         meta["labels"],
         test=scores["test"],

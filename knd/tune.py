@@ -20,54 +20,40 @@ How the pieces fit (see docs/guides/tuning.md for the reasoning):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from knd import storage
-from knd.config import (
-    ConfigError,
-    TrainConfig,
-    TuneConfig,
-    build,
-    config_dir,
-    load_config,
-    load_yaml,
-    replace,
-    to_dict,
-)
+from knd.config import TrainConfig, TuneConfig, to_dict
 from knd.console import is_verbose, tune_callback
-from knd.dataset import check_groups, group_column, manifest_groups
+from knd.dataset import group_column
 from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
 from knd.experiment import (
-    BEST_CONFIG_FILE,
     BEST_DIR,
-    BEST_RESULT_FILE,
-    META_FILE,
     best_row,
-    best_train_config,
+    experiment_groups,
     load_experiment,
-    read_meta,
+    open_experiment,
     stored_base,
     trial_rows,
     trial_train_config,
+    write_best,
 )
-from knd.ravdess import actor_folds, emotion_to_label_table, label_names
+from knd.metrics import fold_summary
+from knd.ravdess import emotion_to_label_table, label_names
+from knd.search_space import check_search, param_space
+from knd.tracking import wandb_callbacks
 
 log = logging.getLogger(__name__)
 
 FOLDS_FILE = "folds.pt"
-SPACE_SECTIONS = ("model.", "optim.", "augment.")
-SPACE_KEYS = ("recipe", "train.seed")
 
 
 @dataclass(frozen=True)
@@ -79,118 +65,6 @@ class TuneResult:
     best: dict | None
     test: dict | None
     exit_code: int = 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Search spaces: YAML of knd train keys -> Ray Tune domains
-
-
-def space_path(space: str) -> str:
-    """``space`` as given, else relative to the project (``configs/tune/x.yaml``), else a name."""
-    candidates = [Path(space), config_dir().parent / space, config_dir() / "tune" / f"{space}.yaml"]
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    known = sorted(p.stem for p in (config_dir() / "tune").glob("*.yaml"))
-    raise ConfigError(f"space: search space {space!r} not found (shipped: {known})")
-
-
-def _typed(base: TrainConfig, key: str, value: Any, where: str) -> Any:
-    """``value`` coerced by the train schema at ``key`` (so ``1e-3`` strings become floats)."""
-    try:
-        cfg = replace(base, **{key: value})
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def param_space(space: dict, bases: dict[str, TrainConfig], recipe: str, where: str) -> dict:
-    """Ray Tune's ``param_space`` from a space mapping, every key and value checked.
-
-    Args:
-        space: ``{dotted train key: value | {type: loguniform|uniform|randint, low, high} |
-            {choice: [...]} | {grid: [...]}}``.
-        bases: the base train config of every recipe the space may pick.
-        recipe: the recipe of trials whose space does not pick one.
-        where: the space file, for error messages.
-
-    Raises:
-        ConfigError: a key outside ``recipe``/``train.seed``/``model.*``/``optim.*``/``augment.*``,
-            a value the train schema rejects, or a malformed distribution.
-    """
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    # Fixed values hold for every trial: the other keys are checked against a base that has them
-    # (model.groups is only valid once model.name says which architecture reads the groups).
-    fixed = {
-        k: v
-        for k, v in space.items()
-        if not isinstance(v, dict) and (k in SPACE_KEYS or k.startswith(SPACE_SECTIONS))
-    }
-    fixed.pop("recipe", None)
-    try:
-        base = replace(bases[recipe], **fixed)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    for key, spec in space.items():
-        here = f"{where}: {key}"
-        if key not in SPACE_KEYS and not key.startswith(SPACE_SECTIONS):
-            raise ConfigError(f"{here}: not searchable (allowed: recipe, train.seed, model.*, "
-                              "optim.*, augment.*)")  # fmt: skip
-
-        def check(value: Any, key: str = key, here: str = here) -> Any:
-            if key == "recipe":
-                if value not in bases:
-                    raise ConfigError(f"{here}: unknown recipe {value!r}")
-                return value
-            return _typed(base, key, value, here)
-
-        if not isinstance(spec, dict):
-            out[key] = check(spec)
-            continue
-        if set(spec) in ({"choice"}, {"grid"}):
-            (kind, values), = spec.items()  # fmt: skip
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"{here}: {kind} needs a non-empty list")
-            values = [check(v) for v in values]
-            out[key] = tune.choice(values) if kind == "choice" else tune.grid_search(values)
-            continue
-        kind = spec.get("type")
-        if kind not in ("uniform", "loguniform", "randint") or set(spec) != {"type", "low", "high"}:
-            raise ConfigError(
-                f"{here}: expected a value, {{choice: [..]}}, {{grid: [..]}} or "
-                f"{{type: uniform|loguniform|randint, low: A, high: B}}, got {spec!r}"
-            )
-        low, high = check(spec["low"]), check(spec["high"])
-        if not low < high or (kind == "loguniform" and low <= 0):
-            raise ConfigError(f"{here}: need 0 < low < high for {kind}, got {low}, {high}")
-        if kind == "randint":
-            out[key] = tune.randint(int(low), int(high))
-        else:
-            out[key] = getattr(tune, kind)(float(low), float(high))
-    return out
-
-
-def space_groups(space: dict, bases) -> list[str]:
-    """Every feature group a trial of ``space`` (on one of the ``bases``) may read."""
-    groups = {g for base in bases for g in base.model.groups}
-    spec = space.get("model.groups")
-    values = next(iter(spec.values())) if isinstance(spec, dict) else [spec] if spec else []
-    for value in values:
-        groups.update(value if isinstance(value, list | tuple) else [value])
-    return sorted(groups, key=("logmel", "prosody", "egemaps").index)
-
-
-def space_recipes(space: dict, recipe: str) -> list[str]:
-    """Every recipe a trial of ``space`` may build on."""
-    spec = space.get("recipe", recipe)
-    if isinstance(spec, dict):
-        values = next(iter(spec.values()))
-        return sorted({str(v) for v in values}) if isinstance(values, list) else [recipe]
-    return [str(spec)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,18 +136,6 @@ def trial_tensors(
     return {c: torch.tensor(data[c], device=device) for c in columns} | {
         "label": torch.as_tensor(table[data["emotion"]], device=device, dtype=torch.long)
     }
-
-
-def fold_summary(scores: list[dict]) -> dict:
-    """Mean and (population) standard deviation over folds, plus every fold's UAR."""
-    out: dict[str, float] = {}
-    for key in ("uar", "accuracy", "macro_f1"):
-        values = np.array([s[key] for s in scores], dtype=np.float64)
-        out[key], out[f"{key}_std"] = float(values.mean()), float(values.std())
-    out |= {f"uar_fold_{i}": float(s["uar"]) for i, s in enumerate(scores, start=1)}
-    out["val_loss"] = float(np.mean([s["loss"] for s in scores]))
-    out["train_loss"] = float(np.mean([s["train_loss"] for s in scores]))
-    return out
 
 
 class CrossValidation:
@@ -397,70 +259,6 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default name holds every parameter: too long
 
 
-def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
-    """Everything a trial, a resume and ``knd analyse`` need to know about the experiment.
-
-    Raises:
-        ValueError: no test actor in the corpus, or too few actors for the folds.
-        ConfigError: a bad search space.
-    """
-    present = sorted(int(a) for a in manifest["rows_per_actor"] if str(a).isdigit())
-    test = sorted({int(a) for a in cfg.test_actors})
-    if not set(test) & set(present):
-        raise ValueError(f"{cfg.data}: none of the test actors {test} is in the corpus {present}")
-    missing = sorted(set(test) - set(present))
-    if missing:
-        log.warning("test actors %s are not in the corpus; testing on the others", missing)
-    folds = [list(f) for f in actor_folds(present, cfg.folds, exclude=test)]
-    # knd train picks its checkpoint on validation actors: best_config.yaml sets aside one group
-    # of about four (an EmoBox group where they fit), so it trains on most non-test actors.
-    rest = [a for a in present if a not in test]
-    val = list(actor_folds(present, max(2, len(rest) // 4), exclude=test)[0])
-    path = space_path(cfg.space)
-    space = load_yaml(path)
-    bases = {}
-    for recipe in space_recipes(space, cfg.recipe):
-        base = load_config(
-            "train", [f"data={cfg.data}", f"recipe={recipe}", f"labels={cfg.labels}"]
-        )
-        split = {"split.test_actors": test, "split.val_actors": val}
-        bases[recipe] = replace(base, **split, **{"optim.epochs": cfg.max_epochs})
-    search_algorithm(cfg, param_space(space, bases, cfg.recipe, path), path)  # fail now
-    check_groups(cfg.data, manifest, dict.fromkeys(space_groups(space, bases.values())))
-    return {
-        "tune": to_dict(cfg),
-        "space_file": path,
-        "space": space,
-        "recipe": cfg.recipe,
-        "bases": {name: to_dict(base) for name, base in bases.items()},
-        "actors": present,
-        "test_actors": [a for a in test if a in present],
-        "train_actors": [a for a in present if a not in test],
-        "folds": folds,
-        "max_epochs": cfg.max_epochs,
-        "metric": cfg.metric,
-        "cpus_per_trial": cfg.cpus_per_trial,
-        "feature_hash": manifest["feature_hash"],
-        "feature_params": manifest["feature_params"],
-        "feature_shape": manifest["feature_shape"],
-        "feature_groups": manifest_groups(manifest),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
-
-def experiment_groups(meta: dict) -> dict[str, str]:
-    """``{group: hash}`` of every feature group the experiment's corpus offers its trials."""
-    specs = meta.get("feature_groups") or {"logmel": {"hash": meta["feature_hash"]}}
-    return {group: spec["hash"] for group, spec in specs.items()}
-
-
-def _experiment_uri(cfg: TuneConfig) -> str:
-    name = cfg.name or f"tune-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if storage.is_remote(cfg.storage_path):
-        return storage.join(cfg.storage_path, name)
-    return str(Path(cfg.storage_path).expanduser().resolve() / name)
-
-
 def load_columns(data: str, actors: list[int], groups: dict[str, str]) -> dict[str, np.ndarray]:
     """The columns trials train on (every feature group of ``groups``, a ``{group: hash}``,
     under its shard column, plus ``emotion, actor, path``) of ``actors`` only: a trial whose
@@ -474,41 +272,16 @@ def load_columns(data: str, actors: list[int], groups: dict[str, str]) -> dict[s
     return columns | {"emotion": table.emotion, "actor": table.actor, "path": table.path}
 
 
-def _callbacks(cfg: TuneConfig, experiment: str) -> list:
-    if not cfg.wandb.enabled:
-        return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
-    from knd.tracking import wandb_mode
-
-    mode = wandb_mode()
-    if mode == "offline":
-        # Ray's callback otherwise insists on an API key before it knows the mode.
-        os.environ.setdefault("WANDB_MODE", "offline")
-    folder = tempfile.mkdtemp(prefix="knd-wandb-") if storage.is_remote(experiment) else experiment
-    log.info("wandb (%s) logs every trial to project %s", mode, cfg.wandb.project)
-    return [
-        WandbLoggerCallback(
-            project=cfg.wandb.project,
-            group=experiment.rstrip("/").rsplit("/", 1)[-1],
-            excludes=["actors"],
-            mode=mode,
-            dir=folder,
-        )
-    ]
-
-
 def search_algorithm(cfg: TuneConfig, space: dict, where: str) -> tuple[Any, int | None]:
     """The search algorithm of ``cfg.search`` and the ``max_concurrent_trials`` Tune should get.
 
     Raises:
         ConfigError: grid keys with ``search=optuna`` (TPE samples; it cannot enumerate a grid).
     """
+    check_search(cfg.search, space, where)
     if cfg.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        if any(isinstance(v, dict) and "grid_search" in v for v in space.values()):
-            raise ConfigError(f"{where}: grid keys need search=random")
         return OptunaSearch(seed=cfg.seed), cfg.max_concurrent or None
     from ray.tune.search import BasicVariantGenerator
 
@@ -527,6 +300,7 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
     )
     fs, fs_path = storage.resolve(experiment)
     remote_fs = fs if storage.is_remote(experiment) else None
+    callbacks = [*wandb_callbacks(cfg.wandb, experiment), tune_callback(cfg.metric, cfg.max_epochs)]
     if cfg.resume:
         log.info("resuming the search at %s", experiment)
         tuner = tune.Tuner.restore(
@@ -563,25 +337,11 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
             storage_path=parent,
             storage_filesystem=remote_fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[*_callbacks(cfg, experiment), tune_callback(cfg.metric, cfg.max_epochs)],
+            callbacks=callbacks,
             verbose=2 if is_verbose(cfg.ray.verbose) else 0,  # knd's lines (knd.console) instead
         ),
     )
     tuner.fit()
-
-
-def _resumed_config(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
-    experiment = cfg.resume.rstrip("/")
-    if not storage.is_remote(experiment):
-        experiment = str(Path(experiment).expanduser().resolve())
-    meta = read_meta(experiment)
-    if meta is None:
-        raise ValueError(f"{experiment}: not a knd tune experiment (no {META_FILE})")
-    # The search continues exactly as it started; only where Ray and the data are may change.
-    tree = meta["tune"] | {"resume": experiment, "ray": to_dict(cfg.ray)}
-    if cfg.data:
-        tree["data"] = cfg.data
-    return build(TuneConfig, tree), meta, experiment
 
 
 def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experiment: str) -> dict:
@@ -635,60 +395,6 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     )
     write_report(storage.join(experiment, BEST_DIR), report)
     return test | {"checkpoint": checkpoint, "train_s": trained["train_s"]}
-
-
-def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
-    """``(config, meta, experiment folder)`` of a new search, or of the one ``resume`` names.
-
-    A new search writes its ``knd_tune.json`` now, so a killed run can be resumed.
-    """
-    from knd.dataset import read_manifest
-
-    if cfg.resume:
-        cfg, meta, experiment = _resumed_config(cfg)
-    elif not cfg.data:
-        raise ConfigError("missing required key 'data' (knd tune data=... or resume=PATH)")
-    else:
-        experiment, meta = _experiment_uri(cfg), None
-        if storage.exists(storage.join(experiment, META_FILE)):
-            raise ValueError(f"{experiment} exists: resume={experiment} finishes it, or rename")
-    manifest = read_manifest(cfg.data)
-    if manifest is None:
-        raise ValueError(f"no prepared features at {cfg.data} (no manifest.json; run knd prepare)")
-    if meta is None:
-        meta = experiment_meta(cfg, manifest)
-        storage.write_text(storage.join(experiment, META_FILE), json.dumps(meta, indent=2) + "\n")
-    elif manifest["feature_hash"] != meta["feature_hash"]:
-        raise ValueError(f"{cfg.data}: features differ from the ones this search started on")
-    return cfg, meta, experiment
-
-
-def write_best(cfg: TuneConfig, meta: dict, best: dict, experiment: str, extra: dict) -> dict:
-    """``best_config.yaml`` and ``best_result.json`` of the search; returns the summary."""
-    best_cfg = best_train_config(best["params"], meta)
-    text = f"# knd train data={cfg.data} config={BEST_CONFIG_FILE}\n" + yaml.safe_dump(
-        best_cfg, sort_keys=False
-    )
-    storage.write_text(storage.join(experiment, BEST_CONFIG_FILE), text)
-    test = extra.get("test")
-    summary = {
-        "experiment": experiment,
-        "trial_id": best["trial_id"],
-        "metric": cfg.metric,
-        "cv": {k: best[k] for k in best if k.startswith(("uar", "accuracy", "macro_f1"))},
-        "epochs": best["epochs"],
-        "params": best["params"],
-        "test": None if test is None else {k: v for k, v in test.items() if k != "confusion"},
-        "test_actors": meta["test_actors"],
-        "folds": meta["folds"],
-        "num_trials": extra["num_trials"],
-        "search_s": extra["search_s"],
-        "train_config": best_cfg,
-    }
-    storage.write_text(
-        storage.join(experiment, BEST_RESULT_FILE), json.dumps(summary, indent=2) + "\n"
-    )
-    return summary
 
 
 def run(cfg: TuneConfig) -> TuneResult:

@@ -32,6 +32,17 @@ def test_command_help_lists_keys_with_defaults(command):
         assert "features.n_mels" in out.stdout and "64" in out.stdout
 
 
+def test_help_piped_into_a_reader_that_stops_early_exits_quietly():
+    # `knd train --help | head`: the reader is gone before knd has written everything. Closing
+    # our end of the pipe at once makes knd's write fail every time, not only when head wins.
+    proc = subprocess.Popen([KND, "train", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141  # as a shell reports a reader gone (128 + SIGPIPE)
+    assert err == "", err  # no BrokenPipeError traceback, no "Exception ignored"
+
+
 def test_misspelt_key_fails_naming_the_key():
     out = knd("synth", "out=/tmp/never", "actor=3")
     assert out.returncode == 2

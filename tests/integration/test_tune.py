@@ -211,6 +211,10 @@ def test_analyse_writes_every_file(resumed, analysis):
     assert float(rows[0]["uar"]) >= float(rows[1]["uar"])
     summary = (out / "summary.md").read_text()
     assert rows[0]["trial_id"] in summary and "stopped early by ASHA: 0" in summary
+    # One writer of best_config.yaml: analyse's copy is the one tune wrote beside the experiment.
+    assert (out / "best_config.yaml").read_text() == (
+        resumed.experiment / "best_config.yaml"
+    ).read_text()
 
 
 def test_best_config_trains(resumed, analysis, tiny_features, tmp_path):

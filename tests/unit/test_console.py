@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickle
@@ -120,11 +121,37 @@ def test_a_handled_error_is_one_line_without_traceback(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
-def test_file_progress_counts_files_and_stays_off_in_logs():
-    quiet = console.file_progress(3, "prepare")
-    assert quiet.disable  # stderr is not a terminal under pytest: no refresh lines in logs
-    quiet.close()
-    with console.file_progress(3, "prepare", verbose=True) as bar:
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_file_progress_is_a_bar_on_a_terminal_and_a_few_plain_lines_in_a_log():
+    log = io.StringIO()
+    with console.file_progress(1440, "synth", stream=log) as progress:
+        for _ in range(1440):
+            progress.update()
+    lines = log.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "synth: 360/1440 files (25%)", "synth: 720/1440 files (50%)",
+        "synth: 1080/1440 files (75%)", "synth: 1440/1440 files (100%)",
+    ]  # fmt: skip
+    assert "\r" not in log.getvalue()
+    # Score counts a file's windows as fractions; a jump over quarters gives one line.
+    log = io.StringIO()
+    with console.file_progress(4, "score", stream=log) as progress:
+        progress.update(0.5)
+        progress.update(2.5)
+        progress.update(1.0)
+    assert log.getvalue().splitlines()[0].startswith("score: 3/4 files (75%)")
+    assert len(log.getvalue().splitlines()) == 2 and progress.n == 4
+    quiet = io.StringIO()
+    with console.file_progress(4, "synth", stream=quiet, show=False) as progress:
+        progress.update(4)
+    assert quiet.getvalue() == ""
+    terminal = Terminal()
+    with console.file_progress(3, "score", stream=terminal) as bar:
         bar.update(1.5)
         bar.update(1.5)
         assert bar.n == 3 and bar.total == 3
+    assert "\r" in terminal.getvalue() and "3/3 files" in terminal.getvalue()

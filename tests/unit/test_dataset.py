@@ -100,3 +100,10 @@ def test_a_failed_task_is_retried_one_file_at_a_time_and_the_culprit_reported():
     assert sorted(by_path) == list("abcdef")
     assert by_path["b"] == by_path["f"] == "out of memory while processing this file"
     assert all(by_path[p] is None for p in "acde")
+
+
+def test_manifest_actors_lists_actors_in_order_without_unknown():
+    from knd.dataset import manifest_actors
+
+    counts = {"1": 60, "12": 60, "3": 60, "unknown": 7}
+    assert manifest_actors({"rows_per_actor": counts}) == [1, 3, 12]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from knd.cli import COMMANDS
-from knd.config import SCHEMAS, describe
-from knd.docs import benchmarks_markdown, cli_reference
+from knd.cli import COMMANDS, main
+from knd.config import SCHEMAS, command_keys, load_config
+from knd.docs import benchmarks_markdown, cli_reference, fill_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 MKDOCS = str(Path(sys.executable).with_name("mkdocs"))
@@ -27,18 +27,79 @@ def reference_sections() -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
-def test_cli_reference_lists_every_key_of_every_command():
+def help_defaults(command: str, capsys) -> dict[str, str]:
+    """``{key: default}`` as ``knd <command> --help`` prints them (``required`` for none)."""
+    assert main([command, "--help"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  "):
+            name, default, _ = re.split(r" {2,}", line.strip(), maxsplit=2)
+            rows[name] = "required" if default == "(required)" else default
+    return rows
+
+
+def page_defaults(section: str) -> dict[str, str]:
+    """``{key: default}`` as a command's section of the Command line page shows them."""
+    rows = {}
+    for name, default in re.findall(r"^\| `([\w.]+)` \| .*? \| (\*\*required\*\*|`[^`]*`) \|",
+                                    section, flags=re.M):  # fmt: skip
+        rows[name] = "required" if default == "**required**" else default.strip("`")
+    return rows
+
+
+def test_cli_reference_shows_the_defaults_that_help_shows_for_every_key(capsys):
     sections = reference_sections()
     assert list(sections) == list(COMMANDS) and set(COMMANDS) == set(SCHEMAS)
     for command, section in sections.items():
-        # `knd <command> --help` walks the schema on its own: every key it prints is documented.
-        keys = [line.split()[0] for line in describe(command).splitlines()]
-        documented = re.findall(r"^\| `([\w.]+)` \|", section, flags=re.M)
-        assert documented == keys, command
+        helped = help_defaults(command, capsys)
+        assert list(helped) == [k.name for k in command_keys(command)], command
+        assert page_defaults(section) == helped, command
+    # The default recipe is applied on both (the page once showed the schema without it).
     train = sections["train"]
-    assert "| `optim.lr` | float | `0.003` | peak learning rate (AdamW) |" in train
+    assert "| `model.name` | " in train and help_defaults("train", capsys)["model.name"] == (
+        load_config("train", ["data=x"]).model.name
+    )
+    assert page_defaults(train)["split.val_actors"] == "[]"
+    assert "| `optim.lr` | float (`0 < x <= 10`) | `0.003` | peak learning rate (AdamW) |" in train
     assert "| `data` | str or none | **required** |" in train
     assert "| `labels` | ravdess8 \\| ravdess7 | `ravdess8` |" in train
+
+
+def test_help_gives_each_key_its_type_and_range(capsys):
+    assert main(["train", "--help"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  ")}  # fmt: skip
+    assert lines["split.test_actors"].endswith("[list of int; 1 <= x <= 24]")
+    assert lines["optim.schedule"].endswith("[cosine | onecycle]")
+    assert lines["name"].endswith("[str or none; a plain name]")
+    assert lines["train.max_failures"].endswith("[int; x >= -1]")
+
+
+def test_a_default_stated_in_prose_is_the_one_help_shows(capsys):
+    text = "val <!-- knd:default train split.val_actors --> and <!-- knd:default tune folds -->."
+    tune_folds = help_defaults("tune", capsys)["folds"]
+    assert fill_defaults(text) == f"val `[]` and `{tune_folds}`."
+    with pytest.raises(KeyError, match="has no key 'split.nope'"):
+        fill_defaults("<!-- knd:default train split.nope -->")
+    # Every marker on every page names a real key; the Concepts page says what a plain run does.
+    for page in (REPO / "docs").rglob("*.md"):
+        assert "<!-- knd:default" not in fill_defaults(page.read_text()), page
+    concepts = fill_defaults((REPO / "docs" / "concepts.md").read_text())
+    assert "`split.val_actors` (default `[]`)" in concepts
+    assert "`train.checkpoint_metric` (default `val_loss`" in concepts
+
+
+def test_the_pipeline_diagram_is_mermaid_and_one_picture_in_readme_and_home_page():
+    def mermaid(path: Path) -> list[str]:
+        return re.findall(r"^```mermaid\n(.*?)^```$", path.read_text(), flags=re.M | re.S)
+
+    home, readme = mermaid(REPO / "docs" / "index.md"), mermaid(REPO / "README.md")
+    assert len(home) == 1 and home == readme
+    assert "knd prepare · Ray tasks" in home[0]
+    fences = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    superfences = next(e for e in fences["markdown_extensions"] if "pymdownx.superfences" in e)
+    custom = superfences["pymdownx.superfences"]["custom_fences"]
+    assert {"name": "mermaid", "class": "mermaid"}.items() <= custom[0].items()
 
 
 def test_benchmarks_page_has_every_result_file_and_its_machine(tmp_path):
@@ -90,6 +151,10 @@ def test_site_builds_strict_and_a_broken_link_fails_it(tmp_path):
     assert "train.num_workers" in cli_page and "features.n_mels" in cli_page
     api_page = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     assert "split_metrics" in api_page
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert '<pre class="mermaid">' in home and "──▶" not in home
+    concepts = (tmp_path / "site" / "concepts" / "index.html").read_text()
+    assert "knd:default" not in concepts and "<code>val_loss</code>" in concepts
 
     copy = tmp_path / "copy"
     copy.mkdir()

@@ -15,6 +15,7 @@ from knd.report import (
     REPORT_MD,
     confusion_figure,
     curves_figure,
+    learning_curves,
     write_analysis_report,
     write_report,
 )
@@ -68,6 +69,12 @@ def test_a_report_without_history_has_no_curves_and_escapes_html(tmp_path):
     assert not (tmp_path / CURVES_FILE).exists()
     page = (tmp_path / REPORT_HTML).read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_a_run_without_validation_has_no_empty_validation_panel():
+    without = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
+    assert [ax.get_title() for ax in learning_curves(without, best_epoch=3).axes] == ["loss"]
+    assert [ax.get_title() for ax in learning_curves(HISTORY).axes] == ["loss", "validation UAR"]
 
 
 def test_figures_survive_a_class_with_no_clips_and_a_resumed_history():

@@ -47,3 +47,15 @@ def test_two_loops_list_quickly_with_sizes(tmp_path):
     infos = storage.list_file_infos(str(tmp_path))
     assert [(os.path.relpath(i.path, tmp_path), i.size) for i in infos] == [("a/x.wav", 5)]
     assert infos[0].mtime_ns == (tmp_path / "a" / "x.wav").stat().st_mtime_ns
+
+
+def test_absolute_makes_local_paths_absolute_and_leaves_s3_alone(tmp_path, monkeypatch):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert storage.absolute("runs") == str(tmp_path.resolve() / "runs")
+    assert storage.absolute("~/runs") == str(tmp_path.resolve() / "runs")
+    assert storage.absolute("link/x") == str(tmp_path.resolve() / "real" / "x")
+    assert storage.absolute("s3://bucket/runs") == "s3://bucket/runs"
+    assert storage.resolve("runs")[1] == storage.absolute("runs")

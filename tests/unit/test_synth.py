@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import wave
 from pathlib import Path
@@ -20,8 +21,16 @@ ACTORS = (8,)  # one actor keeps this a unit test; the corpus is per actor anywa
 def corpus(tmp_path_factory) -> Path:
     """One actor's 60 clips, written in this process (a spawned pool costs more than it saves)."""
     out = tmp_path_factory.mktemp("synth")
-    write_corpus(str(out), ACTORS, seed=0, workers=1, progress=False)
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:  # a log, not a terminal
+        write_corpus(str(out), ACTORS, seed=0, workers=1, progress=True)
+    (out.parent / "synth-stderr.txt").write_text(stderr.getvalue())
     return out
+
+
+def test_progress_in_a_log_is_a_few_plain_lines_not_a_redrawn_bar(corpus):
+    logged = (corpus.parent / "synth-stderr.txt").read_text()
+    assert logged.splitlines()[-1].startswith("synth: 60/60 files (100%)")
+    assert len(logged.splitlines()) == 4 and "\r" not in logged
 
 
 def files_of(corpus: Path) -> list[str]:

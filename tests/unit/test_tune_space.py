@@ -16,8 +16,10 @@ import torch
 
 from knd.analyse import summary_md, trials_csv
 from knd.config import ConfigError, config_dir, load_config, load_yaml, replace, to_dict
-from knd.experiment import best_row, best_train_config, trial_train_config
-from knd.tune import CrossValidation, fold_summary, param_space, space_path, space_recipes
+from knd.experiment import best_config_text, best_row, best_train_config, trial_train_config
+from knd.metrics import fold_summary
+from knd.search_space import param_space, space_path, space_recipes
+from knd.tune import CrossValidation
 
 SPACES = sorted(p.name for p in (config_dir() / "tune").glob("*.yaml"))
 
@@ -97,6 +99,16 @@ def test_trial_config_caps_epochs_and_keeps_the_search_split():
     tree = best_train_config({"optim.lr": 0.02, "model.width": 8}, meta)
     assert set(tree) == {"recipe", "labels", "split", "model", "optim", "augment"}
     assert tree["optim"]["lr"] == 0.02 and tree["split"]["test_actors"] == [1, 2]
+
+
+def test_best_config_text_names_its_command_and_loads_as_a_train_config(tmp_path):
+    # knd tune and knd analyse both write best_config.yaml with this one function.
+    text = best_config_text({"optim.lr": 0.02}, meta_for(max_epochs=4), "/data/f")
+    assert text.splitlines()[0] == "# knd train data=/data/f config=best_config.yaml"
+    path = tmp_path / "best_config.yaml"
+    path.write_text(text)
+    cfg = load_config("train", ["data=/data/f", f"config={path}"])
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.split.test_actors) == (0.02, 4, (1, 2))
 
 
 def test_an_experiment_written_before_a_train_key_existed_still_builds_its_trials():
@@ -208,7 +220,7 @@ def test_optuna_samples_the_shipped_space_and_refuses_grids():
 
 
 def test_the_fused_space_searches_feature_groups_and_names_every_group_it_may_read():
-    from knd.tune import space_groups
+    from knd.search_space import space_groups
 
     path = space_path("fused_cnn")
     space = load_yaml(path)
