@@ -522,10 +522,29 @@ def prepare_files(
     uri_of = dict(zip(paths, uris, strict=True))
 
     folder = f"shards-{feature_hash(cfg.features)[:8]}-{uuid.uuid4().hex[:8]}"
-    remote = storage.is_remote(cfg.output)
     # Locally the folder appears under its final name only once complete (one rename); on S3 a
     # rename is a copy, so shards go straight to their folder and the manifest alone commits them.
-    staging = folder if remote else f".tmp-{folder}"
+    staging = folder if storage.is_remote(cfg.output) else f".tmp-{folder}"
+    rows = _featurise(cfg, keep, uri_of, (staging, folder), map_tasks, cpus, renew)
+    rejected += [(r["path"], r["error"]) for r in rows if r.get("error")]
+    rejected.sort()
+    kept = sorted((r for r in rows if not r.get("error")), key=lambda r: r["path"])
+    for path, reason in rejected:
+        log.warning("rejected %s: %s", path, reason)
+    return kept, rejected, _commit(cfg, kept, rejected, (staging, folder), listing, lease)
+
+
+def _featurise(
+    cfg: PrepareConfig,
+    keep: list[dict[str, Any]],
+    uri_of: dict[str, str],
+    folders: tuple[str, str],
+    map_tasks: TaskMap,
+    cpus: float,
+    renew: Callable[[], None],
+) -> list[dict[str, Any]]:
+    """The featurise pass over the selected files: each task writes its shard into staging."""
+    staging, folder = folders
     fs, root = storage.resolve(cfg.output)
     fs.create_dir(f"{root}/{staging}", recursive=True)
     consts = {
@@ -553,21 +572,33 @@ def prepare_files(
             renew()
             bar.update(files)
 
-        rows = run_tasks(map_tasks, featurize_part, tasks, consts, progress)
-    rejected += [(r["path"], r["error"]) for r in rows if r.get("error")]
-    rejected.sort()
-    kept = sorted((r for r in rows if not r.get("error")), key=lambda r: r["path"])
-    for path, reason in rejected:
-        log.warning("rejected %s: %s", path, reason)
+        return run_tasks(map_tasks, featurize_part, tasks, consts, progress)
+
+
+def _commit(
+    cfg: PrepareConfig,
+    kept: list[dict[str, Any]],
+    rejected: list[tuple[str, str]],
+    folders: tuple[str, str],
+    listing: str,
+    lease: OutputLease | None,
+) -> dict[str, Any] | None:
+    """Move the staged shards into place and write the manifest last (the commit point).
+
+    Nothing is committed when no file was kept (the staging folder is removed); the manifest is
+    then None. ``rejected.csv`` is written either way.
+    """
+    staging, folder = folders
+    fs, root = storage.resolve(cfg.output)
     if not kept:
         fs.delete_dir(f"{root}/{staging}")
         if lease:
             lease.check()
         storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
-        return kept, rejected, None
+        return None
     counts = Counter(r["shard"] for r in kept)
     shards = sorted(counts)
-    if not remote:
+    if staging != folder:
         fs.move(f"{root}/{staging}", f"{root}/{folder}")
     manifest = build_manifest(kept, shards, [counts[s] for s in shards], rejected, cfg, listing)
     if lease:
@@ -577,7 +608,7 @@ def prepare_files(
     removed = remove_superseded(cfg.output, folder)
     if removed:
         log.info("removed %d superseded or unfinished shard folder(s): %s", len(removed), removed)
-    return kept, rejected, manifest
+    return manifest
 
 
 def _already_prepared(cfg: PrepareConfig, listing: str) -> dict[str, Any] | None:
@@ -625,20 +656,10 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         log.info(
             "nothing to do: %s already holds these %d files prepared with feature hash %s "
             "(%d rows, %d rejected)",
-            cfg.output,
-            len(uris),
-            wanted,
-            current["num_rows"],
-            current.get("num_rejected", 0),
-        )
-        return PrepareResult(
-            cfg.output,
-            current,
-            current["num_rows"],
-            current.get("num_rejected", 0),
-            skipped=True,
-            exit_code=0,
-        )
+            cfg.output, len(uris), wanted, current["num_rows"], current.get("num_rejected", 0),
+        )  # fmt: skip
+        rows, rejected = current["num_rows"], current.get("num_rejected", 0)
+        return PrepareResult(cfg.output, current, rows, rejected, skipped=True, exit_code=0)
     import ray
 
     from knd.runtime import init_ray
@@ -650,28 +671,33 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         cpus = ray.cluster_resources().get("CPU", 1.0)
         log.info("preparing %d audio files from %s (feature hash %s)", len(uris), cfg.input, wanted)
         kept, rejected, manifest = prepare_files(cfg, uris, paths, listing, ray_map, cpus, lease)
-    elapsed = time.perf_counter() - started
+    _log_outcome(cfg, len(uris), kept, rejected, manifest, time.perf_counter() - started, ray_start)
+    if manifest is None:
+        return PrepareResult(cfg.output, None, 0, len(rejected), skipped=False, exit_code=1)
+    return PrepareResult(cfg.output, manifest, len(kept), len(rejected), False, 0)
+
+
+def _log_outcome(
+    cfg: PrepareConfig,
+    num_files: int,
+    kept: list[dict[str, Any]],
+    rejected: list[tuple[str, str]],
+    manifest: dict[str, Any] | None,
+    elapsed: float,
+    ray_start: float,
+) -> None:
+    """One line: what was prepared and rejected (by kind), or why nothing was committed."""
     kinds = Counter(reason_kind(r) for _, r in rejected)
     detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
     summary = f"{len(rejected)} rejected" + (f" ({detail})" if detail else "")
     if manifest is None:
         log.error(
             "no usable clip among %d files: %s; nothing committed to %s (see %s)",
-            len(uris),
-            summary,
-            cfg.output,
-            REJECTED,
-        )
-        return PrepareResult(cfg.output, None, 0, len(rejected), skipped=False, exit_code=1)
+            num_files, summary, cfg.output, REJECTED,
+        )  # fmt: skip
+        return
     log.info(
         "prepared %d clips from %d files in %.1f s (Ray start-up %.1f s), %s; "
         "wrote %d shard(s) to %s",
-        len(kept),
-        len(uris),
-        elapsed,
-        ray_start,
-        summary,
-        len(manifest["shards"]),
-        cfg.output,
-    )
-    return PrepareResult(cfg.output, manifest, len(kept), len(rejected), False, 0)
+        len(kept), num_files, elapsed, ray_start, summary, len(manifest["shards"]), cfg.output,
+    )  # fmt: skip

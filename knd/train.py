@@ -234,7 +234,7 @@ def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker: shard -> learner (DDP) -> resume -> epochs -> report.
 
     ``config`` (built by :func:`run`): ``cfg`` (the TrainConfig as a dict), ``meta`` (checkpoint
-    meta without epoch/metrics), ``rows_per_worker``, ``local_batch``, ``in_memory``,
+    meta without epoch/metrics), ``rows_per_worker``, ``local_batch``, ``in_memory``, ``groups``,
     ``has_val``, ``run_path``, ``name``, ``resume``, ``hooks``. Rank ``r`` trains on the dataset
     ``train_<r>``, its fixed, equal share of the rows.
     """
@@ -262,6 +262,24 @@ def train_loop_per_worker(config: dict) -> None:
         val_batches = _validation_batches(val_shard, label_table, config, rank, world)
     load_s = time.perf_counter() - loading
 
+    learner, start_epoch = _worker_learner(cfg, meta, config, device)
+    tracker = start_tracking(
+        cfg.wandb, config["run_path"], config["name"], scrub(to_dict(cfg)), rank=rank
+    )
+    for epoch in range(start_epoch, cfg.optim.epochs + 1):
+        metrics = _train_epoch(learner, train_batches, val_batches, epoch, hooks, (rank, world))
+        metrics["load_s"] = load_s if epoch == start_epoch else 0.0
+        _report_epoch(learner, meta | {"epoch": epoch, "metrics": metrics}, config, tracker, rank)
+        hooks.on_epoch_end(epoch, rank, metrics)
+    tracker.finish()
+
+
+def _worker_learner(
+    cfg: TrainConfig, meta: dict, config: dict, device: torch.device
+) -> tuple[Learner, int]:
+    """The DDP-wrapped learner of this worker and the first epoch to train (after a restore)."""
+    import ray.train.torch
+
     learner = Learner(
         cfg,
         num_classes=len(meta["labels"]),
@@ -270,48 +288,51 @@ def train_loop_per_worker(config: dict) -> None:
         device=device,
         wrap=ray.train.torch.prepare_model,
     )
-    start_epoch = 1
     restored = _restore(config.get("resume"))
-    if restored is not None:
-        learner.load_state_dict(restored)
-        start_epoch = int(restored.get("epoch", 0)) + 1
-    tracker = start_tracking(
-        cfg.wandb, config["run_path"], config["name"], scrub(to_dict(cfg)), rank=rank
-    )
+    if restored is None:
+        return learner, 1
+    learner.load_state_dict(restored)
+    return learner, int(restored.get("epoch", 0)) + 1
 
-    for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        started, started_at = time.perf_counter(), time.time()
-        first_batch: list[float] = []
 
-        def on_batch(index: int, batch: tuple, epoch=epoch, started=started, first=first_batch):
-            if index == 0:
-                first.append(time.perf_counter() - started)
-            hooks.on_batch(epoch, index, rank, batch[2])
+def _train_epoch(
+    learner: Learner,
+    train_batches: Any,
+    val_batches: Any,
+    epoch: int,
+    hooks: TrainHooks,
+    ranks: tuple[int, int],
+) -> dict:
+    """One epoch of training (and validation when there is a group): its metrics and timings."""
+    rank, world = ranks
+    started, started_at = time.perf_counter(), time.time()
+    first_batch: list[float] = []
 
-        loss_sum, count = learner.train_epoch(train_batches.epoch(epoch), on_batch)
-        train_s = time.perf_counter() - started
-        metrics = {
-            "epoch": epoch,
-            "step": learner.step,
-            "lr": learner.lr(learner.step - 1),
-            "train_loss": _mean_over_ranks(loss_sum, count, device),
-        }
-        if val_batches is not None:
-            _sync_batch_norm(learner.model, world)
-            val = learner.evaluate(val_batches())
-            metrics |= {f"val_{k}": val[k] for k in ("loss", "accuracy", "uar", "macro_f1", "n")}
-        metrics |= {
-            "train_epoch_s": train_s,
-            "first_batch_s": first_batch[0] if first_batch else 0.0,
-            "epoch_s": time.perf_counter() - started,
-            "epoch_started_at": started_at,
-            "load_s": load_s if epoch == start_epoch else 0.0,
-            "world_size": world,
-            "epoch_samples": count * world,
-        }
-        _report_epoch(learner, meta | {"epoch": epoch, "metrics": metrics}, config, tracker, rank)
-        hooks.on_epoch_end(epoch, rank, metrics)
-    tracker.finish()
+    def on_batch(index: int, batch: tuple) -> None:
+        if index == 0:
+            first_batch.append(time.perf_counter() - started)
+        hooks.on_batch(epoch, index, rank, batch[2])
+
+    loss_sum, count = learner.train_epoch(train_batches.epoch(epoch), on_batch)
+    train_s = time.perf_counter() - started
+    metrics = {
+        "epoch": epoch,
+        "step": learner.step,
+        "lr": learner.lr(learner.step - 1),
+        "train_loss": _mean_over_ranks(loss_sum, count, learner.device),
+    }
+    if val_batches is not None:
+        _sync_batch_norm(learner.model, world)
+        val = learner.evaluate(val_batches())
+        metrics |= {f"val_{k}": val[k] for k in ("loss", "accuracy", "uar", "macro_f1", "n")}
+    return metrics | {
+        "train_epoch_s": train_s,
+        "first_batch_s": first_batch[0] if first_batch else 0.0,
+        "epoch_s": time.perf_counter() - started,
+        "epoch_started_at": started_at,
+        "world_size": world,
+        "epoch_samples": count * world,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,6 +511,49 @@ def _score_split(cfg: TrainConfig, checkpoint: str, split: ActorSplit) -> dict:
     return parts
 
 
+def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
+    """The checkpoint meta of this run: the resumed checkpoint's normalisation statistics, or
+    ones computed on the training actors (streamed, one pass per feature group)."""
+    split = data.split
+    resumed = _check_resume(cfg, data.manifest, split.test) if cfg.resume else None
+    if resumed is not None:
+        norm = norm_stats(resumed)
+    else:
+        norm = group_stats(lambda: data.train.iter_batches(batch_size=256), cfg.model.groups)
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    return make_meta(cfg, data.manifest, norm, parts, run=name)
+
+
+def _run_report(
+    cfg: TrainConfig,
+    meta: dict,
+    data: SplitData,
+    checkpoint: str,
+    best_epoch: int,
+    history: list[dict],
+) -> dict:
+    """``metrics.json`` of the run: the kept checkpoint scored on validation and test actors."""
+    split = data.split
+    scores = _score_split(cfg, checkpoint, split)
+    return metrics_report(
+        meta["labels"],
+        test=scores["test"],
+        val=scores["val"],
+        test_actors=split.test,
+        val_actors=list(split.val),
+        train_actors=list(split.train),
+        label_set=cfg.labels,
+        model=meta["model"],
+        recipe=cfg.recipe,
+        model_selection=model_selection(split, cfg.train.checkpoint_metric),
+        best_epoch=best_epoch,
+        epochs=[int(h["epoch"]) for h in history],
+        feature_hash=data.manifest["feature_hash"],
+        feature_groups=list(cfg.model.groups),
+        checkpoint=checkpoint,
+    )
+
+
 def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     """Train, keep one checkpoint chosen without the test actors, report val and test metrics.
 
@@ -510,14 +574,8 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     run_path = storage.join(root, name)
 
     data = load_split(cfg)
-    split, manifest = data.split, data.manifest
-    resumed = _check_resume(cfg, manifest, split.test) if cfg.resume else None
-    if resumed is not None:
-        norm = norm_stats(resumed)
-    else:
-        norm = group_stats(lambda: data.train.iter_batches(batch_size=256), cfg.model.groups)
-    parts = {"train": split.train, "val": split.val, "test": split.test}
-    meta = make_meta(cfg, manifest, norm, parts, run=name)
+    split = data.split
+    meta = _run_meta(cfg, data, name)
     storage.write_text(storage.join(run_path, CONFIG_FILE), yaml.safe_dump(scrub(to_dict(cfg))))
     selection = model_selection(split, cfg.train.checkpoint_metric)
     log.info(
@@ -535,29 +593,12 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
     _copy_checkpoint(best, checkpoint_uri)
 
-    scores = _score_split(cfg, checkpoint_uri, split)
     history = read_history(run_path)
-    report = metrics_report(
-        meta["labels"],
-        test=scores["test"],
-        val=scores["val"],
-        test_actors=split.test,
-        val_actors=list(split.val),
-        train_actors=list(split.train),
-        label_set=cfg.labels,
-        model=meta["model"],
-        recipe=cfg.recipe,
-        model_selection=selection,
-        best_epoch=int(best_metrics["epoch"]),
-        epochs=[int(h["epoch"]) for h in history],
-        feature_hash=manifest["feature_hash"],
-        feature_groups=list(cfg.model.groups),
-        checkpoint=checkpoint_uri,
-    )
+    report = _run_report(cfg, meta, data, checkpoint_uri, int(best_metrics["epoch"]), history)
     write_report(
         run_path, report, config=scrub(to_dict(cfg)), history=history, title=f"knd train: {name}"
     )
-    test = scores["test"]
+    test = report["test"]
     log.info(
         "kept epoch %d (%s): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",
         best_metrics["epoch"], selection, test["accuracy"], test["uar"], test["macro_f1"],
