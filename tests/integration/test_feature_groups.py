@@ -146,3 +146,54 @@ def test_a_checkpoint_refuses_features_that_lack_its_groups(fused_run, tiny_feat
     cfg = load_config("evaluate", [f"checkpoint={fused_run.checkpoint}", f"data={tiny_features}"])
     with pytest.raises(ValueError, match=r"no 'prosody' group.*features\.groups=\[logmel"):
         evaluate(cfg)
+
+
+def test_tune_searches_feature_groups_and_refits_with_the_winners(grouped_features, tmp_path):
+    import yaml
+
+    from knd.checkpoint import load_meta
+    from knd.tune import run
+
+    _, features = grouped_features
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "model.name": "fused_cnn",
+                "model.width": 8,
+                "model.fusion_width": 8,
+                "optim.batch_size": 16,
+                "optim.warmup_epochs": 0,
+                "model.groups": {"grid": [["logmel", "prosody"], ["logmel", "egemaps"]]},
+            }
+        )
+    )
+    args = [
+        f"data={features}",
+        f"space={space}",
+        "test_actors=[3]",
+        "folds=2",
+        "num_samples=1",
+        "max_epochs=1",
+        "grace_epochs=1",
+        f"storage_path={tmp_path / 'runs'}",
+        "name=groups",
+        "max_concurrent=1",
+    ]
+    result = run(load_config("tune", args))
+    assert result.exit_code == 0 and result.num_trials == 2
+    # Every trial trained and was scored on the groups it drew.
+    trials = [
+        json.loads(p.read_text()) for p in Path(result.experiment).glob("trial_*/params.json")
+    ]
+    searched = sorted(tuple(t["model.groups"]) for t in trials)
+    assert searched == [("logmel", "egemaps"), ("logmel", "prosody")]
+    scores = [json.loads(line) for p in Path(result.experiment).glob("trial_*/result.json")
+              for line in p.read_text().splitlines() if line.strip()]  # fmt: skip
+    assert len(scores) == 2 and all(0.0 <= r["uar"] <= 1.0 for r in scores)
+    best = load_meta(str(Path(result.experiment) / "best" / "checkpoint"))
+    assert best["model"]["name"] == "fused_cnn"
+    assert best["model"]["groups"] in (["logmel", "prosody"], ["logmel", "egemaps"])
+    side = [g for g in best["model"]["groups"] if g != "logmel"][0]
+    assert set(best["group_norm"]) == {side}
+    assert result.test["n"] == 60
