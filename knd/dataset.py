@@ -349,17 +349,19 @@ def read_manifest(output: str) -> dict[str, Any] | None:
 
 
 def manifest_groups(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{group: {"hash", "shape", "dtype"}}`` of a manifest (an old one: the log-mel alone)."""
-    groups = manifest.get("feature_groups")
-    if isinstance(groups, dict) and "logmel" in groups:
-        return groups
-    return {
-        "logmel": {
-            "hash": manifest.get("feature_hash"),
-            "shape": list(manifest.get("feature_shape", [])),
-            "dtype": manifest.get("feature_dtype", "float32"),
-        }
+    """``{group: {"hash", "shape", "dtype"}}`` of a manifest (an old one: the log-mel alone).
+
+    The log-mel's entry always comes from the top-level ``feature_hash``/``feature_shape``/
+    ``feature_dtype``, which every reader (old ones too) checks: one source of truth for it.
+    """
+    logmel = {
+        "hash": manifest.get("feature_hash"),
+        "shape": list(manifest.get("feature_shape", [])),
+        "dtype": manifest.get("feature_dtype", "float32"),
     }
+    groups = manifest.get("feature_groups")
+    others = groups if isinstance(groups, dict) else {}
+    return {"logmel": logmel} | {g: spec for g, spec in others.items() if g != "logmel"}
 
 
 def check_groups(

@@ -209,7 +209,7 @@ def plain_scores(checkpoint: str, path: Path) -> np.ndarray:
     params = build(FeatureConfig, load_meta(checkpoint)["feature_params"])
     samples, rate = decode_audio(path.read_bytes())
     windows = file_windows(samples, rate, params, hop_seconds=1.5)
-    feats = np.stack([w.features.astype(params.dtype) for w in windows])
+    feats = np.stack([w.groups["logmel"].astype(params.dtype) for w in windows])
     batch = {"features": feats, "error": np.full(len(windows), "", dtype=object)}
     return Scorer(checkpoint, use_gpu=False)(batch)["probs"].mean(axis=0)
 
