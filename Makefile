@@ -24,7 +24,7 @@ demo: $(STAMP)  ## synth -> prepare -> train -> evaluate -> score on the synthet
 	bash scripts/demo.sh $(DEMO_DIR)
 
 test: $(STAMP) lint docs  ## lint, build the docs site, then the whole test suite (unit, integration, e2e)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: $(STAMP)  ## unit tests only (no Ray)
 	$(BIN)/pytest -q tests/unit

@@ -17,6 +17,7 @@ from knd.ravdess import EMOTIONS
 pytestmark = pytest.mark.ray
 
 P_COLUMNS = [f"p_{name}" for name in EMOTIONS]
+LONG_S = 61.0  # a file of 40 windows (hop 1.5 s): far longer than one 3 s clip
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def write_mixed_folder(root: Path) -> dict[str, str]:
     sf.write(root / "nested/quad44k.wav", np.stack([voice(2.5, 44100)] * 4, 1), 44100, "PCM_24")
     sf.write(root / "nested/stereo22k.ogg", np.stack([voice(4, 22050, 210)] * 2, 1), 22050)
     sf.write(root / "mono8k.wav", voice(1.2, 8000, 120), 8000, subtype="FLOAT")
-    sf.write(root / "long8k.wav", voice(300.0, 8000, 140, seed=3), 8000, subtype="PCM_16")
+    sf.write(root / "long8k.wav", voice(LONG_S, 8000, 140, seed=3), 8000, subtype="PCM_16")
     (root / "empty.wav").write_bytes(b"")
     (root / "notes.wav").write_text("these are meeting notes, not audio\n" * 20)
     buf = io.BytesIO()
@@ -170,12 +171,12 @@ def test_mixed_folder_scores_what_it_can_and_reports_the_rest(checkpoint, tmp_pa
     same = rows.loc[["mono48k.wav", "stereo48k.wav", "mono48k.flac"], P_COLUMNS].to_numpy()
     np.testing.assert_allclose(same[1], same[0], atol=1e-6)
     np.testing.assert_allclose(same[2], same[0], atol=1e-4)
-    assert rows.loc["long8k.wav", "duration"] == pytest.approx(300.0)
+    assert rows.loc["long8k.wav", "duration"] == pytest.approx(LONG_S)
     assert result.audio_hours * 3600 == pytest.approx(rows["duration"].sum(), rel=1e-6)
     err = capsys.readouterr().err
     assert f"failed {folder / 'empty.wav'}: empty file" in err
 
-    # One row per window: the 5-minute file gets overlapping windows covering it end to end;
+    # One row per window: the minute-long file gets overlapping windows covering it end to end;
     # strict makes the same failures an exit status.
     strict = score(
         checkpoint, str(folder), str(tmp_path / "w.parquet"), "per_window=true", "strict=true"
@@ -183,9 +184,9 @@ def test_mixed_folder_scores_what_it_can_and_reports_the_rest(checkpoint, tmp_pa
     assert strict.exit_code != 0 and strict.failed == 3
     per_window = pd.read_parquet(tmp_path / "w.parquet")
     long = per_window[per_window["path"] == str(folder / "long8k.wav")].sort_values("window")
-    assert len(long) == 1 + int(np.ceil((300.0 - 3.0) / 1.5))
+    assert len(long) == 1 + int(np.ceil((LONG_S - 3.0) / 1.5))
     assert long["start"].iloc[0] == pytest.approx(0.0, abs=0.05)
-    assert long["end"].iloc[-1] == pytest.approx(300.0, abs=0.05)
+    assert long["end"].iloc[-1] == pytest.approx(LONG_S, abs=0.05)
     assert np.allclose(long["end"] - long["start"], 3.0)
     # Every file's per-file row is the mean of its window rows; a failed file is one error row.
     per_window["name"] = [Path(p).relative_to(folder).as_posix() for p in per_window["path"]]
