@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the synthetic corpus with a local Ray:
-# synth -> prepare -> train (the default recipe, plain_cnn: 2 DDP workers, no validation
-# group) -> evaluate -> score.
+# synth -> prepare (log-mel, prosody, eGeMAPS) -> train (the default recipe, fused_cnn: 2 DDP
+# workers, no validation group) -> evaluate -> score.
 # Extra key=value arguments go to `knd train` (e.g. optim.epochs=3 for a quick look).
 # Each command prints a header, one line per unit of work and a summary; Ray's own logs stay in
 # /tmp/ray/session_latest/logs (KND_VERBOSE=1 shows them).

@@ -50,9 +50,12 @@ def test_every_recipe_builds_a_train_config(recipe):
 
 
 def test_the_default_recipe_spends_no_speakers_on_model_selection():
-    # Issue 16: the plain CNN on all non-test actors, one-cycle, last epoch.
+    # Issue 16's schedule (all non-test actors, one-cycle, last epoch); issue 20's fused model.
     cfg = load_config("train", ["data=/tmp/f"])
-    assert (cfg.recipe, cfg.model.name, cfg.model.width) == ("plain_cnn", "plain_cnn", 32)
+    assert (cfg.recipe, cfg.model.name, cfg.model.width) == ("fused_cnn", "fused_cnn", 32)
+    assert cfg.model.groups == ("logmel", "prosody", "egemaps")
+    prepare = load_config("prepare", ["input=/tmp/a", "output=/tmp/b"])
+    assert set(cfg.model.groups) <= set(prepare.features.groups)  # the defaults fit together
     assert cfg.split.val_actors == () and cfg.split.test_actors == (1, 11, 20, 21)
     assert (cfg.optim.schedule, cfg.optim.batch_size, cfg.optim.epochs) == ("onecycle", 32, 20)
     # The old default keeps its validation group when asked for by name.
