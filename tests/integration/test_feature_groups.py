@@ -144,10 +144,15 @@ def test_fused_model_trains_evaluates_and_scores_with_one_front_end(
     assert np.abs(without - expected).max() > 100 * 1e-4
 
 
-def test_a_checkpoint_refuses_features_that_lack_its_groups(fused_run, tiny_features):
+def test_a_checkpoint_refuses_features_that_lack_its_groups(grouped_features, fused_run, tmp_path):
     from knd.evaluate import run as evaluate
+    from knd.prepare import run as prepare
 
-    cfg = load_config("evaluate", [f"checkpoint={fused_run.checkpoint}", f"data={tiny_features}"])
+    corpus, _ = grouped_features
+    logmel_only = str(tmp_path / "logmel_only")
+    args = [f"input={corpus}", f"output={logmel_only}", "features.groups=[logmel]"]
+    assert prepare(load_config("prepare", args)).exit_code == 0
+    cfg = load_config("evaluate", [f"checkpoint={fused_run.checkpoint}", f"data={logmel_only}"])
     with pytest.raises(ValueError, match=r"no 'prosody' group.*features\.groups=\[logmel"):
         evaluate(cfg)
 
