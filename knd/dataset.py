@@ -383,7 +383,7 @@ def check_groups(
             )
         if wanted is not None and present[group].get("hash") != wanted:
             raise ValueError(
-                f"{group} features at {path} were made with other parameters (hash "
+                f"{path}: {group} features were made with other parameters (hash "
                 f"{present[group].get('hash')}, checkpoint expects {wanted})"
             )
     return {group: present[group] for group in expected}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import hashlib
 import io
 import json
@@ -48,7 +47,7 @@ import pyarrow.fs as pafs
 import knd
 from knd import storage
 from knd.audio import AudioError, decode_audio
-from knd.config import FeatureConfig, PrepareConfig
+from knd.config import FeatureConfig, PrepareConfig, to_dict
 from knd.console import file_progress
 from knd.dataset import (
     LABEL_COLUMNS,
@@ -464,7 +463,7 @@ def build_manifest(
     content = hashlib.sha256("\n".join(sorted(r["sha256"] for r in kept)).encode()).hexdigest()
     return {
         "knd_version": knd.__version__,
-        "feature_params": dataclasses.asdict(params),
+        "feature_params": to_dict(params),  # JSON-plain: a tuple would read back as a list
         "feature_hash": feature_hash(params),
         "feature_algorithm": FEATURE_ALGORITHM,
         "feature_shape": list(feature_shape(params)),
