@@ -73,7 +73,11 @@ class Window:
 
 
 def file_windows(
-    samples: np.ndarray, sample_rate: int, params: FeatureConfig, hop_seconds: float
+    samples: np.ndarray,
+    sample_rate: int,
+    params: FeatureConfig,
+    hop_seconds: float,
+    device: str = "cpu",
 ) -> list[Window]:
     """Decoded audio -> the windows that score it, each with every group of ``params.groups``.
 
@@ -87,6 +91,7 @@ def file_windows(
         sample_rate: rate of ``samples`` in Hz.
         params: the checkpoint's feature parameters.
         hop_seconds: hop between windows of a long file.
+        device: where a pretrained encoder runs (the ``embedding`` group).
 
     Returns:
         Windows in time order; ``start``/``end`` are seconds in the original file.
@@ -97,12 +102,14 @@ def file_windows(
     clip = features.clip_samples(params)
     rate = float(params.sample_rate)
     if len(trimmed) <= clip:
-        groups = features.segment_groups(trimmed, params)
+        groups = features.segment_groups(trimmed, params, device)
         return [Window(offset / rate, (offset + len(trimmed)) / rate, groups)]
     hop = max(1, int(round(hop_seconds * params.sample_rate)))
     return [
         Window(
-            (offset + s) / rate, (offset + e) / rate, features.segment_groups(trimmed[s:e], params)
+            (offset + s) / rate,
+            (offset + e) / rate,
+            features.segment_groups(trimmed[s:e], params, device),
         )
         for s, e in audio.windows(len(trimmed), clip, hop)
     ]
@@ -117,7 +124,7 @@ def _view_offset(view: np.ndarray, base: np.ndarray) -> int:
 
 
 def featurize_batch(
-    batch: dict[str, np.ndarray], params: FeatureConfig, hop_seconds: float
+    batch: dict[str, np.ndarray], params: FeatureConfig, hop_seconds: float, device: str = "cpu"
 ) -> dict[str, np.ndarray]:
     """Ray Data step: paths -> one row per window (or one error row per unusable file).
 
@@ -141,7 +148,7 @@ def featurize_batch(
                 fs, _ = storage.resolve(path)
             samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
             duration = len(samples) / float(rate)
-            wins = file_windows(samples, rate, params, hop_seconds)
+            wins = file_windows(samples, rate, params, hop_seconds, device)
         except audio.AudioError as e:
             error = str(e)
         except OSError as e:
@@ -205,18 +212,26 @@ class Scorer:
 
 
 class FileScorer(Scorer):
-    """CPU actor: paths -> windows -> probabilities, in one process (model loaded once).
+    """Actor: paths -> windows -> probabilities, in one process (model and encoder loaded once).
 
     One actor step instead of a decode step fused into the actors by Ray Data: fusion needs the
-    two steps' remote arguments to be equal, and a task's retry options are not an actor's.
+    two steps' remote arguments to be equal, and a task's retry options are not an actor's. On
+    a GPU (a checkpoint that reads a pretrained encoder's embeddings) the encoder runs there too.
     """
 
-    def __init__(self, checkpoint: str, params: FeatureConfig, hop_seconds: float, batch_size: int):
-        super().__init__(checkpoint, use_gpu=False)
+    def __init__(
+        self,
+        checkpoint: str,
+        params: FeatureConfig,
+        hop_seconds: float,
+        batch_size: int,
+        use_gpu: bool = False,
+    ):
+        super().__init__(checkpoint, use_gpu=use_gpu)
         self.params, self.hop_seconds, self.batch_size = params, hop_seconds, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        windows = featurize_batch(batch, self.params, self.hop_seconds)
+        windows = featurize_batch(batch, self.params, self.hop_seconds, self.device.type)
         n = len(windows["path"])
         parts = [
             Scorer.__call__(self, {k: v[i : i + self.batch_size] for k, v in windows.items()})
@@ -258,18 +273,22 @@ def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
     return float(min(1.0, max(0.1, total_cpus / max(1, num_actors))))
 
 
-def scoring_params(meta: dict, checkpoint: str) -> FeatureConfig:
+def scoring_params(meta: dict, checkpoint: str, encoder: str = "") -> FeatureConfig:
     """The feature parameters that score a checkpoint: exactly the groups its model was trained
-    on, computed by prepare's own front end.
+    on, computed by prepare's own front end (with ``encoder`` in place of the recorded encoder
+    folder when given).
 
     Raises:
-        ValueError: this knd would compute a group differently from the features it trained on.
+        ValueError: this knd would compute a group differently from the features it trained on
+            (another version of an algorithm, or an encoder whose files differ).
     """
     from knd.checkpoint import model_groups
 
     trained_on = model_groups(meta)
     stored = features.stored_params(meta["feature_params"])
-    params = dataclasses.replace(stored, groups=tuple(trained_on))
+    params = dataclasses.replace(
+        stored, groups=tuple(trained_on), encoder=encoder or stored.encoder
+    )
     features.check_computes(trained_on, params, checkpoint)
     return params
 
@@ -293,7 +312,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         raise ValueError("batch_size and num_actors must be >= 1 and window_hop_seconds > 0")
     meta = load_meta(cfg.checkpoint)
     labels = list(meta["labels"])
-    params = scoring_params(meta, cfg.checkpoint)
+    params = scoring_params(meta, cfg.checkpoint, cfg.encoder)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)
     if not paths:
         raise ValueError(f"no audio files ({', '.join(storage.AUDIO_SUFFIXES)}) under {cfg.input}")
@@ -366,7 +385,6 @@ def _scored_files(
     paths: list[str], cfg: ScoreConfig, params, labels, cpus: float, files_per_task: int
 ) -> Iterator[pd.DataFrame]:
     """Output rows of completed files, in input order, as the pipeline delivers them."""
-    import ray
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -380,48 +398,58 @@ def _scored_files(
         # remote args is what Ray deprecates for 2.64, and they are what keeps a dead actor's
         # task from running again.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ray.data.from_items(
-            [{"path": p} for p in paths],
-            override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
-        )
-        # A dead actor is replaced, but the task that killed it is not run again.
-        if cfg.use_gpu:  # decode tasks on the CPUs feed one actor per GPU
-            ds = ds.map_batches(
-                featurize_batch,
-                fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds},
-                batch_size=files_per_task,
-                batch_format="numpy",
-                num_cpus=1.0,
-                max_retries=0,
-            )
-            ds = ds.map_batches(
-                Scorer,
-                fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": True},
-                batch_size=cfg.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-                num_cpus=cpus,
-                num_gpus=1,
-                max_task_retries=0,
-            )
-        else:  # each actor reads, decodes and scores its own files: no features in transit
-            ds = ds.map_batches(
-                FileScorer,
-                fn_constructor_kwargs={
-                    "checkpoint": cfg.checkpoint,
-                    "params": params,
-                    "hop_seconds": cfg.window_hop_seconds,
-                    "batch_size": cfg.batch_size,
-                },
-                batch_size=files_per_task,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-                num_cpus=cpus,
-                max_task_retries=0,
-            )
+        ds = _pipeline(paths, cfg, params, cpus, files_per_task)
         yield from _complete_files(_batches_with_progress(ds, len(paths)), labels, cfg.per_window)
     finally:
         ctx.execution_options.preserve_order, ctx.max_errored_blocks = saved
+
+
+def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per_task: int):
+    """The Ray Dataset of scored windows: paths -> (decode tasks ->) scoring actors."""
+    import ray
+
+    ds = ray.data.from_items(
+        [{"path": p} for p in paths],
+        override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
+    )
+    # A dead actor is replaced, but the task that killed it is not run again.
+    if cfg.use_gpu and "embedding" not in params.groups:  # CPU decode feeds GPU actors
+        ds = ds.map_batches(
+            featurize_batch,
+            fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds},
+            batch_size=files_per_task,
+            batch_format="numpy",
+            num_cpus=1.0,
+            max_retries=0,
+        )
+        ds = ds.map_batches(
+            Scorer,
+            fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": True},
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+            num_cpus=cpus,
+            num_gpus=1,
+            max_task_retries=0,
+        )
+    else:  # each actor reads, decodes (runs the encoder) and scores its own files
+        ds = ds.map_batches(
+            FileScorer,
+            fn_constructor_kwargs={
+                "checkpoint": cfg.checkpoint,
+                "params": params,
+                "hop_seconds": cfg.window_hop_seconds,
+                "batch_size": cfg.batch_size,
+                "use_gpu": cfg.use_gpu,
+            },
+            batch_size=files_per_task,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+            num_cpus=cpus,
+            num_gpus=1 if cfg.use_gpu else 0,
+            max_task_retries=0,
+        )
+    return ds
 
 
 def _batches_with_progress(ds, num_files: int) -> Iterator[pd.DataFrame]:
