@@ -1,6 +1,6 @@
 """Pretrained speech encoders (wav2vec 2.0, HuBERT, WavLM, ...) in the Hugging Face format.
 
-An encoder is named by a local folder as ``save_pretrained`` writes it and ``huggingface-cli
+An encoder is named by a local folder as ``save_pretrained`` writes it and ``hf
 download`` fetches it (``config.json`` + ``model.safetensors``, optionally
 ``preprocessor_config.json``), or by a hub id where the network allows. Its identity is the hash
 of those files' bytes (:func:`folder_hash`), not its name: features and checkpoints record the
@@ -79,7 +79,7 @@ def resolve(name: str) -> str:
         raise EncoderError(
             f"encoder {name}: not a local folder and the hub cannot provide it "
             f"({type(e).__name__}); download it where there is internet "
-            f"(huggingface-cli download {name} --local-dir DIR) and pass the folder"
+            f"(hf download {name} --local-dir DIR) and pass the folder"
         ) from None
 
 
@@ -217,7 +217,8 @@ def layer_stats(wave: np.ndarray, sample_rate: int, name: str, device: str = "cp
         wave: float32 mono samples (speech only: no padding).
         sample_rate: rate of ``wave``; resampled to the encoder's rate when they differ.
         name: encoder folder (or hub id).
-        device: ``cpu`` or ``cuda`` (bf16 autocast there).
+        device: ``cpu`` or ``cuda``. float32 on both: a head learns on these values, and bf16
+            states would differ from the float32 ones a CPU prepare stored.
 
     Returns:
         float32 ``[num_states, 2 * hidden_size]``: for every hidden state (the convolutional
@@ -233,8 +234,7 @@ def layer_stats(wave: np.ndarray, sample_rate: int, name: str, device: str = "cp
     if len(wave) < MIN_SAMPLES:  # shorter input gives no frame at all
         wave = np.pad(wave, (0, MIN_SAMPLES - len(wave)))
     x = standardise(torch.from_numpy(np.ascontiguousarray(wave))[None].to(device), info)
-    gpu = device.startswith("cuda")
-    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=gpu):
+    with torch.inference_mode():
         states = model(x, output_hidden_states=True).hidden_states
     stacked = torch.stack([s[0].float() for s in states])  # [num_states, frames, hidden]
     pooled = torch.cat([stacked.mean(dim=1), stacked.std(dim=1, unbiased=False)], dim=1)

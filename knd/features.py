@@ -228,7 +228,7 @@ def segment_groups(
 
     The frame-level groups see the stretch fitted to ``clip_seconds`` (padded or cut), so they
     share one frame grid; the functionals and the encoder's statistics see the speech alone
-    (never the padding), cut to the same length. ``device`` runs the encoder (``cuda``: bf16).
+    (never the padding), cut to the same length. ``device`` runs the encoder.
 
     Returns:
         ``{group: float32 array of group_shape(group, params)}``.
