@@ -1,7 +1,7 @@
 """Pretrained encoders end to end on real local Ray, with tiny random encoders of two real
 architectures (wav2vec 2.0 frozen, HuBERT fine-tuned): prepare the embedding and waveform groups,
 train a head on the embeddings, evaluate, score a folder from audio, refuse an encoder whose files
-differ, fine-tune an encoder one epoch and score with the checkpoint alone."""
+differ, fine-tune an encoder one epoch and evaluate with the checkpoint alone."""
 
 from __future__ import annotations
 
@@ -21,19 +21,19 @@ pytestmark = pytest.mark.ray
 
 GROUPS = "[logmel,embedding,waveform]"
 P_COLUMNS = [f"p_{name}" for name in EMOTIONS]
-CLIPS = 60
-"""A third of the 60 clips of each of the three actors."""
+CLIPS = 36
+"""A fifth of the 60 clips of each of the three actors."""
 
 
 @pytest.fixture(scope="module")
 def encoder_features(tiny_corpus, tiny_encoders, ray_session, tmp_path_factory):
-    """A third of the clips of three actors, prepared with the embedding and waveform groups."""
+    """A fifth of the clips of three actors, prepared with the embedding and waveform groups."""
     from knd.prepare import run
 
     corpus = tmp_path_factory.mktemp("encoder_corpus")
     for actor in ("Actor_01", "Actor_02", "Actor_03"):
         (corpus / actor).mkdir()
-        for path in sorted((Path(tiny_corpus) / actor).iterdir())[::3]:
+        for path in sorted((Path(tiny_corpus) / actor).iterdir())[::5]:
             shutil.copyfile(path, corpus / actor / path.name)
     out = tmp_path_factory.mktemp("encoder_features")
     args = [f"input={corpus}", f"output={out}", f"features.groups={GROUPS}"]
@@ -129,7 +129,7 @@ def test_a_head_on_embeddings_trains_evaluates_and_scores_audio_alike(
     relative = [Path(p).relative_to(folder).as_posix() for p in scored["path"]]
     # Windowed long files average several windows; the others match the prepared clip.
     single = (scored["duration"] <= 3.0).to_numpy()
-    assert single.sum() >= 5
+    assert single.sum() >= 3
     np.testing.assert_allclose(
         scored[P_COLUMNS].to_numpy()[single],
         expected[rows.loc[relative].to_numpy()][single],
@@ -161,14 +161,13 @@ def test_an_encoder_whose_files_differ_is_refused(encoder_features, head_run, tm
         evaluate(cfg)
 
 
-def test_fine_tuning_trains_one_epoch_and_scores_without_the_encoder_folder(
+def test_fine_tuning_trains_one_epoch_and_evaluates_without_the_encoder_folder(
     encoder_features, tiny_encoders, tmp_path
 ):
     from knd.checkpoint import load_meta
     from knd.evaluate import run as evaluate
-    from knd.score import run as score
 
-    corpus, features = encoder_features
+    _, features = encoder_features
     folder = shutil.copytree(tiny_encoders["hubert"], tmp_path / "hubert")
     result = _train(
         features,
@@ -186,12 +185,4 @@ def test_fine_tuning_trains_one_epoch_and_scores_without_the_encoder_folder(
     evaluated = evaluate(
         load_config("evaluate", [f"checkpoint={result.checkpoint}", f"data={features}"])
     )
-    assert evaluated.metrics["test"]["n"] == CLIPS // 3
-    audio = tmp_path / "audio"
-    shutil.copytree(Path(corpus) / "Actor_03", audio / "Actor_03")
-    output = tmp_path / "scores.csv"
-    args = [f"checkpoint={result.checkpoint}", f"input={audio}", f"output={output}"]
-    scored = score(load_config("score", args))
-    assert scored.exit_code == 0 and scored.failed == 0
-    probs = pd.read_csv(output)[P_COLUMNS].to_numpy()
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert evaluated.metrics["test"] == metrics["test"]
