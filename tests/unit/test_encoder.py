@@ -190,3 +190,15 @@ def test_embedding_statistics_are_a_table_in_the_meta():
     meta["group_norm"]["embedding"]["std"] = np.ones((3, 7)).tolist()
     assert "differ in shape" in meta_problem(meta)
     assert EmbeddingHead(8, (3, 8), -1, 16, 0.0)(None, torch.randn(2, 3, 8)).shape == (2, 8)
+
+
+def test_prepare_refuses_an_unusable_encoder_before_any_work(tmp_path):
+    from knd.prepare import run
+
+    args = [f"input={tmp_path}", f"output={tmp_path / 'out'}", "features.groups=[logmel,embedding]"]
+    (tmp_path / "weightless").mkdir()
+    for folder, reason in (("missing", "no such folder"), ("weightless", "no \\*.safetensors")):
+        cfg = load_config("prepare", [*args, f"features.encoder={tmp_path / folder}"])
+        with pytest.raises(encoder.EncoderError, match=reason):
+            run(cfg)
+    assert not (tmp_path / "out").exists()
