@@ -118,22 +118,22 @@ def test_a_head_on_embeddings_trains_evaluates_and_scores_audio_alike(
     shutil.copytree(Path(corpus) / "Actor_03", folder / "Actor_03")
     output = tmp_path / "scores.parquet"
     args = [f"checkpoint={head_run.checkpoint}", f"input={folder}", f"output={output}"]
-    result = score(load_config("score", args))
+    result = score(load_config("score", [*args, "per_window=true"]))
     assert result.exit_code == 0 and result.failed == 0 and result.num_files == CLIPS // 3
     scored = pd.read_parquet(output)
+    assert scored["path"].nunique() == CLIPS // 3
 
+    # A file of one window (no longer than a clip after trimming) took prepare's exact steps.
+    windows = scored["path"].map(scored["path"].value_counts())
+    single = scored[windows == 1]
+    assert len(single) >= 3
     table = load_features(features, actors=[3], groups=["embedding"])
     model, meta = load_model(head_run.checkpoint)
     _, expected = predict(model, meta, table.inputs())
     rows = pd.Series(np.arange(len(table.path)), index=table.path)
-    relative = [Path(p).relative_to(folder).as_posix() for p in scored["path"]]
-    # Windowed long files average several windows; the others match the prepared clip.
-    single = (scored["duration"] <= 3.0).to_numpy()
-    assert single.sum() >= 3
+    relative = [Path(p).relative_to(folder).as_posix() for p in single["path"]]
     np.testing.assert_allclose(
-        scored[P_COLUMNS].to_numpy()[single],
-        expected[rows.loc[relative].to_numpy()][single],
-        atol=1e-4,
+        single[P_COLUMNS].to_numpy(), expected[rows.loc[relative].to_numpy()], atol=1e-4
     )
 
 
