@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     head = epoch_seconds(features, "wav2vec2_frozen", [])
     cnn = epoch_seconds(features, "plain_cnn", ["model.groups=[logmel]"])
     print(f"epoch: embedding_head {head:.3f} s, plain_cnn {cnn:.2f} s", flush=True)
-    tune = tune_rate(features, scratch, args.tune_samples, args.tune_epochs)
+    tune = None  # --tune-samples 0 (e.g. a one-actor corpus leaves no actor to fold)
+    if args.tune_samples:
+        tune = tune_rate(features, scratch, args.tune_samples, args.tune_epochs)
     print(f"tune: {tune}", flush=True)
     best_loop = max(rows["loop"]["files_per_s"], rows["loop_1thread"]["files_per_s"])
     ratios = {
