@@ -226,15 +226,16 @@ def head_command(temp_dir, dashboard: bool) -> tuple[list[str], dict[str, int]]:
 
 
 @contextlib.contextmanager
-def ray_head(dashboard: bool, token: str | None = None, timeout_s: float = 120.0):
+def ray_head(dashboard: bool, token: str, timeout_s: float = 120.0):
     """A fresh 2-CPU Ray head of this test's own, up (``Ray runtime started``); always stopped.
 
     It runs in its own session (``setsid``) with its own temp dir and free ports, so it neither
     joins nor disturbs the in-process ``ray_session`` (``ray.init()`` finds a cluster through the
     default temp dir, and this one is elsewhere); teardown stops that process group alone, never
-    ``ray stop``, which would stop every Ray on the machine. With ``token``, the head asks for
-    it (``RAY_AUTH_MODE=token``). Yields proc, log, gcs_port, address (``127.0.0.1:port``) and
-    url (the dashboard's).
+    ``ray stop``, which would stop every Ray on the machine. The head asks for ``token``
+    (``RAY_AUTH_MODE=token``): a head started without one here was seen to refuse drivers as
+    unauthenticated. Yields proc, log, gcs_port, address (``127.0.0.1:port``) and url (the
+    dashboard's).
     """
     import os
     import shutil
@@ -254,8 +255,8 @@ def ray_head(dashboard: bool, token: str | None = None, timeout_s: float = 120.0
     bin_dir = str(Path(sys.executable).parent)
     env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # fmt: skip
-    if token:  # this cluster's own, not ~/.ray/auth_token, which other Ray sessions here share
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    # This cluster's own token, not ~/.ray/auth_token, which other Ray sessions here share.
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     log = temp_dir / "ray-start.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
