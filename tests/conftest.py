@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 
@@ -131,3 +133,146 @@ def tiny_encoders(tmp_path_factory):
     """``{architecture: folder}`` of tiny random wav2vec2, HuBERT and WavLM encoders."""
     root = tmp_path_factory.mktemp("encoders")
     return {kind: write_tiny_encoder(root / kind, kind) for kind in ("wav2vec2", "hubert", "wavlm")}
+
+
+# --- A Ray head of a test's own (``ray start --head --block``), for tests of real clusters ---
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that were free a moment ago (held open together so they differ)."""
+    import socket
+
+    sockets = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("", 0))  # Ray listens on the node's address, not only on loopback
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_process_group(proc, grace_s: float = 40.0) -> None:
+    """SIGTERM ``ray start --block``, wait for its process group to empty, SIGKILL what is left.
+
+    The leader alone gets SIGTERM: it drains the node and stops its children in order (a SIGTERM
+    to the whole group kills the GCS first and leaves the rest waiting for it).
+    """
+    import os
+    import signal
+    import time
+
+    proc.terminate()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader so that the group can empty
+        if not group_alive(proc.pid):
+            return
+        time.sleep(0.2)
+    if group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def die_with_this_process() -> None:
+    """In the child: SIGTERM it when the test process dies, even by SIGKILL (Linux only).
+
+    ``ray start --block`` then stops its own children, so a test run killed mid-way (a CI
+    timeout) does not leave a head behind with two busy CPUs and ports taken.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def head_command(temp_dir, dashboard: bool) -> tuple[list[str], dict[str, int]]:
+    """``ray start --head --block`` on 127.0.0.1 with 2 CPUs, every port free, and its ports."""
+    import sys
+    from pathlib import Path
+
+    names = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "metrics", "runtime_env",
+             "node_manager", "object_manager")  # fmt: skip
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    # Workers on ports the OS picks (0), not the 10002-19999 every other Ray here draws from.
+    command = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+        "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
+        "--num-cpus=2", "--num-gpus=0", f"--include-dashboard={str(dashboard).lower()}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+        f"--ray-client-server-port={ports['client']}",
+        f"--dashboard-agent-listen-port={ports['agent_http']}",
+        f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+        f"--metrics-export-port={ports['metrics']}",
+        f"--runtime-env-agent-port={ports['runtime_env']}",
+        f"--node-manager-port={ports['node_manager']}",
+        f"--object-manager-port={ports['object_manager']}",
+        "--min-worker-port=0", "--max-worker-port=0", f"--temp-dir={temp_dir}",
+    ]  # fmt: skip
+    return command, ports
+
+
+@contextlib.contextmanager
+def ray_head(dashboard: bool, token: str, timeout_s: float = 120.0):
+    """A fresh 2-CPU Ray head of this test's own, up (``Ray runtime started``); always stopped.
+
+    It runs in its own session (``setsid``) with its own temp dir and free ports, so it neither
+    joins nor disturbs the in-process ``ray_session`` (``ray.init()`` finds a cluster through the
+    default temp dir, and this one is elsewhere); teardown stops that process group alone, never
+    ``ray stop``, which would stop every Ray on the machine. The head asks for ``token``
+    (``RAY_AUTH_MODE=token``): a head started without one here was seen to refuse drivers as
+    unauthenticated. Yields proc, log, gcs_port, address (``127.0.0.1:port``) and url (the
+    dashboard's).
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    # A short temp dir: Ray's socket paths must stay under the 107-character Unix limit.
+    temp_dir = Path(tempfile.mkdtemp(prefix="knd-ray-", dir="/tmp"))
+    command, ports = head_command(temp_dir, dashboard)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    # A job's `python` is the first one on the head's PATH: make it this venv's. No drain on
+    # SIGTERM: it waits up to 30 s for a Serve hand-over this cluster never has.
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # fmt: skip
+    # This cluster's own token, not ~/.ray/auth_token, which other Ray sessions here share.
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    log = temp_dir / "ray-start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, cwd=Path(__file__).parents[1], stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_this_process,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield SimpleNamespace(
+            proc=proc, log=log, gcs_port=ports["gcs"], address=f"127.0.0.1:{ports['gcs']}",
+            url=f"http://127.0.0.1:{ports['dashboard']}",
+        )  # fmt: skip
+    finally:
+        stop_process_group(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)

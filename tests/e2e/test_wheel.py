@@ -45,9 +45,11 @@ def installed(tmp_path_factory) -> Path:
     wheel = next((root / "dist").glob("knd-*.whl"))
 
     venv = root / "venv"
-    run(sys.executable, "-m", "venv", str(venv))
-    run(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-        str(wheel), env=clean_env())  # fmt: skip
+    # No pip of its own (ensurepip is most of a venv's set-up): this environment's pip installs
+    # into it with --python.
+    run(sys.executable, "-m", "venv", "--without-pip", str(venv))
+    run(sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+        "--no-deps", "--no-index", str(wheel), env=clean_env())  # fmt: skip
     # The dependencies (torch, ray, ...) from this environment, after the venv's own packages; a
     # plain path line, so this environment's editable install of knd is not picked up.
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"

@@ -9,70 +9,28 @@ its dashboard (the Job Submission API), and teardown stops that process group al
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import ray_head
 
 pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 ACTORS = (1, 2, 3)  # test actor 1, validation actor 2, training actor 3
-CLIP_STEP = 3  # every 3rd clip of each: 20 clips per actor, 60 files for the jobs to prepare
+CLIP_STEP = 6  # every 6th clip of each: 10 clips per actor, 30 files for the jobs to prepare
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that were free a moment ago (held open together so they differ)."""
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("", 0))  # Ray listens on the node's address, not only on loopback
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 40.0) -> None:
-    """SIGTERM ``ray start --block``, wait for its process group to empty, SIGKILL what is left.
-
-    The leader alone gets SIGTERM: it drains the node and stops its children in order (a SIGTERM
-    to the whole group kills the GCS first and leaves the rest waiting for it).
-    """
-    proc.terminate()
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so that the group can empty
-        if not group_alive(proc.pid):
-            return
-        time.sleep(0.5)
-    if group_alive(proc.pid):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def connect(url: str, token: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0):
@@ -88,60 +46,16 @@ def connect(url: str, token: str, proc: subprocess.Popen, log: Path, timeout_s: 
         except ConnectionError as e:
             if time.monotonic() > deadline:
                 pytest.fail(f"the dashboard at {url} did not answer in {timeout_s:.0f} s: {e}")
-        time.sleep(1)
-
-
-def die_with_this_process() -> None:
-    """In the child: SIGTERM it when the test process dies, even by SIGKILL (Linux only).
-
-    ``ray start --block`` then stops its own children, so a test run killed mid-way (a CI
-    timeout) does not leave a head behind with two busy CPUs and ports taken.
-    """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A fresh 2-CPU head: its client, GCS address, dashboard URL and token; always stopped."""
-    # A short temp dir: Ray's socket paths must stay under the 107-character Unix limit.
-    temp_dir = Path(tempfile.mkdtemp(prefix="knd-ray-", dir="/tmp"))
-    gcs, dashboard, client_server, agent_http, agent_grpc, metrics, runtime_env, nm, om = (
-        free_ports(9)
-    )
+    """A fresh 2-CPU head with the dashboard: its client, GCS port, dashboard URL and token."""
     token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-    # A job's `python` is the first one on the head's PATH: make it this venv's. The token is
-    # this cluster's own (not ~/.ray/auth_token, which other Ray sessions here share). No drain
-    # on SIGTERM: it waits up to 30 s for a Serve hand-over this cluster never has.
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=token, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-    )  # fmt: skip
-    # Workers on ports the OS picks (0), not the 10002-19999 every other Ray here draws from.
-    command = [
-        str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={client_server}", f"--dashboard-agent-listen-port={agent_http}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={nm}",
-        f"--object-manager-port={om}", "--min-worker-port=0", "--max-worker-port=0",
-        f"--temp-dir={temp_dir}",
-    ]  # fmt: skip
-    log = temp_dir / "ray-start.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=die_with_this_process,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{dashboard}"
-        client = connect(url, token, proc, log)
-        yield SimpleNamespace(client=client, gcs_port=gcs, url=url, token=token)
-    finally:
-        stop_process_group(proc)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(dashboard=True, token=token) as head:
+        client = connect(head.url, token, head.proc, head.log)
+        yield SimpleNamespace(client=client, gcs_port=head.gcs_port, url=head.url, token=token)
 
 
 def run_job(cluster, args: list[str], timeout_s: float = 300.0) -> tuple[str, str]:
@@ -154,7 +68,7 @@ def run_job(cluster, args: list[str], timeout_s: float = 300.0) -> tuple[str, st
     deadline = time.monotonic() + timeout_s
     status = str(client.get_job_status(job_id))
     while status not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.5)
         status = str(client.get_job_status(job_id))
     logs = client.get_job_logs(job_id)
     if status not in TERMINAL:
@@ -218,7 +132,10 @@ def test_prepare_then_train_jobs_write_their_artefacts(cluster, tiny_corpus, tmp
             shutil.copyfile(path, target)
             clips.append(str(target))
 
-    status, logs = run_job(cluster, ["jobs/prepare.py", f"input={corpus}", f"output={features}"])
+    # Log-mel alone (the job's mechanics; test_multinode prepares every group on a cluster).
+    prepare = ["jobs/prepare.py", f"input={corpus}", f"output={features}"]
+    prepare.append("features.groups=[logmel]")
+    status, logs = run_job(cluster, prepare)
     assert status == "SUCCEEDED", logs[-3000:]
     assert joined(logs) == cluster.gcs_port, "the driver should join this test's cluster"
     manifest = json.loads((features / "manifest.json").read_text())
