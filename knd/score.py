@@ -34,7 +34,11 @@ actor finds them (docs/guides/troubleshooting.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import io
+import json
 import logging
 import math
 import os
@@ -242,6 +246,8 @@ class ScoreResult:
     first_rows_seconds: float = math.nan
     """From the pipeline's start to the first scored rows: actor start-up (torch import, model
     load) and the first batch; ``seconds`` minus this is the steady state."""
+    resumed: int = 0
+    """Files an interrupted run had scored (staged beside the output), not scored again."""
 
 
 def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
@@ -292,7 +298,6 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     if cfg.batch_size < 1 or cfg.num_actors < 1 or cfg.window_hop_seconds <= 0:
         raise ValueError("batch_size and num_actors must be >= 1 and window_hop_seconds > 0")
     meta = load_meta(cfg.checkpoint)
-    labels = list(meta["labels"])
     params = scoring_params(meta, cfg.checkpoint)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)
     if not paths:
@@ -305,14 +310,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
 
     started = time.perf_counter()
     cpus = stage_cpus(ray.cluster_resources().get("CPU", 1.0), cfg.num_actors, cfg.use_gpu)
-    tally = _Tally()
-    with StagedTable(output) as sink:
-        lost = _score_into(sink, tally, paths, cfg, params, labels, cpus, FILES_PER_TASK)
-        if lost:
-            log.warning("%d file(s) lost with a worker; scoring them one per task", len(lost))
-            lost = _score_into(sink, tally, lost, cfg, params, labels, cpus, 1)
-        if lost:
-            sink.write(_lost_rows(lost, labels, cfg.per_window), tally)
+    tally = _score_all(cfg, meta, paths, params, cpus)
     seconds = time.perf_counter() - started
 
     result = ScoreResult(
@@ -327,9 +325,56 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         ray_start_seconds=ray_start,
         exit_code=1 if cfg.strict and tally.failures else 0,
         first_rows_seconds=(tally.first_rows - started) if tally.first_rows else math.nan,
+        resumed=tally.resumed,
     )
     _print_summary(result, tally.failures)
     return result
+
+
+def _score_all(cfg: ScoreConfig, meta: dict, paths: list[str], params, cpus: float) -> _Tally:
+    """Score ``paths`` into the staged output and commit it; files an interrupted run staged are
+    kept, and a file lost with its worker is scored once more alone, then reported."""
+    tally, labels = _Tally(), list(meta["labels"])
+    # A chunk per batch of every actor: a killed run loses at most one batch per actor.
+    chunk_files = FILES_PER_TASK * cfg.num_actors
+    with StagedTable(str(cfg.output), staging_key(cfg, meta, paths), chunk_files) as sink:
+        todo = _resume(sink, tally, paths)
+        lost = _score_into(sink, tally, todo, cfg, params, labels, cpus, FILES_PER_TASK)
+        if lost:
+            log.warning("%d file(s) lost with a worker; scoring them one per task", len(lost))
+            lost = _score_into(sink, tally, lost, cfg, params, labels, cpus, 1)
+        if lost:
+            sink.write(_lost_rows(lost, labels, cfg.per_window), tally)
+    return tally
+
+
+def staging_key(cfg: ScoreConfig, meta: dict, paths: list[str]) -> str:
+    """A hash of what defines the output's rows: the checkpoint (where and what), the input
+    listing and the options that change a row. A rerun with the same key resumes."""
+    identity = {
+        "checkpoint": storage.absolute(str(cfg.checkpoint)),
+        "meta": json.dumps(meta, sort_keys=True, default=str),
+        "paths": paths,
+        "per_window": cfg.per_window,
+        "window_hop_seconds": cfg.window_hop_seconds,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _resume(sink: StagedTable, tally: _Tally, paths: list[str]) -> list[str]:
+    """The paths still to score: those an interrupted run staged are counted, not scored."""
+    staged = sink.staged_rows()
+    if not len(staged):
+        return paths
+    tally.add(staged, timed=False)
+    done = set(staged["path"])
+    tally.resumed = len(done)
+    todo = [p for p in paths if p not in done]
+    log.info(
+        "resuming: %d file(s) already scored in %s; scoring the other %d",
+        len(done), sink.staging, len(todo),
+    )  # fmt: skip
+    return todo
 
 
 LOST = "worker died while scoring this file (not retried further)"
@@ -343,9 +388,12 @@ class _Tally:
     audio_seconds: float = 0.0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     first_rows: float = 0.0
+    resumed: int = 0
+    """Files whose rows an interrupted run had staged."""
 
-    def add(self, table: pd.DataFrame) -> None:
-        self.first_rows = self.first_rows or time.perf_counter()
+    def add(self, table: pd.DataFrame, timed: bool = True) -> None:
+        if timed:
+            self.first_rows = self.first_rows or time.perf_counter()
         self.rows += len(table)
         files = table.drop_duplicates("path")
         ok = files["error"] == ""
@@ -355,6 +403,8 @@ class _Tally:
 
 def _score_into(sink, tally, paths, cfg: ScoreConfig, params, labels, cpus, files_per_task):
     """Score ``paths`` into ``sink``; returns the paths whose rows never came back."""
+    if not paths:
+        return []
     seen: set[str] = set()
     for table in _scored_files(paths, cfg, params, labels, cpus, files_per_task):
         sink.write(table, tally)
@@ -469,59 +519,136 @@ def _lost_rows(paths: list[str], labels: list[str], per_window: bool) -> pd.Data
 
 
 class StagedTable:
-    """An output table written in chunks to a staging file, then committed in one step.
+    """An output table staged as whole chunk files beside the output, committed in one step.
 
-    Locally the staging file is a hidden sibling renamed over the output (``os.replace``); on S3 a
-    temporary key is written (a streamed upload) and copied to the output's key, so a reader sees
-    the old output or the whole new one, never a part. On error the staging file is deleted.
+    The chunks live in a hidden folder named by ``key`` (a hash of what defines the rows), each
+    written atomically (:func:`knd.storage.write_bytes`) once ``chunk_files`` files are buffered,
+    so a killed run leaves only whole chunks. A rerun with the same key finds them
+    (:meth:`staged_rows`) and scores only the other files. The commit concatenates the chunks in
+    the order they were written into a temporary file, renamed over the output (locally) or
+    copied to its key (S3): a reader sees the old output or the whole new one, never a part. On
+    error the buffered rows are staged, not lost.
     """
 
-    def __init__(self, output: str):
-        self.output = output
+    def __init__(self, output: str, key: str, chunk_files: int = FILES_PER_TASK):
+        self.output = storage.absolute(output)
         self.csv = output.lower().endswith(".csv")
-        self.fs, self.path = storage.resolve(output)
-        folder, name = self.path.rsplit("/", 1)
-        self.tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        self.stream = None
-        self.writer = None
-        self.schema = None
+        self.fs, self.path = storage.resolve(self.output)
+        head, name = self.output.rsplit("/", 1)
+        self.staging = f"{head}/.{name}.staged-{key[:16]}"
+        self.tmp = f"{self.path.rsplit('/', 1)[0]}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.chunk_files = max(1, chunk_files)
+        self.buffer: list[pd.DataFrame] = []
+        self.buffered = 0
+        self.token = uuid.uuid4().hex[:6]
+        self.next_chunk = 0
 
     def __enter__(self) -> StagedTable:
-        if not storage.is_remote(self.output):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.stream = self.fs.open_output_stream(self.tmp)
         return self
 
-    def write(self, table: pd.DataFrame, tally: _Tally | None = None) -> None:
-        """Append rows (the columns of the first chunk fix the file's columns)."""
-        if tally is not None:
-            tally.add(table)
+    def _chunks(self) -> list[str]:
+        """The staged chunks (URIs), in the order they were written."""
+        fs, folder = storage.resolve(self.staging)
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.base_name.startswith("chunk-"))
+        return [storage.join(self.staging, n) for n in names]
+
+    def _read(self, chunk: str, columns: list[str] | None = None) -> pd.DataFrame:
+        data = storage.read_bytes(chunk)
         if self.csv:
-            self.stream.write(table.to_csv(index=False, header=self.schema is None).encode())
-            self.schema = self.schema or list(table.columns)
-            return
-        import pyarrow as pa
+            na = {"duration": ["", "nan", "NaN"]}
+            return pd.read_csv(
+                io.BytesIO(data), usecols=columns, keep_default_na=False, na_values=na
+            )
         import pyarrow.parquet as pq
 
-        if self.schema is None:
-            self.schema = pa.Schema.from_pandas(table, preserve_index=False)
-            self.writer = pq.ParquetWriter(self.stream, self.schema)
-        rows = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
-        self.writer.write_table(rows)
+        return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
 
-    def __exit__(self, kind, exc, tb) -> None:
+    def staged_rows(self) -> pd.DataFrame:
+        """``path, error, duration`` of the rows an interrupted run staged (one chunk in memory
+        at a time); an unreadable chunk is deleted, so its files are scored again."""
+        frames = []
+        chunks = self._chunks()
+        for chunk in chunks:
+            try:
+                frames.append(self._read(chunk, ["path", "error", "duration"]))
+            except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not reused
+                log.warning("discarding the unreadable staged chunk %s (%s)", chunk, e)
+                fs, path = storage.resolve(chunk)
+                fs.delete_file(path)
+        self.next_chunk = len(chunks)
+        if not frames:
+            return pd.DataFrame({"path": [], "error": [], "duration": []})
+        staged = pd.concat(frames, ignore_index=True)
+        staged["error"] = staged["error"].fillna("").astype(str)
+        return staged
+
+    def write(self, table: pd.DataFrame, tally: _Tally | None = None) -> None:
+        """Append the rows of whole files (staged once ``chunk_files`` files are buffered)."""
+        if tally is not None:
+            tally.add(table)
+        self.buffer.append(table)
+        self.buffered += table["path"].nunique()
+        if self.buffered >= self.chunk_files:
+            self.flush()
+
+    def flush(self) -> None:
+        """Stage the buffered rows as one whole chunk file."""
+        if not self.buffer:
+            return
+        table = pd.concat(self.buffer, ignore_index=True)
+        name = f"chunk-{self.next_chunk:06d}-{self.token}.{'csv' if self.csv else 'parquet'}"
+        if self.csv:
+            data = table.to_csv(index=False).encode()
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            sink = io.BytesIO()
+            pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
+            data = sink.getvalue()
+        storage.write_bytes(storage.join(self.staging, name), data)
+        self.buffer, self.buffered, self.next_chunk = [], 0, self.next_chunk + 1
+
+    def commit(self) -> None:
+        """Concatenate the chunks into the output in one step, then drop the staging folder."""
+        self.flush()
         try:
-            if self.writer is not None:
-                self.writer.close()
-            self.stream.close()
-            if kind is None:
-                if storage.is_remote(self.output):
-                    self.fs.copy_file(self.tmp, self.path)
-                else:
-                    os.replace(self.tmp, self.path)
+            with self.fs.open_output_stream(self.tmp) as stream:
+                self._concatenate(stream)
+            if storage.is_remote(self.output):
+                self.fs.copy_file(self.tmp, self.path)
+            else:
+                os.replace(self.tmp, self.path)
         finally:
             if self.fs.get_file_info(self.tmp).type != pafs.FileType.NotFound:
                 self.fs.delete_file(self.tmp)
+        storage.delete_dir(self.staging)
+
+    def _concatenate(self, stream) -> None:
+        """Every chunk into ``stream``: CSV bodies after the first header; Parquet row groups
+        cast to the first chunk's schema."""
+        import pyarrow.parquet as pq
+
+        writer = None
+        for i, chunk in enumerate(self._chunks()):
+            data = storage.read_bytes(chunk)
+            if self.csv:
+                stream.write(data if i == 0 else data[data.index(b"\n") + 1 :])
+                continue
+            rows = pq.read_table(io.BytesIO(data))
+            if writer is None:
+                writer = pq.ParquetWriter(stream, rows.schema)
+            writer.write_table(rows.cast(writer.schema))
+        if writer is not None:
+            writer.close()
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.commit()
+            return
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            self.flush()
 
 
 def aggregate(windows: pd.DataFrame, labels: list[str], per_window: bool) -> pd.DataFrame:
@@ -571,5 +698,7 @@ def _print_summary(result: ScoreResult, failures: list[tuple[str, str]]) -> None
         f"{result.audio_hours:.3f} h of audio in {result.seconds:.1f} s "
         f"({result.files_per_second:.1f} files/s, real-time factor {result.realtime_factor:.0f}x; "
         f"Ray start-up {result.ray_start_seconds:.1f} s, first rows after "
-        f"{result.first_rows_seconds:.1f} s) -> {result.output}"
+        f"{result.first_rows_seconds:.1f} s"
+        + (f"; {result.resumed} files resumed from an interrupted run" if result.resumed else "")
+        + f") -> {result.output}"
     )

@@ -9,14 +9,12 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from killing import kill_when, start_killable
 
 from knd import storage
 from knd.config import load_config
@@ -200,29 +198,6 @@ def test_interrupted_run_then_reruns(ray_session, tmp_path, caplog):
     write(src, "Actor_04/03-01-08-01-01-01-04.wav", clip_bytes("new"))
     grown = run(config(src, out, "features.n_mels=32", "rows_per_shard=2"))
     assert not grown.skipped and grown.num_rows == 6
-
-
-def start_killable(command: list[str], ray_session) -> subprocess.Popen:
-    """A real ``knd`` child in its own process group, joined to this session's Ray (a second
-    local Ray would fight it for the 2 CPUs)."""
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    return subprocess.Popen(
-        [sys.executable, "-m", "knd.cli", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def kill_when(child: subprocess.Popen, ready, timeout_s: float = 120.0) -> None:
-    """SIGKILL ``child``'s process group once ``ready()`` holds (no drain, no cleanup)."""
-    deadline = time.monotonic() + timeout_s
-    while not ready() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
-    time.sleep(1.0)  # its Ray tasks die with their owner; let a last write land, as it would
 
 
 def same_features(a: str, b: str) -> None:
