@@ -15,6 +15,13 @@ is kept. ``metrics.json`` says which (``model_selection``). The driver then copi
 checkpoint to ``<run_dir>/<name>/checkpoint/``, scores the validation and test actors with it,
 and writes ``metrics.json`` and ``confusion.png`` beside it; ``history.jsonl`` has one line
 per epoch.
+
+**Resume.** A run whose driver was killed (or whose whole cluster was lost) continues when the
+same command runs again with the same ``run_dir`` and ``name``: Ray Train restores the run's
+record of reported checkpoints and the workers start after the last one, so epoch numbering goes
+on and ``history.jsonl`` keeps each epoch once. ``resume=CHECKPOINT`` is different: a new run
+starting from a checkpoint's weights and optimiser state. The default ``name`` carries a
+timestamp, so a job that must resume on retry names its run.
 """
 
 from __future__ import annotations
@@ -574,10 +581,7 @@ def _log_continuation(run_path: str, resume: str | None) -> None:
 def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     """Train, keep one checkpoint chosen without the test actors, report val and test metrics.
 
-    A ``run_dir``/``name`` that already holds an interrupted run (its driver killed, its cluster
-    lost) continues from that run's last reported checkpoint: epoch numbering goes on, and
-    ``history.jsonl`` keeps each epoch once. ``resume=CHECKPOINT`` starts a new run from a
-    checkpoint's weights and optimiser state.
+    A rerun into the ``run_dir``/``name`` of an interrupted run continues it (module docstring).
 
     Args:
         cfg: the ``knd train`` config.
