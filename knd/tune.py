@@ -301,7 +301,8 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
     fs, fs_path = storage.resolve(experiment)
     remote_fs = fs if storage.is_remote(experiment) else None
     callbacks = [*wandb_callbacks(cfg.wandb, experiment), tune_callback(cfg.metric, cfg.max_epochs)]
-    if cfg.resume:
+    # A search killed before Tune wrote its state (only knd_tune.json exists) starts afresh.
+    if cfg.resume and tune.Tuner.can_restore(fs_path, storage_filesystem=remote_fs):
         log.info("resuming the search at %s", experiment)
         tuner = tune.Tuner.restore(
             fs_path, trainable=trainable, resume_errored=True, storage_filesystem=remote_fs
