@@ -20,8 +20,10 @@ are averaged. A file that cannot be scored becomes a row with its reason in ``er
 raises.
 
 Results stream: the driver turns windows into per-file rows as soon as all of a file's windows
-have arrived and appends them to a staging file (Parquet row groups or CSV lines), committed under
-the output's name in one step at the end, so driver memory holds only the files in flight. Ray's
+have arrived and stages them as whole chunk files beside the output (:class:`StagedTable`),
+concatenated under the output's name in one step at the end, so driver memory holds only the
+files in flight. The staging folder is named by what defines the rows (checkpoint, input listing,
+options): a rerun of a killed run keeps the rows it staged and scores only the other files. Ray's
 retries are bounded: an actor that dies (a file that takes its worker down) is restarted, the
 task is not retried and its block is skipped (``max_errored_blocks``); the driver then scores the
 files it did not get back once more, one file per task, and reports those that fail again.
