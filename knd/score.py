@@ -23,10 +23,14 @@ Results stream: the driver turns windows into per-file rows as soon as all of a 
 have arrived and stages them as whole chunk files beside the output (:class:`StagedTable`),
 concatenated under the output's name in one step at the end, so driver memory holds only the
 files in flight. The staging folder is named by what defines the rows (checkpoint, input listing,
-options): a rerun of a killed run keeps the rows it staged and scores only the other files. Ray's
-retries are bounded: an actor that dies (a file that takes its worker down) is restarted, the
-task is not retried and its block is skipped (``max_errored_blocks``); the driver then scores the
-files it did not get back once more, one file per task, and reports those that fail again.
+options): a rerun of a killed run keeps the rows it staged and scores only the other files.
+
+Retries are bounded without Ray's per-call retry options (deprecated in ``map_batches``, removed
+in Ray 2.64): an actor that dies (a file that takes its worker down, a lost node) is restarted
+and Ray runs its task again; the rerun goes file by file, and a file in flight at a second death
+becomes an error row (:func:`bounded_retry`, with an :class:`AttemptLedger` actor). A block that
+still fails is skipped (``max_errored_blocks``); the driver scores its files once more, one file
+per task, and reports those that fail again.
 
 Ray's C++ core logs once per actor that its "constructor arguments [are] in the object store and
 max_restarts > 0": Ray Data hands every actor of a pool its context and function as object
@@ -47,7 +51,6 @@ import os
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -123,39 +126,59 @@ def _view_offset(view: np.ndarray, base: np.ndarray) -> int:
 
 
 def featurize_batch(
-    batch: dict[str, np.ndarray], params: FeatureConfig, hop_seconds: float
+    batch: dict[str, np.ndarray], params: FeatureConfig, hop_seconds: float, ledger=None
 ) -> dict[str, np.ndarray]:
     """Ray Data step: paths -> one row per window (or one error row per unusable file).
 
     Every file yields at least one row; a file that fails gets ``error`` set and zero features, so
-    failures travel through the pipeline as data instead of exceptions.
+    failures travel through the pipeline as data instead of exceptions. With ``ledger`` (an
+    :class:`AttemptLedger` handle) a batch that Ray runs again after its worker died is bounded
+    (:func:`bounded_retry`): a file that takes its worker down twice becomes an error row.
     """
     import torch
 
     # One Ray task per CPU already fills the machine; torch's own threads would oversubscribe it.
     torch.set_num_threads(1)
+    paths = [str(p) for p in batch["path"]]
+    if ledger is None:
+        return _featurize_paths(paths, params, hop_seconds, {})
+    return bounded_retry(
+        paths, ledger, lambda some, skip: _featurize_paths(some, params, hop_seconds, skip)
+    )
+
+
+def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float):
+    """``(duration, error, windows)`` of one file; any failure is its ``error``, never raised."""
+    try:
+        samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
+        return len(samples) / float(rate), "", file_windows(samples, rate, params, hop_seconds)
+    except audio.AudioError as e:
+        error = str(e)
+    except OSError as e:
+        error = f"unreadable ({e.strerror or str(e) or type(e).__name__})"
+    except MemoryError:
+        error = "out of memory while scoring this file"
+    except Exception as e:  # noqa: BLE001 - any failure is this file's, never the job's
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
+    return math.nan, error, []
+
+
+def _featurize_paths(
+    paths: list[str], params: FeatureConfig, hop_seconds: float, skip: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """The rows of :func:`featurize_batch`; a file of ``skip`` is not read: its row carries the
+    reason ``skip`` gives."""
     specs = features.group_specs(params)
     columns = {group: group_column(group) for group in specs}
     rows: dict[str, list] = {k: [] for k in ("path", "window", "n_windows", "start", "end")}
     rows.update(duration=[], error=[], **{c: [] for c in columns.values()})
     fs = None
-    for path in batch["path"]:
-        path = str(path)
-        duration, error, wins = math.nan, "", []
-        try:
+    for path in paths:
+        duration, error, wins = math.nan, skip.get(path, ""), []
+        if not error:
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(path)
-            samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
-            duration = len(samples) / float(rate)
-            wins = file_windows(samples, rate, params, hop_seconds)
-        except audio.AudioError as e:
-            error = str(e)
-        except OSError as e:
-            error = f"unreadable ({e.strerror or str(e) or type(e).__name__})"
-        except MemoryError:
-            error = "out of memory while scoring this file"
-        except Exception as e:  # noqa: BLE001 - any failure is this file's, never the job's
-            error = f"{type(e).__name__}: {e}".splitlines()[0]
+            duration, error, wins = _decode_windows(path, fs, params, hop_seconds)
         if error:
             empty = {g: np.zeros(spec["shape"], dtype=np.float32) for g, spec in specs.items()}
             wins = [Window(math.nan, math.nan, empty)]
@@ -176,6 +199,51 @@ def featurize_batch(
     for column in columns.values():
         out[column] = np.stack(rows[column])
     return out
+
+
+KILLED_TWICE = "its worker died twice while scoring this file (not retried further)"
+
+
+class AttemptLedger:
+    """A Ray actor (no CPU, on the driver's node) counting attempts that started and never
+    finished, by key: a batch or a file whose worker died while it ran."""
+
+    def __init__(self):
+        self.unfinished: dict[str, int] = {}
+
+    def start(self, key: str) -> int:
+        """Count an attempt; returns how many earlier attempts of ``key`` never finished."""
+        before = self.unfinished.get(key, 0)
+        self.unfinished[key] = before + 1
+        return before
+
+    def finish(self, key: str) -> None:
+        self.unfinished[key] = self.unfinished.get(key, 1) - 1
+
+
+def bounded_retry(paths: list[str], ledger, work) -> dict[str, np.ndarray]:
+    """``work(paths, skip)`` once; after its worker died, file by file, and never a third time.
+
+    Ray Data retries a task whose worker died (its defaults: actors restarted, their tasks
+    retried without limit), so a file that kills every worker it reaches would be retried
+    forever. Here a batch that started before and never finished is redone one file at a time,
+    and a file that was in flight when its worker died in such a one-by-one pass (the second
+    death it caused) is not read again: ``work`` gets it in ``skip`` and reports it.
+    """
+    import ray
+
+    batch_key = "batch:" + hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    if ray.get(ledger.start.remote(batch_key)) == 0:
+        out = work(paths, {})
+        ledger.finish.remote(batch_key)
+        return out
+    parts = []
+    for path in paths:
+        died = ray.get(ledger.start.remote("file:" + path))
+        parts.append(work([path], {path: KILLED_TWICE} if died else {}))
+        ray.get(ledger.finish.remote("file:" + path))
+    ledger.finish.remote(batch_key)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class Scorer:
@@ -213,16 +281,24 @@ class Scorer:
 class FileScorer(Scorer):
     """CPU actor: paths -> windows -> probabilities, in one process (model loaded once).
 
-    One actor step instead of a decode step fused into the actors by Ray Data: fusion needs the
-    two steps' remote arguments to be equal, and a task's retry options are not an actor's.
+    One actor step rather than a decode step that Ray Data would have to fuse into the actors:
+    each actor reads its own files, so no features cross the object store.
     """
 
-    def __init__(self, checkpoint: str, params: FeatureConfig, hop_seconds: float, batch_size: int):
+    def __init__(
+        self,
+        checkpoint: str,
+        params: FeatureConfig,
+        hop_seconds: float,
+        batch_size: int,
+        ledger=None,
+    ):
         super().__init__(checkpoint, use_gpu=False)
         self.params, self.hop_seconds, self.batch_size = params, hop_seconds, batch_size
+        self.ledger = ledger
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        windows = featurize_batch(batch, self.params, self.hop_seconds)
+        windows = featurize_batch(batch, self.params, self.hop_seconds, self.ledger)
         n = len(windows["path"])
         parts = [
             Scorer.__call__(self, {k: v[i : i + self.batch_size] for k, v in windows.items()})
@@ -417,63 +493,75 @@ def _score_into(sink, tally, paths, cfg: ScoreConfig, params, labels, cpus, file
 def _scored_files(
     paths: list[str], cfg: ScoreConfig, params, labels, cpus: float, files_per_task: int
 ) -> Iterator[pd.DataFrame]:
-    """Output rows of completed files, in input order, as the pipeline delivers them."""
+    """Output rows of completed files, in input order, as the pipeline delivers them.
+
+    Retries are bounded without Ray's retry options (passing them to ``map_batches`` is
+    deprecated, and removed in Ray 2.64): Ray Data restarts a dead actor and runs its task again,
+    and :func:`bounded_retry` makes each rerun progress (file by file, a file that killed two
+    workers reported). A block that still fails is skipped (``max_errored_blocks``) and its files
+    are scored again one per task by the caller.
+    """
     import ray
     from ray.data import DataContext
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     ctx = DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.max_errored_blocks)
-    # In input order, so the streamed output keeps the listing's path order; a block whose task
-    # failed (its actor died) is skipped, not retried, and its files are reported by the caller.
+    # In input order, so the streamed output keeps the listing's path order.
     ctx.execution_options.preserve_order = True
     ctx.max_errored_blocks = -1
+    # On the driver's node: it lives as long as the job, whichever worker node is lost.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledger = ray.remote(AttemptLedger).options(num_cpus=0, scheduling_strategy=here).remote()
     try:
-        # Retry limits have no named parameter in Ray 2.60's map_batches; passing them as
-        # remote args is what Ray deprecates for 2.64, and they are what keeps a dead actor's
-        # task from running again.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ray.data.from_items(
-            [{"path": p} for p in paths],
-            override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
-        )
-        # A dead actor is replaced, but the task that killed it is not run again.
-        if cfg.use_gpu:  # decode tasks on the CPUs feed one actor per GPU
-            ds = ds.map_batches(
-                featurize_batch,
-                fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds},
-                batch_size=files_per_task,
-                batch_format="numpy",
-                num_cpus=1.0,
-                max_retries=0,
-            )
-            ds = ds.map_batches(
-                Scorer,
-                fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": True},
-                batch_size=cfg.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-                num_cpus=cpus,
-                num_gpus=1,
-                max_task_retries=0,
-            )
-        else:  # each actor reads, decodes and scores its own files: no features in transit
-            ds = ds.map_batches(
-                FileScorer,
-                fn_constructor_kwargs={
-                    "checkpoint": cfg.checkpoint,
-                    "params": params,
-                    "hop_seconds": cfg.window_hop_seconds,
-                    "batch_size": cfg.batch_size,
-                },
-                batch_size=files_per_task,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-                num_cpus=cpus,
-                max_task_retries=0,
-            )
+        ds = _pipeline(paths, cfg, params, cpus, files_per_task, ledger)
         yield from _complete_files(_batches_with_progress(ds, len(paths)), labels, cfg.per_window)
     finally:
         ctx.execution_options.preserve_order, ctx.max_errored_blocks = saved
+        ray.kill(ledger)
+
+
+def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per_task: int, ledger):
+    """The Ray Dataset of scored windows: paths -> (decode tasks ->) scoring actors."""
+    import ray
+
+    ds = ray.data.from_items(
+        [{"path": p} for p in paths],
+        override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
+    )
+    pool = ray.data.ActorPoolStrategy(size=cfg.num_actors)
+    if cfg.use_gpu:  # decode tasks on the CPUs feed one actor per GPU
+        ds = ds.map_batches(
+            featurize_batch,
+            fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds, "ledger": ledger},
+            batch_size=files_per_task,
+            batch_format="numpy",
+            num_cpus=1.0,
+        )
+        return ds.map_batches(
+            Scorer,
+            fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": True},
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=pool,
+            num_cpus=cpus,
+            num_gpus=1,
+        )
+    # On CPU each actor reads, decodes and scores its own files: no features in transit.
+    return ds.map_batches(
+        FileScorer,
+        fn_constructor_kwargs={
+            "checkpoint": cfg.checkpoint,
+            "params": params,
+            "hop_seconds": cfg.window_hop_seconds,
+            "batch_size": cfg.batch_size,
+            "ledger": ledger,
+        },
+        batch_size=files_per_task,
+        batch_format="numpy",
+        compute=pool,
+        num_cpus=cpus,
+    )
 
 
 def _batches_with_progress(ds, num_files: int) -> Iterator[pd.DataFrame]:

@@ -148,6 +148,47 @@ def test_a_killed_run_resumes_the_rows_it_staged(checkpoint, ray_session, tmp_pa
     pd.testing.assert_frame_equal(resumed, reference, check_exact=False, atol=1e-6)
 
 
+def test_a_file_that_kills_its_scoring_actor_is_retried_once_alone_then_reported(ray_session):
+    """Ray Data's own defaults (no retry options passed): a dead actor is restarted and its task
+    run again without limit. bounded_retry makes every rerun progress and ends the loop."""
+    import os
+
+    import ray
+
+    from knd.score import KILLED_TWICE, AttemptLedger, bounded_retry
+
+    class DiesOnB:
+        """Its actor process dies outright (as under the OOM killer) whenever it reads ``b``."""
+
+        def __init__(self, ledger):
+            self.ledger = ledger
+
+        def __call__(self, batch):
+            def work(paths, skip):
+                if "b" in paths and "b" not in skip:
+                    os._exit(1)
+                errors = [skip.get(p, "") for p in paths]
+                return {"path": np.asarray(paths, dtype=object), "error": np.asarray(errors)}
+
+            return bounded_retry([str(p) for p in batch["path"]], self.ledger, work)
+
+    ledger = ray.remote(AttemptLedger).options(num_cpus=0).remote()
+    ds = ray.data.from_items([{"path": p} for p in "abcdef"], override_num_blocks=2)
+    ds = ds.map_batches(
+        DiesOnB,
+        fn_constructor_kwargs={"ledger": ledger},
+        batch_size=3,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.5,
+    )
+    rows = {str(r["path"]): str(r["error"]) for r in ds.take_all()}
+    assert sorted(rows) == list("abcdef")
+    assert rows["b"] == KILLED_TWICE
+    assert all(rows[p] == "" for p in "acdef")
+    ray.kill(ledger)
+
+
 def write_mixed_folder(root: Path) -> dict[str, str]:
     """Files of every kind score must cope with; returns name -> expected error ('' = scored)."""
     root.mkdir()
