@@ -1,0 +1,254 @@
+"""Losing a worker node half way: prepare and score on a 3-node local Ray cluster.
+
+    .venv/bin/python bench/chaos.py --actors 2                   # 120 files, local paths
+    .venv/bin/python bench/chaos.py --actors 1 --prefix s3://BUCKET/chaos --out -   # the test's run
+
+A head with no CPU (it holds the driver) and two worker nodes of one CPU each, made with
+``ray.cluster_utils.Cluster`` in this process. For ``knd prepare`` and then ``knd score``: once
+uninterrupted, then once more with one worker node hard-killed (its raylet and workers, no drain)
+when about ``--kill-at`` of the work is staged, and a replacement node added at once, as an
+autoscaler would. Reported per stage: the wall-time ratio (killed / uninterrupted), rows lost, rows
+duplicated, whether the rows equal the uninterrupted run's, and files left behind unlisted.
+Everything is written under ``--prefix`` (``s3://`` in the test, so no node relies on a shared
+disk). Prints one JSON line; figures go to ``bench/results/chaos.json`` unless ``--out -``.
+The cluster is stopped with ``Cluster.shutdown`` (never ``ray stop``, which stops every Ray on the
+machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+
+RESULTS = Path(__file__).resolve().parent / "results" / "chaos.json"
+
+
+def write_corpus(prefix: str, actors: int) -> str:
+    """``knd synth``'s corpus of ``actors`` actors under ``prefix/audio`` (uploaded if s3://)."""
+    from knd import storage
+    from knd.synth import write_corpus as synth
+
+    with tempfile.TemporaryDirectory() as scratch:
+        synth(scratch, actors=actors, seed=0, progress=False)
+        for path in storage.list_files(scratch):
+            rel = os.path.relpath(path, scratch)
+            storage.write_bytes(storage.join(prefix, "audio", rel), Path(path).read_bytes())
+    return storage.join(prefix, "audio")
+
+
+def staged_count(folder: str, suffix: str) -> int:
+    """Files ending in ``suffix`` directly in ``folder`` (0 while it does not exist)."""
+    import pyarrow.fs as pafs
+
+    from knd import storage
+
+    fs, path = storage.resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sum(1 for i in infos if i.base_name.endswith(suffix))
+
+
+def staged_chunks(parent: str, output_name: str) -> int:
+    """Chunks ``knd score`` has staged for ``parent/output_name`` (in its hidden folder)."""
+    import pyarrow.fs as pafs
+
+    from knd import storage
+
+    fs, path = storage.resolve(parent)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    folders = [i.base_name for i in infos if i.base_name.startswith(f".{output_name}.staged-")]
+    return sum(staged_count(storage.join(parent, f), ".parquet") for f in folders)
+
+
+def kill_a_worker_when(cluster, ready, done: threading.Event) -> dict:
+    """Hard-kill one worker node once ``ready()`` holds, then add a replacement node."""
+    while not ready() and not done.is_set():
+        time.sleep(0.05)
+    if done.is_set():
+        return {"killed": False}
+    victim = cluster.list_all_nodes()[1]  # [0] is the head, which holds the driver
+    started = time.perf_counter()
+    cluster.remove_node(victim, allow_graceful=False)
+    cluster.add_node(num_cpus=1)
+    return {"killed": True, "replaced_in_s": round(time.perf_counter() - started, 2)}
+
+
+def with_node_loss(cluster, work, ready) -> tuple[object, float, dict]:
+    """``(result, seconds, kill)`` of ``work()`` while one worker node is killed and replaced."""
+    done = threading.Event()
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = work()
+        finally:
+            done.set()
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=target)
+    thread.start()
+    kill = kill_a_worker_when(cluster, ready, done)
+    thread.join()
+    return box.get("result"), time.perf_counter() - started, kill
+
+
+def prepare_outcome(ref_out: str, out: str) -> dict:
+    """Rows lost and duplicated against the uninterrupted output; equal rows; unlisted files."""
+    import numpy as np
+
+    from knd import storage
+    from knd.dataset import load_features
+
+    ref, got = load_features(ref_out), load_features(out)
+    paths = list(got.path)
+    same = sorted(paths) == sorted(ref.path)
+    if same:
+        a, b = np.argsort(got.path), np.argsort(ref.path)
+        for group, values in got.inputs().items():
+            same = same and bool(np.array_equal(values[a], ref.inputs()[group][b]))
+    folders = {s.split("/")[0] for s in got.manifest["shards"]}
+    listed = {storage.join(out, s) for s in got.manifest["shards"]}
+    written = {f for folder in folders for f in storage.list_files(storage.join(out, folder))}
+    return {
+        "rows_lost": len(set(ref.path) - set(paths)),
+        "rows_duplicated": len(paths) - len(set(paths)),
+        "rows_equal_uninterrupted": same,
+        "unlisted_files_left": len(written - listed),
+    }
+
+
+def bench_prepare(cluster, audio: str, prefix: str, kill_at: float) -> dict:
+    """``knd prepare`` uninterrupted, then with a worker node lost at about ``kill_at``."""
+    from knd import storage
+    from knd.config import load_config
+    from knd.prepare import files_per_task, list_inputs, run, staging_folders
+
+    def cfg(name: str):
+        out = storage.join(prefix, name)
+        return load_config("prepare", [f"input={audio}", f"output={out}", "batch_size=4"])
+
+    started = time.perf_counter()
+    ref = run(cfg("features-ref"))
+    ref_s = time.perf_counter() - started
+    chaos_cfg = cfg("features-chaos")
+    _, _, listing = list_inputs(audio)
+    staging = storage.join(chaos_cfg.output, staging_folders(chaos_cfg, listing)[0])
+    parts = math.ceil(ref.num_rows / files_per_task(ref.num_rows, 2.0, chaos_cfg))
+    ready = lambda: staged_count(staging, ".done.json") >= kill_at * parts  # noqa: E731
+    result, chaos_s, kill = with_node_loss(cluster, lambda: run(chaos_cfg), ready)
+    return {
+        "files": ref.num_rows + ref.num_rejected,
+        "uninterrupted_s": round(ref_s, 1),
+        "node_lost_s": round(chaos_s, 1),
+        "time_ratio": round(chaos_s / ref_s, 2),
+        **kill,
+        "exit_code": result.exit_code if result else None,
+        **prepare_outcome(ref.output, chaos_cfg.output),
+    }
+
+
+def score_outcome(ref_out: str, out: str, num_files: int) -> dict:
+    """Rows lost and duplicated, and whether they equal the uninterrupted run's."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from knd import storage
+
+    ref = pd.read_parquet(io.BytesIO(storage.read_bytes(ref_out))).sort_values("path")
+    got = pd.read_parquet(io.BytesIO(storage.read_bytes(out))).sort_values("path")
+    same = list(got["path"]) == list(ref["path"]) and list(got["label"]) == list(ref["label"])
+    probs = [c for c in ref.columns if c.startswith("p_")]
+    same = same and bool(np.allclose(got[probs].to_numpy(), ref[probs].to_numpy(), atol=1e-6))
+    return {
+        "rows_lost": num_files - got["path"].nunique(),
+        "rows_duplicated": len(got) - got["path"].nunique(),
+        "rows_equal_uninterrupted": same,
+        "errors": int((got["error"] != "").sum()),
+    }
+
+
+def bench_score(cluster, audio: str, prefix: str, kill_at: float) -> dict:
+    """``knd score`` uninterrupted, then with a worker node lost at about ``kill_at``."""
+    from knd import storage
+    from knd.config import load_config
+    from knd.score import FILES_PER_TASK, run
+
+    checkpoint = storage.join(prefix, "checkpoint")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from score import feature_params, make_checkpoint  # bench/score.py
+
+    paths = storage.list_files(audio)
+    make_checkpoint(checkpoint, "cpu_small", feature_params(), paths[:: max(1, len(paths) // 32)])
+
+    def cfg(name: str):
+        args = [f"checkpoint={checkpoint}", f"input={audio}", f"output={prefix}/{name}"]
+        return load_config("score", [*args, "num_actors=2"])
+
+    started = time.perf_counter()
+    ref = run(cfg("scores-ref.parquet"))
+    ref_s = time.perf_counter() - started
+    chunks = math.ceil(len(paths) / (2 * FILES_PER_TASK))
+
+    def ready() -> bool:
+        return staged_chunks(prefix, "scores-chaos.parquet") >= kill_at * chunks
+
+    result, chaos_s, kill = with_node_loss(cluster, lambda: run(cfg("scores-chaos.parquet")), ready)
+    return {
+        "files": len(paths),
+        "uninterrupted_s": round(ref_s, 1),
+        "node_lost_s": round(chaos_s, 1),
+        "time_ratio": round(chaos_s / ref_s, 2),
+        **kill,
+        "exit_code": result.exit_code if result else None,
+        **score_outcome(ref.output, result.output, len(paths)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--actors", type=int, default=2, help="synthetic actors (60 files each)")
+    parser.add_argument("--prefix", help="where everything is written (default: a temp folder)")
+    parser.add_argument("--kill-at", type=float, default=0.5, help="share of work staged first")
+    parser.add_argument("--out", default=str(RESULTS), help="results JSON ('-': none)")
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    prefix = args.prefix or tempfile.mkdtemp(prefix="knd-chaos-")
+    audio = write_corpus(prefix, args.actors)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        os.environ["RAY_ADDRESS"] = cluster.address  # every stage joins this cluster
+        ray.init(address=cluster.address, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        results = {
+            "command": "python bench/chaos.py " + " ".join(argv or sys.argv[1:]),
+            "nodes": "head (0 CPU, driver) + 2 workers (1 CPU each); one worker killed, one added",
+            "prepare": bench_prepare(cluster, audio, prefix, args.kill_at),
+            "score": bench_score(cluster, audio, prefix, args.kill_at),
+        }
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(results), flush=True)
+    if args.out != "-":
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
