@@ -8,7 +8,10 @@ A head with no CPU (it holds the driver) and two worker nodes of one CPU each, m
 uninterrupted, then once more with one worker node hard-killed (its raylet and workers, no drain)
 when about ``--kill-at`` of the work is staged, and a replacement node added at once, as an
 autoscaler would. Reported per stage: the wall-time ratio (killed / uninterrupted), rows lost, rows
-duplicated, whether the rows equal the uninterrupted run's, and files left behind unlisted.
+duplicated, whether the rows equal the uninterrupted run's, and files left behind unlisted. Then
+the driver: a real ``knd prepare`` / ``knd score`` process on the cluster is SIGKILLed at about
+``--kill-at`` and the same command runs again: the total time ratio ((killed run + rerun) /
+uninterrupted), the files the rerun reused and the files it did again.
 Everything is written under ``--prefix`` (``s3://`` in the test, so no node relies on a shared
 disk). Prints one JSON line; figures go to ``bench/results/chaos.json`` unless ``--out -``.
 The cluster is stopped with ``Cluster.shutdown`` (never ``ray stop``, which stops every Ray on the
@@ -100,6 +103,29 @@ def with_node_loss(cluster, work, ready) -> tuple[object, float, dict]:
     return box.get("result"), time.perf_counter() - started, kill
 
 
+def with_driver_killed(stage: str, args: list[str], ready, rerun) -> tuple[object, float, float]:
+    """``(rerun result, killed run's seconds, rerun's seconds)``: a real ``knd <stage>`` process
+    joined to the cluster is SIGKILLed once ``ready()`` holds, then ``rerun()`` runs the same."""
+    import signal
+    import subprocess
+
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "knd.cli", stage, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    while not ready() and child.poll() is None:
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    killed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    result = rerun()
+    return result, killed_s, time.perf_counter() - started
+
+
 def prepare_outcome(ref_out: str, out: str) -> dict:
     """Rows lost and duplicated against the uninterrupted output; equal rows; unlisted files."""
     import numpy as np
@@ -144,15 +170,28 @@ def bench_prepare(cluster, audio: str, prefix: str, kill_at: float) -> dict:
     parts = math.ceil(ref.num_rows / files_per_task(ref.num_rows, 2.0, chaos_cfg))
     ready = lambda: staged_count(staging, ".done.json") >= kill_at * parts  # noqa: E731
     result, chaos_s, kill = with_node_loss(cluster, lambda: run(chaos_cfg), ready)
-    return {
-        "files": ref.num_rows + ref.num_rejected,
-        "uninterrupted_s": round(ref_s, 1),
+    node_loss = {
         "node_lost_s": round(chaos_s, 1),
         "time_ratio": round(chaos_s / ref_s, 2),
         **kill,
         "exit_code": result.exit_code if result else None,
         **prepare_outcome(ref.output, chaos_cfg.output),
     }
+    again_cfg = cfg("features-driver-killed")
+    staging = storage.join(again_cfg.output, staging_folders(again_cfg, listing)[0])
+    args = [f"input={audio}", f"output={again_cfg.output}", "batch_size=4"]
+    ready = lambda: staged_count(staging, ".done.json") >= kill_at * parts  # noqa: E731
+    again, killed_s, rerun_s = with_driver_killed("prepare", args, ready, lambda: run(again_cfg))
+    driver_kill = {
+        "killed_run_s": round(killed_s, 1),
+        "rerun_s": round(rerun_s, 1),
+        "time_ratio": round((killed_s + rerun_s) / ref_s, 2),
+        "files_reused": again.num_reused,
+        "files_decoded_by_rerun": again.num_rows - again.num_reused,
+        **prepare_outcome(ref.output, again_cfg.output),
+    }
+    files = ref.num_rows + ref.num_rejected
+    return {"files": files, "uninterrupted_s": round(ref_s, 1), "node_loss": node_loss}, driver_kill
 
 
 def score_outcome(ref_out: str, out: str, num_files: int) -> dict:
@@ -203,15 +242,29 @@ def bench_score(cluster, audio: str, prefix: str, kill_at: float) -> dict:
         return staged_chunks(prefix, "scores-chaos.parquet") >= kill_at * chunks
 
     result, chaos_s, kill = with_node_loss(cluster, lambda: run(cfg("scores-chaos.parquet")), ready)
-    return {
-        "files": len(paths),
-        "uninterrupted_s": round(ref_s, 1),
+    node_loss = {
         "node_lost_s": round(chaos_s, 1),
         "time_ratio": round(chaos_s / ref_s, 2),
         **kill,
         "exit_code": result.exit_code if result else None,
         **score_outcome(ref.output, result.output, len(paths)),
     }
+    name = "scores-driver-killed.parquet"
+    again_cfg = cfg(name)
+    args = [f"{k}={v}" for k, v in (("checkpoint", checkpoint), ("input", audio))]
+    args += [f"output={again_cfg.output}", "num_actors=2"]
+    ready = lambda: staged_chunks(prefix, name) >= kill_at * chunks  # noqa: E731
+    again, killed_s, rerun_s = with_driver_killed("score", args, ready, lambda: run(again_cfg))
+    driver_kill = {
+        "killed_run_s": round(killed_s, 1),
+        "rerun_s": round(rerun_s, 1),
+        "time_ratio": round((killed_s + rerun_s) / ref_s, 2),
+        "files_reused": again.resumed,
+        "files_scored_by_rerun": again.num_files - again.resumed,
+        **score_outcome(ref.output, again.output, len(paths)),
+    }
+    files = len(paths)
+    return {"files": files, "uninterrupted_s": round(ref_s, 1), "node_loss": node_loss}, driver_kill
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,11 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RAY_ADDRESS"] = cluster.address  # every stage joins this cluster
         ray.init(address=cluster.address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
+        prepare, prepare_driver = bench_prepare(cluster, audio, prefix, args.kill_at)
+        score, score_driver = bench_score(cluster, audio, prefix, args.kill_at)
         results = {
             "command": "python bench/chaos.py " + " ".join(argv or sys.argv[1:]),
             "nodes": "head (0 CPU, driver) + 2 workers (1 CPU each); one worker killed, one added",
-            "prepare": bench_prepare(cluster, audio, prefix, args.kill_at),
-            "score": bench_score(cluster, audio, prefix, args.kill_at),
+            "prepare": prepare,
+            "score": score,
+            "driver_kill": {"prepare": prepare_driver, "score": score_driver},
         }
     finally:
         ray.shutdown()
