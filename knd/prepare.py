@@ -89,6 +89,8 @@ TASKS_PER_CPU = 16
 """Featurise tasks per CPU (at least): a short tail at the end, Ray's per-task cost amortised."""
 HASH_TASKS_PER_CPU = 4
 MAX_HASH_FILES_PER_TASK = 2048
+LEASE_WAIT_S = 660.0
+"""How long a run waits for a lease held on another host (stale after 600 s without renewal)."""
 DONE_SUFFIX = ".done.json"
 """Suffix of a finished part's record: its shard's name plus this, written after the shard."""
 
@@ -766,7 +768,9 @@ def run(cfg: PrepareConfig) -> PrepareResult:
 
     from knd.runtime import init_ray
 
-    with OutputLease(cfg.output) as lease:
+    # A job retried on a new cluster finds the lease of the run it replaces, held from another
+    # host: it waits for that lease to go stale rather than failing the retry at once.
+    with OutputLease(cfg.output, wait_s=LEASE_WAIT_S) as lease:
         ray_started = time.perf_counter()
         init_ray(cfg.ray)
         ray_start = time.perf_counter() - ray_started
