@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import sys
 import tempfile
 import threading
@@ -267,12 +268,64 @@ def bench_score(cluster, audio: str, prefix: str, kill_at: float) -> dict:
     return {"files": files, "uninterrupted_s": round(ref_s, 1), "node_loss": node_loss}, driver_kill
 
 
+class EpochLog:
+    """Train hooks: each worker appends ``epoch pid`` to a file at the end of every epoch (the
+    cluster's nodes are processes of this machine, so a local file reaches them all)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_batch(self, epoch, index, rank, actors) -> None:
+        pass
+
+    def on_epoch_end(self, epoch, rank, metrics) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{epoch} {rank} {os.getpid()}\n")
+
+
+def bench_train(cluster, audio: str, prefix: str, epochs: int = 3) -> dict:
+    """``knd train`` (2 DDP workers, one per worker node) with a worker node lost once Ray has
+    recorded a checkpoint, and a replacement node added: the run must go on from that checkpoint."""
+    from knd import storage
+    from knd.config import load_config
+    from knd.prepare import run as prepare
+    from knd.report import read_history
+    from knd.train import RAY_RUN_SNAPSHOT, run
+
+    features = storage.join(prefix, "features-logmel")
+    prepare(
+        load_config("prepare", [f"input={audio}", f"output={features}", "features.groups=[logmel]"])
+    )
+    run_dir, name = storage.join(prefix, "runs"), "node-lost"
+    args = [f"data={features}", f"run_dir={run_dir}", f"name={name}", "recipe=cpu_small"]
+    args += ["model.width=8", "split.test_actors=[1]", "split.val_actors=[]", "wandb.enabled=false"]
+    args += [f"optim.epochs={epochs}", "train.num_workers=2", "train.max_failures=2"]
+    epoch_log = tempfile.mktemp(prefix="knd-chaos-epochs-")
+    snapshot = storage.join(run_dir, name, RAY_RUN_SNAPSHOT)
+    work = lambda: run(load_config("train", args), hooks=EpochLog(epoch_log))  # noqa: E731
+    result, seconds, kill = with_node_loss(cluster, work, lambda: storage.exists(snapshot))
+    ends = [
+        tuple(int(v) for v in line.split()) for line in Path(epoch_log).read_text().splitlines()
+    ]
+    history = read_history(storage.join(run_dir, name))
+    return {
+        "seconds": round(seconds, 1),
+        **kill,
+        # (epoch, rank, pid): the group restarted on the new node goes on after the checkpoint
+        "epochs_ended": ends,
+        "history_epochs": [int(h["epoch"]) for h in history],
+        "metrics_epochs": result.metrics.get("epochs") if result else None,
+        "metrics_written": storage.exists(storage.join(run_dir, name, "metrics.json")),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--actors", type=int, default=2, help="synthetic actors (60 files each)")
     parser.add_argument("--prefix", help="where everything is written (default: a temp folder)")
     parser.add_argument("--kill-at", type=float, default=0.5, help="share of work staged first")
     parser.add_argument("--out", default=str(RESULTS), help="results JSON ('-': none)")
+    parser.add_argument("--stages", default="prepare,score", help="prepare,score and/or train")
     args = parser.parse_args(argv)
 
     import ray
@@ -288,18 +341,24 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RAY_ADDRESS"] = cluster.address  # every stage joins this cluster
         ray.init(address=cluster.address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        prepare, prepare_driver = bench_prepare(cluster, audio, prefix, args.kill_at)
-        score, score_driver = bench_score(cluster, audio, prefix, args.kill_at)
         results = {
             "command": "python bench/chaos.py " + " ".join(argv or sys.argv[1:]),
             "nodes": "head (0 CPU, driver) + 2 workers (1 CPU each); one worker killed, one added",
-            "prepare": prepare,
-            "score": score,
-            "driver_kill": {"prepare": prepare_driver, "score": score_driver},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }
+        stages = args.stages.split(",")
+        if "prepare" in stages:
+            results["prepare"], prepare_driver = bench_prepare(cluster, audio, prefix, args.kill_at)
+            results.setdefault("driver_kill", {})["prepare"] = prepare_driver
+        if "score" in stages:
+            results["score"], score_driver = bench_score(cluster, audio, prefix, args.kill_at)
+            results.setdefault("driver_kill", {})["score"] = score_driver
+        if "train" in stages:
+            results["train"] = bench_train(cluster, audio, prefix)
     finally:
         ray.shutdown()
         cluster.shutdown()
+    results["machine"]["load_average"] = os.getloadavg()
     print(json.dumps(results), flush=True)
     if args.out != "-":
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -1,10 +1,10 @@
-"""Node loss and driver loss, tested: a worker node hard-killed half way through prepare and
-score, and replaced; then a ``knd prepare`` / ``knd score`` driver SIGKILLed half way and rerun.
+"""Node loss and driver loss, tested: a worker node hard-killed half way through prepare, score
+and train, and replaced; then a ``knd prepare`` / ``knd score`` driver SIGKILLed half way and rerun.
 
-Runs ``bench/chaos.py`` at its smallest (one synthetic actor, 60 files) in a process of its own (a
-``ray.cluster_utils.Cluster`` cannot share a process with the session's ``ray.init``), with every
-path on moto's S3 server, so no node relies on a shared disk. Run these alone with
-``pytest -m chaos``.
+Runs ``bench/chaos.py`` at its smallest (one synthetic actor, 60 files; two for training) in a
+process of its own (a ``ray.cluster_utils.Cluster`` cannot share a process with the session's
+``ray.init``), with every path on moto's S3 server, so no node relies on a shared disk. Run these
+alone with ``pytest -m chaos`` (about 6 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,16 +23,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.chaos]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def chaos_run(s3_server, tmp_path_factory):
-    """The JSON line of ``bench/chaos.py --actors 1`` run on moto S3."""
-    tmp_path = tmp_path_factory.mktemp("chaos")
+def run_chaos(tmp_path: Path, prefix: str, *args: str) -> dict:
+    """The JSON line of ``bench/chaos.py`` run in a session of its own."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, str(REPO / "bench" / "chaos.py"), "--actors", "1"]
-    command += ["--prefix", f"{s3_server.url}/chaos", "--out", "-"]
+    command = [sys.executable, str(REPO / "bench" / "chaos.py"), "--prefix", prefix, "--out", "-"]
     child = subprocess.Popen(
-        command,
+        [*command, *args],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -48,6 +45,12 @@ def chaos_run(s3_server, tmp_path_factory):
         pytest.fail(f"the chaos run did not finish in 540 s:\n{err[-3000:]}")
     assert child.returncode == 0, err[-4000:]
     return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def chaos_run(s3_server, tmp_path_factory):
+    """``bench/chaos.py --actors 1`` (prepare and score, 60 files) on moto S3."""
+    return run_chaos(tmp_path_factory.mktemp("chaos"), f"{s3_server.url}/chaos", "--actors", "1")
 
 
 def test_losing_a_worker_node_loses_and_duplicates_no_row(chaos_run):
@@ -73,3 +76,19 @@ def test_a_killed_driver_on_a_cluster_reruns_and_redoes_only_unfinished_work(cha
     assert prepare["unlisted_files_left"] == 0
     assert prepare["files_reused"] + prepare["files_decoded_by_rerun"] == 60
     assert score["files_reused"] + score["files_scored_by_rerun"] == 60
+
+
+def test_training_goes_on_from_its_checkpoint_when_a_worker_node_is_lost(s3_server, tmp_path):
+    result = run_chaos(
+        tmp_path, f"{s3_server.url}/chaos-train", "--actors", "2", "--stages", "train"
+    )
+    train = result["train"]
+    assert train["killed"], train
+    assert train["metrics_written"] and train["history_epochs"] == [1, 2, 3]
+    assert train["metrics_epochs"] == [1, 2, 3]
+    ends = train["epochs_ended"]
+    # The group that ran when the node died, then the one restarted from the checkpoint: epoch
+    # numbering goes on after the checkpoint instead of starting again at 1.
+    first_pids = {pid for epoch, _, pid in ends if epoch == 1}
+    restarted = [epoch for epoch, _, pid in ends if pid not in first_pids]
+    assert restarted and min(restarted) >= 2, ends
