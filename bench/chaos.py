@@ -72,13 +72,24 @@ def staged_chunks(parent: str, output_name: str) -> int:
     return sum(staged_count(storage.join(parent, f), ".parquet") for f in folders)
 
 
+def busy_worker(cluster):
+    """A worker node with work on it (no CPU free), else the first worker; never the head, which
+    holds the driver."""
+    from ray._private.state import available_resources_per_node
+
+    free = available_resources_per_node()
+    workers = cluster.list_all_nodes()[1:]
+    busy = [n for n in workers if free.get(n.node_id, {}).get("CPU", 0.0) < 1.0]
+    return (busy or workers)[0]
+
+
 def kill_a_worker_when(cluster, ready, done: threading.Event) -> dict:
     """Hard-kill one worker node once ``ready()`` holds, then add a replacement node."""
     while not ready() and not done.is_set():
         time.sleep(0.05)
     if done.is_set():
         return {"killed": False}
-    victim = cluster.list_all_nodes()[1]  # [0] is the head, which holds the driver
+    victim = busy_worker(cluster)
     started = time.perf_counter()
     cluster.remove_node(victim, allow_graceful=False)
     cluster.add_node(num_cpus=1)
@@ -319,13 +330,62 @@ def bench_train(cluster, audio: str, prefix: str, epochs: int = 3) -> dict:
     }
 
 
+def bench_tune(cluster, audio: str, prefix: str) -> dict:
+    """``knd tune`` (two trials at once, one per worker node) with a worker node lost once a trial
+    has checkpointed an epoch: its trial must go on from that checkpoint, and analyse must read
+    the finished experiment."""
+    import yaml
+
+    from knd import storage
+    from knd.analyse import run as analyse
+    from knd.config import load_config
+    from knd.experiment import load_experiment
+    from knd.prepare import run as prepare
+    from knd.tune import run
+
+    features = storage.join(prefix, "features-tune")
+    prepare(
+        load_config("prepare", [f"input={audio}", f"output={features}", "features.groups=[logmel]"])
+    )
+    space = Path(tempfile.mkdtemp(prefix="knd-chaos-tune-")) / "space.yaml"
+    fixed = {"model.width": 8, "optim.batch_size": 16, "optim.warmup_epochs": 0}
+    space.write_text(yaml.safe_dump(fixed | {"optim.lr": {"grid": [3.0e-3, 1.0e-3]}}))
+    storage_path, name = storage.join(prefix, "tune"), "node-lost"
+    experiment = storage.join(storage_path, name)
+    args = [f"data={features}", f"space={space}", "test_actors=[1]", "folds=2", "num_samples=1"]
+    args += [f"storage_path={storage_path}", f"name={name}", "max_epochs=3", "max_concurrent=2"]
+
+    def ready() -> bool:  # a trial has uploaded a checkpoint
+        return storage.exists(experiment) and any(
+            "/checkpoint_" in path for path in storage.list_files(experiment)
+        )
+
+    result, seconds, kill = with_node_loss(cluster, lambda: run(load_config("tune", args)), ready)
+    analysis = load_experiment(experiment)
+    trials = []
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        epochs = [] if frame is None else [int(e) for e in frame["epoch"]]
+        trials.append({"status": trial.status, "failures": trial.run_metadata.num_failures})
+        trials[-1]["epochs"] = epochs
+    out = tempfile.mkdtemp(prefix="knd-chaos-analyse-")
+    analysed = analyse(load_config("analyse", [f"experiment={experiment}", f"out={out}"]))
+    return {
+        "seconds": round(seconds, 1),
+        **kill,
+        "exit_code": result.exit_code if result else None,
+        "trials": trials,
+        "analysed_trials": analysed.num_trials,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--actors", type=int, default=2, help="synthetic actors (60 files each)")
     parser.add_argument("--prefix", help="where everything is written (default: a temp folder)")
     parser.add_argument("--kill-at", type=float, default=0.5, help="share of work staged first")
     parser.add_argument("--out", default=str(RESULTS), help="results JSON ('-': none)")
-    parser.add_argument("--stages", default="prepare,score", help="prepare,score and/or train")
+    parser.add_argument("--stages", default="prepare,score", help="prepare,score,train,tune")
     args = parser.parse_args(argv)
 
     import ray
@@ -355,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("driver_kill", {})["score"] = score_driver
         if "train" in stages:
             results["train"] = bench_train(cluster, audio, prefix)
+        if "tune" in stages:
+            results["tune"] = bench_tune(cluster, audio, prefix)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -1,10 +1,11 @@
-"""Node loss and driver loss, tested: a worker node hard-killed half way through prepare, score
-and train, and replaced; then a ``knd prepare`` / ``knd score`` driver SIGKILLed half way and rerun.
+"""Node loss and driver loss, tested: a worker node hard-killed half way through prepare, score,
+train and tune, and replaced; then a ``knd prepare`` / ``knd score`` driver SIGKILLed half way and
+rerun.
 
-Runs ``bench/chaos.py`` at its smallest (one synthetic actor, 60 files; two for training) in a
-process of its own (a ``ray.cluster_utils.Cluster`` cannot share a process with the session's
-``ray.init``), with every path on moto's S3 server, so no node relies on a shared disk. Run these
-alone with ``pytest -m chaos`` (about 6 minutes on 2 cores).
+Runs ``bench/chaos.py`` at its smallest (one synthetic actor, 60 files; two for training, three
+for tuning) in a process of its own (a ``ray.cluster_utils.Cluster`` cannot share a process with
+the session's ``ray.init``), with every path on moto's S3 server, so no node relies on a shared
+disk. Run these alone with ``pytest -m chaos`` or ``make test-chaos`` (about 8 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -92,3 +93,15 @@ def test_training_goes_on_from_its_checkpoint_when_a_worker_node_is_lost(s3_serv
     first_pids = {pid for epoch, _, pid in ends if epoch == 1}
     restarted = [epoch for epoch, _, pid in ends if pid not in first_pids]
     assert restarted and min(restarted) >= 2, ends
+
+
+def test_a_search_whose_worker_node_is_lost_finishes_and_analyse_reads_it(s3_server, tmp_path):
+    result = run_chaos(tmp_path, f"{s3_server.url}/chaos-tune", "--actors", "3", "--stages", "tune")
+    tune = result["tune"]
+    assert tune["killed"] and tune["exit_code"] == 0, tune
+    trials = tune["trials"]
+    assert len(trials) == 2 and all(t["status"] == "TERMINATED" for t in trials), trials
+    # The trial on the lost node failed once and went on from its checkpoint: no epoch twice.
+    assert any(t["failures"] >= 1 for t in trials), trials
+    assert all(t["epochs"] == [1, 2, 3] for t in trials), trials
+    assert tune["analysed_trials"] == 2
