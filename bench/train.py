@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from knd.checkpoint import make_meta  # noqa: E402
 from knd.config import load_config, replace, to_dict  # noqa: E402
-from knd.engine import ArrayBatches, Learner, band_stats, in_chunks  # noqa: E402
+from knd.engine import ArrayBatches, Learner, row_stats  # noqa: E402
 from knd.inference import score_actors  # noqa: E402
 from knd.ravdess import label_names, split_actors, targets_of  # noqa: E402
 
@@ -84,10 +84,7 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
     inputs = {g: torch.from_numpy(v).to(dev) for g, v in train.inputs().items()}
     labels = torch.from_numpy(targets_of(train.emotion, cfg.labels)).to(dev)
     batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, cfg.train.seed)
-    norm = {}
-    for group, values in train.inputs().items():
-        mean, std = band_stats(in_chunks(values))
-        norm[group] = {"mean": mean, "std": std}
+    norm = row_stats(inputs, torch.arange(len(labels), device=dev))
     names = label_names(cfg.labels)
     learner = Learner(cfg, len(names), norm, batches.steps, dev)
     epoch_s = []

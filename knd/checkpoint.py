@@ -18,6 +18,7 @@ import math
 import pickle
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,7 +61,7 @@ def make_meta(
         norm = {"logmel": norm}
 
     def plain(stats: dict) -> dict:
-        return {key: [float(v) for v in stats[key]] for key in ("mean", "std")}
+        return {key: np.asarray(stats[key], dtype=float).tolist() for key in ("mean", "std")}
 
     return {
         "label_set": cfg.labels,
@@ -75,6 +76,7 @@ def make_meta(
             "dropout": cfg.model.dropout,
             "groups": groups,
             "fusion_width": cfg.model.fusion_width,
+            **_encoder_model_keys(cfg.model),
         },
         "norm": plain(norm["logmel"]),
         "group_norm": {g: plain(norm[g]) for g in groups if g != "logmel"},
@@ -82,6 +84,22 @@ def make_meta(
         "recipe": cfg.recipe,
         "run": run,
         **extra,
+    }
+
+
+def _encoder_model_keys(model) -> dict:
+    """The keys only the pretrained-encoder models have (and the encoder a fine-tune started
+    from: its config rebuilds the architecture when scoring, its hash says which it was)."""
+    if model.name == "embedding_head":
+        return {"layer": model.layer}
+    if model.name != "encoder_finetune":
+        return {}
+    from knd.heads import encoder_spec
+
+    return {
+        "finetune_layers": model.finetune_layers,
+        "encoder": model.encoder,
+        **encoder_spec(model.encoder),
     }
 
 
@@ -234,17 +252,39 @@ def meta_problem(meta: Any) -> str | None:
     return None
 
 
+MAX_GROUP_VALUES = 1 << 17
+"""Values in one group's statistics (an encoder's: layers x 2 x hidden, e.g. 25 x 2048)."""
+
+
+def _numbers_problem(values: Any, depth: int) -> str | None:
+    """None when ``values`` is a list (of lists, ``depth`` deep) of finite numbers."""
+    if not isinstance(values, list) or not values:
+        return "expected a non-empty list"
+    if depth == 1:
+        return None if all(_is_number(v) for v in values) else "expected finite numbers"
+    for row in values:
+        problem = _numbers_problem(row, depth - 1)
+        if problem:
+            return problem
+    return None
+
+
 def _stats_problem(key: str, stats: Any) -> str | None:
     if not isinstance(stats, dict):
         return f"{key}: expected an object"
+    shapes = []
     for part in ("mean", "std"):
         values = stats.get(part)
-        if not isinstance(values, list) or not 1 <= len(values) <= MAX_BANDS:
-            return f"{key}.{part}: expected a list of 1..{MAX_BANDS} numbers"
-        if not all(_is_number(v) for v in values):
-            return f"{key}.{part}: expected finite numbers"
-    if len(stats["mean"]) != len(stats["std"]):
-        return f"{key}: mean and std differ in length"
+        depth = 2 if isinstance(values, list) and values and isinstance(values[0], list) else 1
+        problem = _numbers_problem(values, depth)
+        if problem:
+            return f"{key}.{part}: {problem}"
+        shape = np.shape(values)
+        if len(shape) != depth or not 1 <= int(np.prod(shape)) <= MAX_GROUP_VALUES:
+            return f"{key}.{part}: expected a list (or a table) of 1..{MAX_GROUP_VALUES} numbers"
+        shapes.append(shape)
+    if shapes[0] != shapes[1]:
+        return f"{key}: mean and std differ in shape"
     return None
 
 
@@ -258,6 +298,9 @@ def _groups_problem(meta: dict) -> str | None:
     width = meta["model"].get("fusion_width", 32)
     if not (_is_int(width) and 1 <= width <= MAX_WIDTH):
         return f"model.fusion_width: expected an integer in 1..{MAX_WIDTH}, got {width!r}"
+    problem = _encoder_problem(meta["model"])
+    if problem:
+        return problem
     hashes = meta.get("groups", {})
     if not isinstance(hashes, dict) or not all(
         isinstance(h, str) and len(h) <= 128 for h in hashes.values()
@@ -275,6 +318,17 @@ def _groups_problem(meta: dict) -> str | None:
         problem = _stats_problem(f"group_norm.{group}", stats)
         if problem:
             return problem
+    return None
+
+
+def _encoder_problem(model: dict) -> str | None:
+    from knd.heads import encoder_config_problem
+
+    layer = model.get("layer", -1)
+    if not (_is_int(layer) and -1 <= layer <= 1000):
+        return f"model.layer: expected an integer in -1..1000, got {layer!r}"
+    if model["name"] == "encoder_finetune":
+        return encoder_config_problem(model.get("encoder_config"))
     return None
 
 

@@ -30,6 +30,8 @@ MODEL_NAMES = (
     "plain_cnn",
     "fused_cnn",
     "egemaps_mlp",
+    "embedding_head",
+    "encoder_finetune",
     "resnet18",
     "resnet34",
     "vgg11_bn",
@@ -37,7 +39,7 @@ MODEL_NAMES = (
 )
 """Every architecture :func:`knd.models.build_model` builds (the one list of them)."""
 
-FEATURE_GROUPS = ("logmel", "prosody", "egemaps")
+FEATURE_GROUPS = ("logmel", "prosody", "egemaps", "embedding", "waveform")
 """Every feature group ``knd prepare`` can compute (:mod:`knd.features` describes each)."""
 
 
@@ -87,7 +89,13 @@ class FeatureConfig:
     dtype: Literal["float16", "float32"] = _help("stored feature dtype")
     groups: tuple[Literal[FEATURE_GROUPS], ...] = _help(
         "feature groups to compute: logmel (always), prosody (frame-level F0, voicing, energy), "
-        "egemaps (88 openSMILE eGeMAPSv02 functionals per clip)"
+        "egemaps (88 openSMILE eGeMAPSv02 functionals per clip), embedding (per-layer mean and "
+        "std of a pretrained speech encoder's states; needs features.encoder), waveform (the "
+        "trimmed clip, for fine-tuning an encoder)"
+    )
+    encoder: str = _help(
+        "pretrained speech encoder of the embedding group: a Hugging Face model folder "
+        "(config.json + model.safetensors) or a hub id ('': none)"
     )
 
     @staticmethod
@@ -96,6 +104,8 @@ class FeatureConfig:
         problems = []
         if "logmel" not in cfg.groups:
             problems.append(("groups", f"must include logmel, got {list(cfg.groups)}"))
+        if "embedding" in cfg.groups and not cfg.encoder:
+            problems.append(("encoder", "must name an encoder folder: groups has embedding"))
         if len(set(cfg.groups)) != len(cfg.groups):
             problems.append(("groups", f"names a group twice: {list(cfg.groups)}"))
         if cfg.win_length > cfg.n_fft:
@@ -135,8 +145,40 @@ class ModelConfig:
         "egemaps_mlp: egemaps; the others: logmel)"
     )
     fusion_width: int = _help(
-        "width of each prosody/eGeMAPS branch before the fused classifier", ge=1, le=1024
+        "width of each prosody/eGeMAPS branch before the fused classifier; the hidden width "
+        "of the embedding_head and encoder_finetune heads",
+        ge=1,
+        le=4096,
     )
+    layer: int = _help(
+        "encoder layer the head reads (embedding_head; 0 is the convolutional projection); "
+        "-1: a learned weighted sum of every layer",
+        ge=-1,
+        le=1000,
+    )
+    encoder: str = _help(
+        "encoder_finetune: the pretrained encoder folder (or hub id) whose weights start training"
+    )
+    finetune_layers: int = _help(
+        "encoder_finetune: transformer layers trained, counted from the top (the convolutional "
+        "feature extractor always stays frozen)",
+        ge=0,
+        le=1000,
+    )
+    encoder_lr_scale: float = _help(
+        "encoder_finetune: the encoder's learning rate as a fraction of optim.lr (the head's)",
+        gt=0,
+        le=1,
+    )
+    gradient_checkpointing: bool = _help(
+        "encoder_finetune: recompute activations in the backward pass (less memory, ~30% slower)"
+    )
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The groups a batch carries: the log-mel (every model's first argument, its statistics
+        in every checkpoint) and the groups the model reads."""
+        return ("logmel", *(g for g in self.groups if g != "logmel"))
 
     @staticmethod
     def cross_checks(cfg: ModelConfig) -> list[tuple[str, str]]:
@@ -144,9 +186,13 @@ class ModelConfig:
         groups = list(cfg.groups)
         if len(set(groups)) != len(groups):
             return [("groups", f"names a group twice: {groups}")]
-        if cfg.name == "egemaps_mlp":
-            if groups != ["egemaps"]:
-                return [("groups", f"egemaps_mlp reads [egemaps] only, got {groups}")]
+        only = {"egemaps_mlp": "egemaps", "embedding_head": "embedding"}
+        only["encoder_finetune"] = "waveform"
+        if cfg.name == "encoder_finetune" and not cfg.encoder:
+            return [("encoder", "encoder_finetune needs model.encoder (a model folder)")]
+        if cfg.name in only:
+            if groups != [only[cfg.name]]:
+                return [("groups", f"{cfg.name} reads [{only[cfg.name]}] only, got {groups}")]
         elif cfg.name == "fused_cnn":
             if "logmel" not in groups:
                 return [("groups", f"fused_cnn needs logmel among its groups, got {groups}")]
@@ -332,6 +378,10 @@ class ScoreConfig:
     window_hop_seconds: float = _help("hop between windows of long files", gt=0, le=86_400)
     per_window: bool = _help("one row per window instead of per file")
     strict: bool = _help("exit non-zero if any file fails")
+    encoder: str = _help(
+        "encoder folder of an embedding checkpoint, where it sits on this machine ('': the path "
+        "the checkpoint records); it must hold the same files (same hash)"
+    )
     ray: RayConfig = _help("Ray connection")
 
 

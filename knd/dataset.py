@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from knd import storage
-from knd.config import FeatureConfig
+from knd.config import FEATURE_GROUPS, FeatureConfig
 from knd.features import feature_shape, group_specs
 
 log = logging.getLogger(__name__)
@@ -404,14 +404,15 @@ def check_groups(
                 f"input=<audio> output={path} features.groups=[{','.join(needed)}]"
             )
         if wanted is not None and present[group].get("hash") != wanted:
+            why = " (another encoder, or its weights changed)" if group == "embedding" else ""
             raise ValueError(
-                f"{path}: {group} features were made with other parameters (hash "
+                f"{path}: {group} features were made with other parameters{why} (hash "
                 f"{present[group].get('hash')}, checkpoint expects {wanted})"
             )
     return {group: present[group] for group in expected}
 
 
-_GROUP_ORDER = ("logmel", "prosody", "egemaps")
+_GROUP_ORDER = FEATURE_GROUPS
 
 
 def _checked_manifest(

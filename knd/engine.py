@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from knd.config import TrainConfig, to_dict
-from knd.features import normalise
+from knd.features import normalise, stat_axes
 from knd.inference import Inputs, Norm, logits_of, norm_tensors, normalised_side
 from knd.metrics import metric_collection, summarise
 from knd.models import build_from_spec, unwrap
@@ -125,27 +125,39 @@ def mixup(
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and normalisation weights get no weight decay."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+    """AdamW over the trainable parameters; biases and normalisation weights get no weight decay,
+    and a pretrained encoder's layers learn at ``model.encoder_lr_scale`` times the head's rate."""
+    from knd.heads import encoder_param_names
+
+    slow = encoder_param_names(model)
+    groups = []
+    for scale, in_encoder in ((1.0, False), (cfg.model.encoder_lr_scale, True)):
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad and (name in slow) == in_encoder:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        groups += [
+            {"params": decay, "weight_decay": cfg.optim.weight_decay, "lr_scale": scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale},
+        ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr)
 
 
 # ----------------------------------------------------------------------------------------------
 # Data in memory
 
 
-def band_stats(features: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation over every frame of every clip.
+def band_stats(
+    features: Iterable[np.ndarray], group: str = "logmel"
+) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of one group over every clip (and frame): per channel for
+    frame-level groups, per value for the others (:func:`knd.features.stat_axes`).
 
     Args:
-        features: batches of one raw group, channels on axis 1: log-mel ``[B, n_mels, frames]``,
-            prosody ``[B, channels, frames]`` or functionals ``[B, dims]`` (any float dtype).
+        features: batches of one raw group: log-mel ``[B, n_mels, frames]``, prosody
+            ``[B, channels, frames]``, functionals ``[B, dims]``, encoder statistics
+            ``[B, layers, dims]`` (any float dtype).
+        group: the group's name.
 
     Raises:
         ValueError: no clip at all.
@@ -154,23 +166,15 @@ def band_stats(features: Iterable[np.ndarray]) -> tuple[list[float], list[float]
     count = 0
     for batch in features:
         f = np.asarray(batch, dtype=np.float64)
-        axes = (0, *range(2, f.ndim))
-        if total is None:
-            total, squares = np.zeros(f.shape[1]), np.zeros(f.shape[1])
-        total += f.sum(axis=axes)
-        squares += np.square(f).sum(axis=axes)
-        count += f.size // f.shape[1]
+        axes = stat_axes(group, f.ndim)
+        total = f.sum(axis=axes) + (0.0 if total is None else total)
+        squares = np.square(f).sum(axis=axes) + (0.0 if squares is None else squares)
+        count += f.size // total.size
     if not count:
         raise ValueError("no training clips to compute normalisation statistics on")
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     return mean.tolist(), std.tolist()
-
-
-def in_chunks(array: np.ndarray, size: int = 256) -> Iterator[np.ndarray]:
-    """``array`` in consecutive slices of ``size`` rows (bounded float64 copies in band_stats)."""
-    for start in range(0, len(array), size):
-        yield array[start : start + size]
 
 
 def group_stats(batches: Callable[[], Iterable[dict]], groups: Iterable[str]) -> dict[str, dict]:
@@ -184,7 +188,18 @@ def group_stats(batches: Callable[[], Iterable[dict]], groups: Iterable[str]) ->
     out = {}
     for group in groups:
         column = "features" if group == "logmel" else group
-        mean, std = band_stats(b[column] for b in batches())
+        mean, std = band_stats((b[column] for b in batches()), group)
+        out[group] = {"mean": mean, "std": std}
+    return out
+
+
+def row_stats(inputs: Inputs, rows: torch.Tensor, chunk: int = 256) -> dict[str, dict]:
+    """``{group: {"mean", "std"}}`` of in-memory groups over some rows (a fold's training clips),
+    in bounded chunks."""
+    out = {}
+    for group, values in inputs.items():
+        chunks = (values[rows[i : i + chunk]].cpu().numpy() for i in range(0, len(rows), chunk))
+        mean, std = band_stats(chunks, group)
         out[group] = {"mean": mean, "std": std}
     return out
 
@@ -286,10 +301,10 @@ class Learner:
     ) -> None:
         self.cfg, self.device, self.gpu = cfg, device, device.type == "cuda"
         self.num_classes = num_classes
-        missing = set(cfg.model.groups) - set(norm)
+        missing = set(cfg.model.inputs) - set(norm)
         if missing:
             raise ValueError(f"no normalisation statistics for the groups {sorted(missing)}")
-        self.norm_stats = {g: norm[g] for g in cfg.model.groups}
+        self.norm_stats = {g: norm[g] for g in cfg.model.inputs}
         self.norm = norm_tensors(self.norm_stats, device)
         model = build_from_spec(to_dict(cfg.model), num_classes, self.norm_stats)
         model = model.to(device)
@@ -311,7 +326,7 @@ class Learner:
         """One optimiser step on raw feature groups; the (detached) loss."""
         cfg, aug = self.cfg, self.cfg.augment
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr()
+            group["lr"] = self.lr() * group.get("lr_scale", 1.0)
         inputs = {g: inputs[g].to(self.device) for g in self.norm}
         x = shift_and_gain(inputs["logmel"].float(), aug.freq_shift, aug.gain_db)
         x = normalise(x, *self.norm["logmel"])

@@ -5,7 +5,10 @@ A clip's features are a set of named groups, each with its own parameters and ha
 - ``logmel``: the log-mel spectrogram ``[n_mels, frames]`` in dB (always computed);
 - ``prosody``: frame-level F0, voicing, periodicity and energy ``[4, frames]`` on the log-mel's
   frame grid (:mod:`knd.prosody`);
-- ``egemaps``: 88 utterance-level eGeMAPSv02 functionals (:mod:`knd.egemaps`).
+- ``egemaps``: 88 utterance-level eGeMAPSv02 functionals (:mod:`knd.egemaps`);
+- ``embedding``: per-layer pooled statistics of a pretrained speech encoder
+  ``[num_states, 2 * hidden]`` (:mod:`knd.encoder`), identified by the hash of its files;
+- ``waveform``: the trimmed clip itself ``[1, samples]``, for fine-tuning an encoder end to end.
 
 Training and scoring both go through :func:`clip_groups`, and every stored feature set carries
 each group's hash, so features made with other parameters are refused.
@@ -20,7 +23,7 @@ import json
 
 import numpy as np
 
-from knd import audio, egemaps, prosody
+from knd import audio, egemaps, encoder, prosody
 from knd.config import FeatureConfig
 
 FEATURE_ALGORITHM = "logmel-db-v1"
@@ -30,8 +33,14 @@ LOG_FLOOR = 1e-10
 """Mel power floor before the log: -100 dB, far below 16-bit quantisation noise."""
 
 
-FRAME_GROUPS = ("logmel", "prosody")
-"""Groups with a time axis (normalised per channel over frames); the others are one vector."""
+FRAME_GROUPS = ("logmel", "prosody", "waveform")
+"""Groups with a time axis (normalised per channel over frames); the others per value."""
+
+EMBEDDING_ALGORITHM = "encoder-layer-meanstd-v1"
+WAVEFORM_ALGORITHM = "trimmed-fitted-v1"
+
+NOT_LOGMEL_PARAMS = ("groups", "encoder")
+"""Parameters of other groups only: changing them leaves the log-mel and its hash alone."""
 
 
 def _hash(payload: dict) -> str:
@@ -46,10 +55,11 @@ def _hash(payload: dict) -> str:
 def feature_hash(params: FeatureConfig) -> str:
     """A stable 16-hex-digit hash of the log-mel parameters and the algorithm version.
 
-    ``groups`` is not part of it: the log-mel of a feature set does not change when other groups
-    are added beside it (and manifests written before groups existed keep their hash).
+    ``groups`` and ``encoder`` are not part of it: the log-mel of a feature set does not change
+    when other groups are added beside it (and manifests written before groups existed keep
+    their hash).
     """
-    fields = {k: v for k, v in dataclasses.asdict(params).items() if k != "groups"}
+    fields = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_LOGMEL_PARAMS}
     return _hash({"algorithm": FEATURE_ALGORITHM, **fields})
 
 
@@ -72,6 +82,12 @@ def group_hash(name: str, params: FeatureConfig) -> str:
         )
     if name == "egemaps":
         return _hash({"algorithm": egemaps.EGEMAPS_ALGORITHM, **shared})
+    if name == "embedding":
+        # The encoder's files, not its name: another folder with the same weights is the same.
+        encoder_hash = encoder.folder_hash(params.encoder)
+        return _hash({"algorithm": EMBEDDING_ALGORITHM, **shared, "encoder": encoder_hash})
+    if name == "waveform":
+        return _hash({"algorithm": WAVEFORM_ALGORITHM, **shared})
     raise ValueError(f"unknown feature group {name!r}")
 
 
@@ -83,12 +99,18 @@ def group_shape(name: str, params: FeatureConfig) -> tuple[int, ...]:
         return len(prosody.CHANNELS), feature_shape(params)[1]
     if name == "egemaps":
         return (egemaps.NUM_FUNCTIONALS,)
+    if name == "embedding":
+        info = encoder.describe(params.encoder)
+        return info.num_states, 2 * info.hidden_size
+    if name == "waveform":
+        return 1, clip_samples(params)
     raise ValueError(f"unknown feature group {name!r}")
 
 
 def group_dtype(name: str, params: FeatureConfig) -> str:
-    """The stored dtype of a group: the log-mel's is configurable, the small groups float32."""
-    return params.dtype if name == "logmel" else "float32"
+    """The stored dtype of a group: the log-mel's and the waveform's are configurable (they are
+    the large ones), the small groups float32."""
+    return params.dtype if name in ("logmel", "waveform") else "float32"
 
 
 def group_specs(params: FeatureConfig) -> dict[str, dict]:
@@ -114,6 +136,12 @@ def check_computes(expected: dict[str, str | None], params: FeatureConfig, sourc
     """
     for group, wanted in expected.items():
         here = group_hash(group, params)
+        if wanted is not None and wanted != here and group == "embedding":
+            raise ValueError(
+                f"{source}: trained on embeddings of an encoder whose files differ from "
+                f"{params.encoder} (embedding hash {wanted}, this encoder gives {here}); pass "
+                "the folder it was trained with (encoder=DIR)"
+            )
         if wanted is not None and wanted != here:
             raise ValueError(
                 f"{source}: its {group} features have hash {wanted}, but this knd computes "
@@ -129,7 +157,7 @@ def stored_params(values: dict) -> FeatureConfig:
     """
     from knd.config import build
 
-    return build(FeatureConfig, {"groups": ["logmel"], **values}, "feature_params.")
+    return build(FeatureConfig, {"groups": ["logmel"], "encoder": "", **values}, "feature_params.")
 
 
 def clip_samples(params: FeatureConfig) -> int:
@@ -193,12 +221,14 @@ def mono_at_feature_rate(
     return audio.resample(wave, sample_rate, params.sample_rate)
 
 
-def segment_groups(segment: np.ndarray, params: FeatureConfig) -> dict[str, np.ndarray]:
+def segment_groups(
+    segment: np.ndarray, params: FeatureConfig, device: str = "cpu"
+) -> dict[str, np.ndarray]:
     """Every group of ``params.groups`` of one trimmed stretch of mono audio at the feature rate.
 
     The frame-level groups see the stretch fitted to ``clip_seconds`` (padded or cut), so they
-    share one frame grid; the functionals see the speech alone (never the padding), cut to the
-    same length.
+    share one frame grid; the functionals and the encoder's statistics see the speech alone
+    (never the padding), cut to the same length. ``device`` runs the encoder.
 
     Returns:
         ``{group: float32 array of group_shape(group, params)}``.
@@ -212,11 +242,17 @@ def segment_groups(segment: np.ndarray, params: FeatureConfig) -> dict[str, np.n
         )
     if "egemaps" in params.groups:
         out["egemaps"] = egemaps.functionals(segment[:clip], params.sample_rate)
+    if "embedding" in params.groups:
+        out["embedding"] = encoder.layer_stats(
+            segment[:clip], params.sample_rate, params.encoder, device
+        )
+    if "waveform" in params.groups:
+        out["waveform"] = fitted[None].astype(np.float32)
     return out
 
 
 def clip_groups(
-    samples: np.ndarray, sample_rate: int, params: FeatureConfig
+    samples: np.ndarray, sample_rate: int, params: FeatureConfig, device: str = "cpu"
 ) -> tuple[dict[str, np.ndarray], float]:
     """Decoded audio -> every feature group: downmix, resample, trim, fit to ``clip_seconds``.
 
@@ -224,13 +260,14 @@ def clip_groups(
         samples: ``[frames, channels]`` or ``[frames]`` float32.
         sample_rate: rate of ``samples`` in Hz.
         params: feature parameters (``params.groups`` says which groups).
+        device: where the encoder runs (the ``embedding`` group).
 
     Returns:
         ``(groups, duration_s)``: see :func:`segment_groups`, and the input's duration.
     """
     duration = len(samples) / float(sample_rate)
     wave = audio.trim_silence(mono_at_feature_rate(samples, sample_rate, params), params.trim_db)
-    return segment_groups(wave, params), duration
+    return segment_groups(wave, params, device), duration
 
 
 def clip_features(
@@ -241,15 +278,31 @@ def clip_features(
     return groups["logmel"], duration
 
 
+def stat_axes(name: str, ndim: int) -> tuple[int, ...]:
+    """Axes a group's training statistics reduce over, for a batch of ``ndim`` dimensions.
+
+    Frame-level groups: the batch and time (one mean per channel); the others: the batch alone
+    (one mean per value, e.g. per layer and dimension of an encoder's statistics).
+    """
+    return (0, *range(2, ndim)) if name in FRAME_GROUPS else (0,)
+
+
 def normalise_group(name: str, values, mean, std):
     """Standardise a batch of one group with its training statistics (numpy or torch).
 
     Frame-level groups ``[B, channels, frames]`` per channel (:func:`normalise`); utterance-level
-    groups ``[B, dims]`` per dimension.
+    groups ``[B, ...]`` per value (``mean`` has the shape of one clip's group).
     """
     if name in FRAME_GROUPS:
         return normalise(values, mean, std)
-    return normalise(values[..., None], mean, std)[..., 0]
+    if isinstance(values, np.ndarray):
+        mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        return ((values.astype(np.float32) - mean_a) / np.maximum(std_a, 1e-5)).astype(np.float32)
+    import torch
+
+    mean_t = torch.as_tensor(mean, dtype=values.dtype, device=values.device)
+    std_t = torch.as_tensor(std, dtype=values.dtype, device=values.device)
+    return (values - mean_t) / torch.clamp(std_t, min=1e-5)
 
 
 def normalise(features, mean, std):

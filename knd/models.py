@@ -2,7 +2,8 @@
 
 Every model takes the normalised log-mel ``[batch, 1, n_mels, frames]`` as its first argument and
 the other feature groups it reads as keyword tensors (``prosody=[batch, 4, frames]``,
-``egemaps=[batch, 88]``), and returns ``[batch, num_classes]`` logits. All of them end in global
+``egemaps=[batch, 88]``), and returns ``[batch, num_classes]`` logits (the pretrained-encoder
+models are in :mod:`knd.heads`). All of them end in global
 pooling, so the clip length (frames) is free; weights are always random (``weights=None``):
 nothing is downloaded.
 """
@@ -234,8 +235,9 @@ def build_model(
     dropout: float = 0.2,
     groups: dict[str, tuple[int, ...]] | None = None,
     fusion_width: int = 32,
+    spec: dict | None = None,
 ) -> nn.Module:
-    """A freshly initialised classifier.
+    """A freshly initialised classifier (an encoder's pretrained weights for encoder_finetune).
 
     Args:
         name: one of ``MODEL_NAMES``.
@@ -247,11 +249,16 @@ def build_model(
             (``fused_cnn`` and ``egemaps_mlp``; the others read the log-mel alone).
         fusion_width: width of each non-log-mel branch (``fused_cnn``; ``egemaps_mlp``'s hidden
             layer is twice it).
+        spec: the whole model spec, for the encoder models (:func:`knd.heads.build_head`).
 
     Raises:
         ValueError: an unknown model name, or a group the model needs is missing.
     """
     groups = groups or {}
+    if name in ("embedding_head", "encoder_finetune"):
+        from knd.heads import build_head
+
+        return build_head(name, num_classes, spec or {}, groups)
     if name == "fused_cnn":
         return FusedCNN(
             num_classes,
@@ -296,13 +303,16 @@ def build_from_spec(spec: dict, num_classes: int, norm: dict[str, dict]) -> nn.M
             checkpoints lack the last).
         num_classes: size of the label set.
         norm: ``{group: {"mean", "std"}}`` of the groups the model reads besides the log-mel;
-            each group's width is the length of its statistics.
+            each group's shape is its statistics' (frame-level groups: their channels).
     """
+    import numpy as np
+
     return build_model(
         spec["name"],
         num_classes,
         width=int(spec.get("width", 32)),
         dropout=float(spec.get("dropout", 0.0)),
-        groups={g: (len(s["mean"]),) for g, s in norm.items() if g != "logmel"},
+        groups={g: np.shape(s["mean"]) for g, s in norm.items() if g != "logmel"},
         fusion_width=int(spec.get("fusion_width", 32)),
+        spec=spec,
     )

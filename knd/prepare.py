@@ -751,6 +751,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     """
     started = time.perf_counter()
     wanted = feature_hash(cfg.features)
+    group_specs(cfg.features)  # an unusable encoder folder: one error now, not one per file
     uris, paths, listing = list_inputs(cfg.input)
     if not uris:
         suffixes = ", ".join(storage.AUDIO_SUFFIXES)

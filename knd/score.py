@@ -82,7 +82,11 @@ class Window:
 
 
 def file_windows(
-    samples: np.ndarray, sample_rate: int, params: FeatureConfig, hop_seconds: float
+    samples: np.ndarray,
+    sample_rate: int,
+    params: FeatureConfig,
+    hop_seconds: float,
+    device: str = "cpu",
 ) -> list[Window]:
     """Decoded audio -> the windows that score it, each with every group of ``params.groups``.
 
@@ -96,6 +100,7 @@ def file_windows(
         sample_rate: rate of ``samples`` in Hz.
         params: the checkpoint's feature parameters.
         hop_seconds: hop between windows of a long file.
+        device: where a pretrained encoder runs (the ``embedding`` group).
 
     Returns:
         Windows in time order; ``start``/``end`` are seconds in the original file.
@@ -106,12 +111,14 @@ def file_windows(
     clip = features.clip_samples(params)
     rate = float(params.sample_rate)
     if len(trimmed) <= clip:
-        groups = features.segment_groups(trimmed, params)
+        groups = features.segment_groups(trimmed, params, device)
         return [Window(offset / rate, (offset + len(trimmed)) / rate, groups)]
     hop = max(1, int(round(hop_seconds * params.sample_rate)))
     return [
         Window(
-            (offset + s) / rate, (offset + e) / rate, features.segment_groups(trimmed[s:e], params)
+            (offset + s) / rate,
+            (offset + e) / rate,
+            features.segment_groups(trimmed[s:e], params, device),
         )
         for s, e in audio.windows(len(trimmed), clip, hop)
     ]
@@ -126,7 +133,11 @@ def _view_offset(view: np.ndarray, base: np.ndarray) -> int:
 
 
 def featurize_batch(
-    batch: dict[str, np.ndarray], params: FeatureConfig, hop_seconds: float, ledger=None
+    batch: dict[str, np.ndarray],
+    params: FeatureConfig,
+    hop_seconds: float,
+    device: str = "cpu",
+    ledger=None,
 ) -> dict[str, np.ndarray]:
     """Ray Data step: paths -> one row per window (or one error row per unusable file).
 
@@ -141,17 +152,18 @@ def featurize_batch(
     torch.set_num_threads(1)
     paths = [str(p) for p in batch["path"]]
     if ledger is None:
-        return _featurize_paths(paths, params, hop_seconds, {})
+        return _featurize_paths(paths, params, hop_seconds, {}, device)
     return bounded_retry(
-        paths, ledger, lambda some, skip: _featurize_paths(some, params, hop_seconds, skip)
+        paths, ledger, lambda some, skip: _featurize_paths(some, params, hop_seconds, skip, device)
     )
 
 
-def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float):
+def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float, device: str):
     """``(duration, error, windows)`` of one file; any failure is its ``error``, never raised."""
     try:
         samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
-        return len(samples) / float(rate), "", file_windows(samples, rate, params, hop_seconds)
+        wins = file_windows(samples, rate, params, hop_seconds, device)
+        return len(samples) / float(rate), "", wins
     except audio.AudioError as e:
         error = str(e)
     except OSError as e:
@@ -164,7 +176,11 @@ def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float):
 
 
 def _featurize_paths(
-    paths: list[str], params: FeatureConfig, hop_seconds: float, skip: dict[str, str]
+    paths: list[str],
+    params: FeatureConfig,
+    hop_seconds: float,
+    skip: dict[str, str],
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """The rows of :func:`featurize_batch`; a file of ``skip`` is not read: its row carries the
     reason ``skip`` gives."""
@@ -178,7 +194,7 @@ def _featurize_paths(
         if not error:
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(path)
-            duration, error, wins = _decode_windows(path, fs, params, hop_seconds)
+            duration, error, wins = _decode_windows(path, fs, params, hop_seconds, device)
         if error:
             empty = {g: np.zeros(spec["shape"], dtype=np.float32) for g, spec in specs.items()}
             wins = [Window(math.nan, math.nan, empty)]
@@ -279,10 +295,11 @@ class Scorer:
 
 
 class FileScorer(Scorer):
-    """CPU actor: paths -> windows -> probabilities, in one process (model loaded once).
+    """Actor: paths -> windows -> probabilities, in one process (model and encoder loaded once).
 
     One actor step rather than a decode step that Ray Data would have to fuse into the actors:
-    each actor reads its own files, so no features cross the object store.
+    each actor reads its own files, so no features cross the object store. On a GPU (a
+    checkpoint that reads a pretrained encoder's embeddings) the encoder runs there too.
     """
 
     def __init__(
@@ -291,14 +308,17 @@ class FileScorer(Scorer):
         params: FeatureConfig,
         hop_seconds: float,
         batch_size: int,
+        use_gpu: bool = False,
         ledger=None,
     ):
-        super().__init__(checkpoint, use_gpu=False)
+        super().__init__(checkpoint, use_gpu=use_gpu)
         self.params, self.hop_seconds, self.batch_size = params, hop_seconds, batch_size
         self.ledger = ledger
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        windows = featurize_batch(batch, self.params, self.hop_seconds, self.ledger)
+        windows = featurize_batch(
+            batch, self.params, self.hop_seconds, self.device.type, self.ledger
+        )
         n = len(windows["path"])
         parts = [
             Scorer.__call__(self, {k: v[i : i + self.batch_size] for k, v in windows.items()})
@@ -342,18 +362,22 @@ def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
     return float(min(1.0, max(0.1, total_cpus / max(1, num_actors))))
 
 
-def scoring_params(meta: dict, checkpoint: str) -> FeatureConfig:
+def scoring_params(meta: dict, checkpoint: str, encoder: str = "") -> FeatureConfig:
     """The feature parameters that score a checkpoint: exactly the groups its model was trained
-    on, computed by prepare's own front end.
+    on, computed by prepare's own front end (with ``encoder`` in place of the recorded encoder
+    folder when given).
 
     Raises:
-        ValueError: this knd would compute a group differently from the features it trained on.
+        ValueError: this knd would compute a group differently from the features it trained on
+            (another version of an algorithm, or an encoder whose files differ).
     """
     from knd.checkpoint import model_groups
 
     trained_on = model_groups(meta)
     stored = features.stored_params(meta["feature_params"])
-    params = dataclasses.replace(stored, groups=tuple(trained_on))
+    params = dataclasses.replace(
+        stored, groups=tuple(trained_on), encoder=encoder or stored.encoder
+    )
     features.check_computes(trained_on, params, checkpoint)
     return params
 
@@ -376,7 +400,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     if cfg.batch_size < 1 or cfg.num_actors < 1 or cfg.window_hop_seconds <= 0:
         raise ValueError("batch_size and num_actors must be >= 1 and window_hop_seconds > 0")
     meta = load_meta(cfg.checkpoint)
-    params = scoring_params(meta, cfg.checkpoint)
+    params = scoring_params(meta, cfg.checkpoint, cfg.encoder)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)
     if not paths:
         raise ValueError(f"no audio files ({', '.join(storage.AUDIO_SUFFIXES)}) under {cfg.input}")
@@ -428,13 +452,15 @@ def _score_all(cfg: ScoreConfig, meta: dict, paths: list[str], params, cpus: flo
 
 def staging_key(cfg: ScoreConfig, meta: dict, paths: list[str]) -> str:
     """A hash of what defines the output's rows: the checkpoint (where and what), the input
-    listing and the options that change a row. A rerun with the same key resumes."""
+    listing and the options that change a row (the encoder folder among them). A rerun with the
+    same key resumes."""
     identity = {
         "checkpoint": storage.absolute(str(cfg.checkpoint)),
         "meta": json.dumps(meta, sort_keys=True, default=str),
         "paths": paths,
         "per_window": cfg.per_window,
         "window_hop_seconds": cfg.window_hop_seconds,
+        "encoder": cfg.encoder,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -530,7 +556,7 @@ def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per
         override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
     )
     pool = ray.data.ActorPoolStrategy(size=cfg.num_actors)
-    if cfg.use_gpu:  # decode tasks on the CPUs feed one actor per GPU
+    if cfg.use_gpu and "embedding" not in params.groups:  # CPU decode feeds GPU actors
         ds = ds.map_batches(
             featurize_batch,
             fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds, "ledger": ledger},
@@ -547,7 +573,7 @@ def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per
             num_cpus=cpus,
             num_gpus=1,
         )
-    # On CPU each actor reads, decodes and scores its own files: no features in transit.
+    # Each actor reads, decodes (runs the encoder) and scores its own files: no features in transit.
     return ds.map_batches(
         FileScorer,
         fn_constructor_kwargs={
@@ -555,12 +581,14 @@ def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per
             "params": params,
             "hop_seconds": cfg.window_hop_seconds,
             "batch_size": cfg.batch_size,
+            "use_gpu": cfg.use_gpu,
             "ledger": ledger,
         },
         batch_size=files_per_task,
         batch_format="numpy",
         compute=pool,
         num_cpus=cpus,
+        num_gpus=1 if cfg.use_gpu else 0,
     )
 
 

@@ -365,7 +365,7 @@ def load_split(cfg: TrainConfig) -> SplitData:
     """
     from knd.dataset import manifest_actors, read_features
 
-    groups = cfg.model.groups
+    groups = cfg.model.inputs
     _, manifest = read_features(cfg.data, groups=groups)
     split = split_actors(
         cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
@@ -466,7 +466,7 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
     row_bytes = sum(
         int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
         for group, spec in manifest_groups(data.manifest).items()
-        if group in cfg.model.groups
+        if group in cfg.model.inputs
     )
     datasets = {f"train_{r}": shard for r, shard in enumerate(shards)}
     if data.val is not None:
@@ -481,7 +481,7 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
             "rows_per_worker": rows_per_worker,
             "local_batch": local_batch,
             "in_memory": rows_per_worker * row_bytes <= IN_MEMORY_BYTES,
-            "groups": list(cfg.model.groups),
+            "groups": list(cfg.model.inputs),
             "has_val": has_val,
             **run,
         },
@@ -526,7 +526,7 @@ def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
     if resumed is not None:
         norm = norm_stats(resumed)
     else:
-        norm = group_stats(lambda: data.train.iter_batches(batch_size=256), cfg.model.groups)
+        norm = group_stats(lambda: data.train.iter_batches(batch_size=256), cfg.model.inputs)
     parts = {"train": split.train, "val": split.val, "test": split.test}
     return make_meta(cfg, data.manifest, norm, parts, run=name)
 

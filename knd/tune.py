@@ -34,7 +34,7 @@ from knd import storage
 from knd.config import TrainConfig, TuneConfig, to_dict
 from knd.console import is_verbose, tune_callback
 from knd.dataset import group_column
-from knd.engine import ArrayBatches, Learner, band_stats, ordered_batches
+from knd.engine import ArrayBatches, Learner, ordered_batches, row_stats
 from knd.experiment import (
     BEST_DIR,
     best_row,
@@ -99,14 +99,10 @@ class FoldModel:
         if len(train_rows) == 0:
             raise ValueError("a fold has no training clips")
         self.train_rows, self.val_rows = train_rows, val_rows
-        inputs = {g: data[group_column(g)] for g in cfg.model.groups}
+        inputs = {g: data[group_column(g)] for g in cfg.model.inputs}
         labels = data["label"]
         rows = torch.as_tensor(train_rows, device=labels.device)
-        norm = {}
-        for group, values in inputs.items():
-            chunks = (values[rows[i : i + 256]].cpu().numpy() for i in range(0, len(rows), 256))
-            mean, std = band_stats(chunks)
-            norm[group] = {"mean": mean, "std": std}
+        norm = row_stats(inputs, rows)
         torch.manual_seed(seed)
         self.batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, seed, rows=rows)
         self.learner = Learner(cfg, len(label_names(cfg.labels)), norm, self.batches.steps, device)
@@ -135,7 +131,7 @@ def trial_tensors(
     """The trial's feature groups and label ids as tensors on ``device`` (one copy for all
     folds), keyed by shard column (``features``, ``prosody``...) and ``label``."""
     table = np.asarray(emotion_to_label_table(cfg.labels))
-    columns = [group_column(g) for g in cfg.model.groups]
+    columns = [group_column(g) for g in cfg.model.inputs]
     return {c: torch.tensor(data[c], device=device) for c in columns} | {
         "label": torch.as_tensor(table[data["emotion"]], device=device, dtype=torch.long)
     }

@@ -91,3 +91,43 @@ def tiny_features(tiny_corpus, ray_session, tmp_path_factory):
     result = run(load_config("prepare", [f"input={tiny_corpus}", f"output={out}"]))
     assert result.exit_code == 0 and result.num_rejected == 0, result
     return str(out)
+
+
+TINY_ENCODER = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(16,) * 7,
+    conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
+"""The real architectures' shapes, shrunk: 20 ms frames at 16 kHz, two transformer layers."""
+
+
+def write_tiny_encoder(folder, kind: str = "wav2vec2", seed: int = 0) -> str:
+    """A randomly initialised speech encoder of a real architecture, as ``save_pretrained``
+    writes it (config.json + model.safetensors): what knd loads in place of downloaded weights."""
+    import torch
+    import transformers
+    from transformers import AutoModel
+
+    configs = {
+        "wav2vec2": transformers.Wav2Vec2Config,
+        "hubert": transformers.HubertConfig,
+        "wavlm": transformers.WavLMConfig,
+    }
+    torch.manual_seed(seed)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    AutoModel.from_config(configs[kind](**TINY_ENCODER)).save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory):
+    """``{architecture: folder}`` of tiny random wav2vec2, HuBERT and WavLM encoders."""
+    root = tmp_path_factory.mktemp("encoders")
+    return {kind: write_tiny_encoder(root / kind, kind) for kind in ("wav2vec2", "hubert", "wavlm")}
