@@ -7,7 +7,7 @@ DEMO_DIR ?= demo
 BENCH_DIR ?= bench/.work
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint docs format bench clean
+.PHONY: help install demo test test-fast test-chaos lint docs format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: $(STAMP) lint docs  ## lint, build the docs site, then the whole test suit
 
 test-fast: $(STAMP)  ## unit tests only (no Ray)
 	$(BIN)/pytest -q tests/unit
+
+test-chaos: $(STAMP)  ## the chaos tests alone: nodes and drivers killed mid-job on a 3-node local Ray
+	$(BIN)/pytest -q -m chaos --durations=5
 
 lint: $(STAMP)  ## ruff (check + format), hadolint (Dockerfile), actionlint (CI workflow)
 	$(BIN)/ruff check .

@@ -212,9 +212,15 @@ class OutputLease:
     not renewed for ``stale_after_s`` (or, on this host, whose process is gone) is taken over.
     """
 
-    def __init__(self, output: str, stale_after_s: float = 600.0, renew_s: float = 60.0):
+    def __init__(
+        self,
+        output: str,
+        stale_after_s: float = 600.0,
+        renew_s: float = 60.0,
+        wait_s: float = 0.0,
+    ):
         self.output, self.uri = output, storage.join(output, LEASE)
-        self.stale_after_s, self.renew_s = stale_after_s, renew_s
+        self.stale_after_s, self.renew_s, self.wait_s = stale_after_s, renew_s, wait_s
         self.token = uuid.uuid4().hex
         self.renewed = 0.0
         self.started = time.time()
@@ -255,28 +261,44 @@ class OutputLease:
     def acquire(self) -> OutputLease:
         """Take the lease.
 
+        A lease held on another host (whose process cannot be checked from here: the run that a
+        job retry on a new cluster replaces) is waited for, up to ``wait_s``: taken over once
+        stale, refused as soon as its holder renews it (it is alive).
+
         Raises:
             OutputBusyError: another live run holds it.
         """
         self.started = time.time()
         storage.makedirs(self.output)
-        for _ in range(3):
+        tries, waiting_since, seen = 0, time.monotonic(), None
+        while tries < 3:
             if self._create():
                 if (self._holder() or {}).get("token") == self.token:
                     self.renewed = time.monotonic()
                     return self
+                tries += 1
                 continue
             holder = self._holder()
-            if holder is None:
+            if holder is None or self._stale(holder):
+                if holder is not None:
+                    log.warning("taking over the stale lease %s (holder %s)", self.uri, holder)
+                    self._delete()
+                tries += 1
                 continue
-            if not self._stale(holder):
+            elsewhere = holder.get("host") != socket.gethostname()
+            renewed = seen is not None and holder.get("renewed") != seen
+            if not elsewhere or renewed or time.monotonic() - waiting_since >= self.wait_s:
                 raise OutputBusyError(
                     f"{self.output} is being written by another knd prepare (pid "
                     f"{holder.get('pid')} on {holder.get('host')}); wait for it, or delete "
                     f"{self.uri} if that run is gone"
                 )
-            log.warning("taking over the stale lease %s (holder %s)", self.uri, holder)
-            self._delete()
+            if seen is None:
+                log.warning(
+                    "waiting for the lease %s of %s: taken over once stale", self.uri, holder
+                )
+            seen = holder.get("renewed")
+            time.sleep(min(10.0, max(0.05, self.wait_s / 20)))
         raise OutputBusyError(f"could not take the lease {self.uri}: another run keeps taking it")
 
     def _create(self) -> bool:

@@ -13,6 +13,7 @@ Reading Tune's state unpickles Ray's files: trust an experiment folder as you tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -271,6 +272,30 @@ def resumed_config(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
     return build(TuneConfig, tree), meta, experiment
 
 
+RERUN_FREE_KEYS = ("ray", "data", "resume", "wandb")
+"""Keys a rerun of the same search may change: where Ray and the features are, and tracking."""
+
+
+def _same_command_again(cfg: TuneConfig, experiment: str) -> tuple[TuneConfig, dict, str]:
+    """A search named like an existing one: the same command again (a job retry, a rerun after
+    the head was lost) continues it, as ``resume=`` would; another command is refused.
+
+    Raises:
+        ValueError: the existing search was started with other settings.
+    """
+    meta = read_meta(experiment)
+
+    def settings(tree: dict) -> dict:
+        return {k: v for k, v in tree.items() if k not in RERUN_FREE_KEYS}
+
+    if meta is None or settings(meta["tune"]) != settings(to_dict(cfg)):
+        raise ValueError(
+            f"{experiment} exists with other settings: resume={experiment} finishes it, or rename"
+        )
+    log.info("%s holds this very search: continuing it (as resume= would)", experiment)
+    return resumed_config(dataclasses.replace(cfg, resume=experiment))
+
+
 def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
     """``(config, meta, experiment folder)`` of a new search, or of the one ``resume`` names.
 
@@ -288,7 +313,7 @@ def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
     else:
         experiment, meta = experiment_uri(cfg), None
         if storage.exists(storage.join(experiment, META_FILE)):
-            raise ValueError(f"{experiment} exists: resume={experiment} finishes it, or rename")
+            cfg, meta, experiment = _same_command_again(cfg, experiment)
     manifest = read_manifest(cfg.data)
     if manifest is None:
         raise ValueError(f"no prepared features at {cfg.data} (no manifest.json; run knd prepare)")

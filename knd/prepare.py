@@ -19,6 +19,14 @@ cannot interleave their commits. Only shard folders older than the committed man
 
 A rerun over the same input listing (relative paths, sizes, modification times) with the same
 feature parameters, whose manifest's shards all exist, does nothing.
+
+**Resume.** The staging folder's name is a hash of the dataset (input listing, feature and group
+hashes, ``require_labels``), so a rerun of an interrupted run (its driver killed, the head lost,
+a RayJob retry) finds it. A featurise task writes its shard, then a small record of its rows
+(``part-*.parquet.done.json``, written atomically): a part with a record is finished and is
+reused as it is, its files never decoded again; a part without one (in flight when the run died)
+is done again under a new name. The commit writes the manifest once, then deletes every staged
+file it does not list (records, half-written or orphaned shards).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -80,6 +89,10 @@ TASKS_PER_CPU = 16
 """Featurise tasks per CPU (at least): a short tail at the end, Ray's per-task cost amortised."""
 HASH_TASKS_PER_CPU = 4
 MAX_HASH_FILES_PER_TASK = 2048
+LEASE_WAIT_S = 660.0
+"""How long a run waits for a lease held on another host (stale after 600 s without renewal)."""
+DONE_SUFFIX = ".done.json"
+"""Suffix of a finished part's record: its shard's name plus this, written after the shard."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,8 @@ class PrepareResult:
     skipped: bool
     """True when the output already held this dataset and nothing was done."""
     exit_code: int
+    num_reused: int = 0
+    """Kept clips taken from parts an interrupted run had finished (not decoded again)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,6 +232,9 @@ def featurize_part(
 ) -> list[dict[str, Any]]:
     """The featurise pass: process files, write the good ones as shard ``staging/part``.
 
+    The part's record (its rows, ``part`` + :data:`DONE_SUFFIX`) is written last: its presence
+    says the shard is whole, so a rerun may reuse it.
+
     Returns:
         Small per-file rows (every column but ``features``, plus ``shard``: the shard's path
         relative to ``output`` once committed under ``folder``, None for a failed file).
@@ -231,6 +249,7 @@ def featurize_part(
     rows = table.drop_columns([group_column(g) for g in group_specs(params)]).to_pylist()
     for row in rows:
         row["shard"] = shard if row["error"] is None else None
+    storage.write_text(storage.join(output, staging, part + DONE_SUFFIX), json.dumps(rows))
     return rows
 
 
@@ -348,12 +367,17 @@ def _split(task: dict) -> list[dict]:
 
 
 def _discard_part(task: dict, consts: dict) -> None:
-    """Delete what a failed featurise task may have written (never listed in a manifest)."""
+    """Delete what a failed featurise task may have written (never listed in a manifest).
+
+    The record goes first: a task whose worker died after writing it (its node lost before the
+    result came back) must not leave a record of a shard that is then deleted.
+    """
     if "part" not in task:
         return
     fs, root = storage.resolve(consts["output"])
-    with contextlib.suppress(OSError):
-        fs.delete_file(f"{root}/{consts['staging']}/{task['part']}")
+    for name in (task["part"] + DONE_SUFFIX, task["part"]):
+        with contextlib.suppress(OSError):
+            fs.delete_file(f"{root}/{consts['staging']}/{name}")
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -520,17 +544,69 @@ def prepare_files(
     keep, rejected = select_files(hashed, cfg.require_labels)
     uri_of = dict(zip(paths, uris, strict=True))
 
-    folder = f"shards-{feature_hash(cfg.features)[:8]}-{uuid.uuid4().hex[:8]}"
-    # Locally the folder appears under its final name only once complete (one rename); on S3 a
-    # rename is a copy, so shards go straight to their folder and the manifest alone commits them.
-    staging = folder if storage.is_remote(cfg.output) else f".tmp-{folder}"
-    rows = _featurise(cfg, keep, uri_of, (staging, folder), map_tasks, cpus, renew)
+    folders = staging_folders(cfg, listing)
+    rows = _featurise(cfg, keep, uri_of, folders, map_tasks, cpus, renew)
     rejected += [(r["path"], r["error"]) for r in rows if r.get("error")]
     rejected.sort()
     kept = sorted((r for r in rows if not r.get("error")), key=lambda r: r["path"])
     for path, reason in rejected:
         log.warning("rejected %s: %s", path, reason)
-    return kept, rejected, _commit(cfg, kept, rejected, (staging, folder), listing, lease)
+    return kept, rejected, _commit(cfg, kept, rejected, folders, listing, lease)
+
+
+def staging_folders(cfg: PrepareConfig, listing: str) -> tuple[str, str]:
+    """``(staging, folder)`` of this dataset: named by a hash of what defines it, so a rerun of an
+    interrupted run stages into the same folder and finds the parts it finished.
+
+    Locally the folder appears under its final name only once complete (one rename); on S3 a
+    rename is a copy, so shards go straight to their folder and the manifest alone commits them.
+    """
+    groups = {g: spec["hash"] for g, spec in group_specs(cfg.features).items()}
+    identity = [listing, feature_hash(cfg.features), groups, cfg.require_labels]
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    folder = f"shards-{feature_hash(cfg.features)[:8]}-{key[:8]}"
+    return (folder if storage.is_remote(cfg.output) else f".tmp-{folder}"), folder
+
+
+def finished_parts(output: str, staging: str, keep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the parts an interrupted run finished in ``staging``, for files of ``keep``.
+
+    A part counts when its record exists (written after its shard) and every one of its files is
+    still to prepare with the same content and not in an earlier counted part (a task whose node
+    died after its record was written had its files redone one per task).
+    """
+    fs, root = storage.resolve(output)
+    selector = pafs.FileSelector(f"{root}/{staging}", allow_not_found=True)
+    names = {i.base_name for i in fs.get_file_info(selector) if i.type == pafs.FileType.File}
+    records = sorted(n for n in names if n.endswith(DONE_SUFFIX))
+    wanted = {r["path"]: r["sha256"] for r in keep}
+    rows: list[dict[str, Any]] = []
+    covered: set[str] = set()
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one GET each on S3: overlap them
+        parts = pool.map(lambda n: _read_record(output, staging, n), records)
+        for name, part_rows in zip(records, parts, strict=True):
+            paths = [r.get("path") for r in part_rows]
+            has_shard = any(r.get("shard") for r in part_rows)
+            if (
+                not part_rows
+                or (has_shard and name.removesuffix(DONE_SUFFIX) not in names)
+                or any(p not in wanted or p in covered for p in paths)
+                or any(r.get("sha256") not in (None, wanted[r["path"]]) for r in part_rows)
+            ):
+                continue
+            covered.update(paths)
+            rows.extend(r | {"reused": True} for r in part_rows)
+    return rows
+
+
+def _read_record(output: str, staging: str, name: str) -> list[dict[str, Any]]:
+    """A part's record, or ``[]`` when it cannot be read (then the part is done again)."""
+    try:
+        rows = json.loads(storage.read_text(storage.join(output, staging, name)))
+    except (OSError, ValueError):
+        return []
+    ok = isinstance(rows, list) and all(isinstance(r, dict) and "path" in r for r in rows)
+    return rows if ok else []
 
 
 def _featurise(
@@ -542,10 +618,21 @@ def _featurise(
     cpus: float,
     renew: Callable[[], None],
 ) -> list[dict[str, Any]]:
-    """The featurise pass over the selected files: each task writes its shard into staging."""
+    """The featurise pass over the selected files: each task writes its shard into staging.
+
+    Files of parts an interrupted run finished (:func:`finished_parts`) are not featurised again.
+    """
     staging, folder = folders
     fs, root = storage.resolve(cfg.output)
     fs.create_dir(f"{root}/{staging}", recursive=True)
+    reused = finished_parts(cfg.output, staging, keep)
+    done = {r["path"] for r in reused}
+    todo = [r for r in keep if r["path"] not in done]
+    if reused:
+        log.info(
+            "reusing %d file(s) of parts an interrupted run finished in %s; featurising %d file(s)",
+            len(done), staging, len(todo),
+        )  # fmt: skip
     consts = {
         "output": cfg.output,
         "staging": staging,
@@ -553,25 +640,28 @@ def _featurise(
         "params": cfg.features,
         "require_labels": cfg.require_labels,
     }
-    per_task = files_per_task(len(keep), cpus, cfg)
+    # A new name per run: a part still being written by a task of a killed run is never this
+    # run's part (it is deleted at the commit, unlisted).
+    run_token = uuid.uuid4().hex[:6]
     tasks = []
-    for i, s in enumerate(_chunks(len(keep), per_task)):
-        part = keep[s]
+    for i, s in enumerate(_chunks(len(todo), files_per_task(len(keep), cpus, cfg))):
+        part = todo[s]
         tasks.append(
             {
                 "uris": [uri_of[r["path"]] for r in part],
                 "paths": [r["path"] for r in part],
                 "hashes": [r["sha256"] for r in part],
-                "part": f"part-{i:05d}.parquet",
+                "part": f"part-{run_token}-{i:05d}.parquet",
             }
         )
     with file_progress(len(keep), "knd prepare", cfg.ray.verbose) as bar:
+        bar.update(len(done))
 
         def progress(files: int) -> None:
             renew()
             bar.update(files)
 
-        return run_tasks(map_tasks, featurize_part, tasks, consts, progress)
+        return reused + run_tasks(map_tasks, featurize_part, tasks, consts, progress)
 
 
 def _commit(
@@ -598,16 +688,31 @@ def _commit(
     counts = Counter(r["shard"] for r in kept)
     shards = sorted(counts)
     if staging != folder:
+        # A folder of this very dataset is already there only when its commit lost a shard
+        # (else this run would have been skipped): it is replaced.
+        storage.delete_dir(storage.join(cfg.output, folder))
         fs.move(f"{root}/{staging}", f"{root}/{folder}")
     manifest = build_manifest(kept, shards, [counts[s] for s in shards], rejected, cfg, listing)
     if lease:
         lease.check()  # a run that lost its lease must not commit over the winner's
     storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
     storage.write_text(storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    _drop_unlisted(cfg.output, folder, set(shards))
     removed = remove_superseded(cfg.output, folder)
     if removed:
         log.info("removed %d superseded or unfinished shard folder(s): %s", len(removed), removed)
     return manifest
+
+
+def _drop_unlisted(output: str, folder: str, shards: set[str]) -> None:
+    """Delete what the committed folder holds beside its listed shards: part records, and shards
+    of tasks that died (or were cut off with their node) before their result came back."""
+    fs, root = storage.resolve(output)
+    selector = pafs.FileSelector(f"{root}/{folder}", allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and f"{folder}/{info.base_name}" not in shards:
+            with contextlib.suppress(OSError):  # already gone: nothing to drop
+                fs.delete_file(info.path)
 
 
 def _already_prepared(cfg: PrepareConfig, listing: str) -> dict[str, Any] | None:
@@ -664,7 +769,9 @@ def run(cfg: PrepareConfig) -> PrepareResult:
 
     from knd.runtime import init_ray
 
-    with OutputLease(cfg.output) as lease:
+    # A job retried on a new cluster finds the lease of the run it replaces, held from another
+    # host: it waits for that lease to go stale rather than failing the retry at once.
+    with OutputLease(cfg.output, wait_s=LEASE_WAIT_S) as lease:
         ray_started = time.perf_counter()
         init_ray(cfg.ray)
         ray_start = time.perf_counter() - ray_started
@@ -672,9 +779,10 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         log.info("preparing %d audio files from %s (feature hash %s)", len(uris), cfg.input, wanted)
         kept, rejected, manifest = prepare_files(cfg, uris, paths, listing, ray_map, cpus, lease)
     _log_outcome(cfg, len(uris), kept, rejected, manifest, time.perf_counter() - started, ray_start)
+    reused = sum(1 for r in kept if r.get("reused"))
     if manifest is None:
-        return PrepareResult(cfg.output, None, 0, len(rejected), skipped=False, exit_code=1)
-    return PrepareResult(cfg.output, manifest, len(kept), len(rejected), False, 0)
+        return PrepareResult(cfg.output, None, 0, len(rejected), False, 1, reused)
+    return PrepareResult(cfg.output, manifest, len(kept), len(rejected), False, 0, reused)
 
 
 def _log_outcome(

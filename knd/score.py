@@ -20,11 +20,17 @@ are averaged. A file that cannot be scored becomes a row with its reason in ``er
 raises.
 
 Results stream: the driver turns windows into per-file rows as soon as all of a file's windows
-have arrived and appends them to a staging file (Parquet row groups or CSV lines), committed under
-the output's name in one step at the end, so driver memory holds only the files in flight. Ray's
-retries are bounded: an actor that dies (a file that takes its worker down) is restarted, the
-task is not retried and its block is skipped (``max_errored_blocks``); the driver then scores the
-files it did not get back once more, one file per task, and reports those that fail again.
+have arrived and stages them as whole chunk files beside the output (:class:`StagedTable`),
+concatenated under the output's name in one step at the end, so driver memory holds only the
+files in flight. The staging folder is named by what defines the rows (checkpoint, input listing,
+options): a rerun of a killed run keeps the rows it staged and scores only the other files.
+
+Retries are bounded without Ray's per-call retry options (deprecated in ``map_batches``, removed
+in Ray 2.64): an actor that dies (a file that takes its worker down, a lost node) is restarted
+and Ray runs its task again; the rerun goes file by file, and a file in flight at a second death
+becomes an error row (:func:`bounded_retry`, with an :class:`AttemptLedger` actor). A block that
+still fails is skipped (``max_errored_blocks``); the driver scores its files once more, one file
+per task, and reports those that fail again.
 
 Ray's C++ core logs once per actor that its "constructor arguments [are] in the object store and
 max_restarts > 0": Ray Data hands every actor of a pool its context and function as object
@@ -34,14 +40,17 @@ actor finds them (docs/guides/troubleshooting.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import io
+import json
 import logging
 import math
 import os
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -124,39 +133,68 @@ def _view_offset(view: np.ndarray, base: np.ndarray) -> int:
 
 
 def featurize_batch(
-    batch: dict[str, np.ndarray], params: FeatureConfig, hop_seconds: float, device: str = "cpu"
+    batch: dict[str, np.ndarray],
+    params: FeatureConfig,
+    hop_seconds: float,
+    device: str = "cpu",
+    ledger=None,
 ) -> dict[str, np.ndarray]:
     """Ray Data step: paths -> one row per window (or one error row per unusable file).
 
     Every file yields at least one row; a file that fails gets ``error`` set and zero features, so
-    failures travel through the pipeline as data instead of exceptions.
+    failures travel through the pipeline as data instead of exceptions. With ``ledger`` (an
+    :class:`AttemptLedger` handle) a batch that Ray runs again after its worker died is bounded
+    (:func:`bounded_retry`): a file that takes its worker down twice becomes an error row.
     """
     import torch
 
     # One Ray task per CPU already fills the machine; torch's own threads would oversubscribe it.
     torch.set_num_threads(1)
+    paths = [str(p) for p in batch["path"]]
+    if ledger is None:
+        return _featurize_paths(paths, params, hop_seconds, {}, device)
+    return bounded_retry(
+        paths, ledger, lambda some, skip: _featurize_paths(some, params, hop_seconds, skip, device)
+    )
+
+
+def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float, device: str):
+    """``(duration, error, windows)`` of one file; any failure is its ``error``, never raised."""
+    try:
+        samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
+        wins = file_windows(samples, rate, params, hop_seconds, device)
+        return len(samples) / float(rate), "", wins
+    except audio.AudioError as e:
+        error = str(e)
+    except OSError as e:
+        error = f"unreadable ({e.strerror or str(e) or type(e).__name__})"
+    except MemoryError:
+        error = "out of memory while scoring this file"
+    except Exception as e:  # noqa: BLE001 - any failure is this file's, never the job's
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
+    return math.nan, error, []
+
+
+def _featurize_paths(
+    paths: list[str],
+    params: FeatureConfig,
+    hop_seconds: float,
+    skip: dict[str, str],
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """The rows of :func:`featurize_batch`; a file of ``skip`` is not read: its row carries the
+    reason ``skip`` gives."""
     specs = features.group_specs(params)
     columns = {group: group_column(group) for group in specs}
     rows: dict[str, list] = {k: [] for k in ("path", "window", "n_windows", "start", "end")}
     rows.update(duration=[], error=[], **{c: [] for c in columns.values()})
     fs = None
-    for path in batch["path"]:
-        path = str(path)
-        duration, error, wins = math.nan, "", []
-        try:
+    for path in paths:
+        duration, error, wins = math.nan, skip.get(path, ""), []
+        if not error:
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(path)
-            samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
-            duration = len(samples) / float(rate)
-            wins = file_windows(samples, rate, params, hop_seconds, device)
-        except audio.AudioError as e:
-            error = str(e)
-        except OSError as e:
-            error = f"unreadable ({e.strerror or str(e) or type(e).__name__})"
-        except MemoryError:
-            error = "out of memory while scoring this file"
-        except Exception as e:  # noqa: BLE001 - any failure is this file's, never the job's
-            error = f"{type(e).__name__}: {e}".splitlines()[0]
+            duration, error, wins = _decode_windows(path, fs, params, hop_seconds, device)
         if error:
             empty = {g: np.zeros(spec["shape"], dtype=np.float32) for g, spec in specs.items()}
             wins = [Window(math.nan, math.nan, empty)]
@@ -177,6 +215,51 @@ def featurize_batch(
     for column in columns.values():
         out[column] = np.stack(rows[column])
     return out
+
+
+KILLED_TWICE = "its worker died twice while scoring this file (not retried further)"
+
+
+class AttemptLedger:
+    """A Ray actor (no CPU, on the driver's node) counting attempts that started and never
+    finished, by key: a batch or a file whose worker died while it ran."""
+
+    def __init__(self):
+        self.unfinished: dict[str, int] = {}
+
+    def start(self, key: str) -> int:
+        """Count an attempt; returns how many earlier attempts of ``key`` never finished."""
+        before = self.unfinished.get(key, 0)
+        self.unfinished[key] = before + 1
+        return before
+
+    def finish(self, key: str) -> None:
+        self.unfinished[key] = self.unfinished.get(key, 1) - 1
+
+
+def bounded_retry(paths: list[str], ledger, work) -> dict[str, np.ndarray]:
+    """``work(paths, skip)`` once; after its worker died, file by file, and never a third time.
+
+    Ray Data retries a task whose worker died (its defaults: actors restarted, their tasks
+    retried without limit), so a file that kills every worker it reaches would be retried
+    forever. Here a batch that started before and never finished is redone one file at a time,
+    and a file that was in flight when its worker died in such a one-by-one pass (the second
+    death it caused) is not read again: ``work`` gets it in ``skip`` and reports it.
+    """
+    import ray
+
+    batch_key = "batch:" + hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    if ray.get(ledger.start.remote(batch_key)) == 0:
+        out = work(paths, {})
+        ledger.finish.remote(batch_key)
+        return out
+    parts = []
+    for path in paths:
+        died = ray.get(ledger.start.remote("file:" + path))
+        parts.append(work([path], {path: KILLED_TWICE} if died else {}))
+        ray.get(ledger.finish.remote("file:" + path))
+    ledger.finish.remote(batch_key)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class Scorer:
@@ -214,9 +297,9 @@ class Scorer:
 class FileScorer(Scorer):
     """Actor: paths -> windows -> probabilities, in one process (model and encoder loaded once).
 
-    One actor step instead of a decode step fused into the actors by Ray Data: fusion needs the
-    two steps' remote arguments to be equal, and a task's retry options are not an actor's. On
-    a GPU (a checkpoint that reads a pretrained encoder's embeddings) the encoder runs there too.
+    One actor step rather than a decode step that Ray Data would have to fuse into the actors:
+    each actor reads its own files, so no features cross the object store. On a GPU (a
+    checkpoint that reads a pretrained encoder's embeddings) the encoder runs there too.
     """
 
     def __init__(
@@ -226,12 +309,16 @@ class FileScorer(Scorer):
         hop_seconds: float,
         batch_size: int,
         use_gpu: bool = False,
+        ledger=None,
     ):
         super().__init__(checkpoint, use_gpu=use_gpu)
         self.params, self.hop_seconds, self.batch_size = params, hop_seconds, batch_size
+        self.ledger = ledger
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        windows = featurize_batch(batch, self.params, self.hop_seconds, self.device.type)
+        windows = featurize_batch(
+            batch, self.params, self.hop_seconds, self.device.type, self.ledger
+        )
         n = len(windows["path"])
         parts = [
             Scorer.__call__(self, {k: v[i : i + self.batch_size] for k, v in windows.items()})
@@ -257,6 +344,8 @@ class ScoreResult:
     first_rows_seconds: float = math.nan
     """From the pipeline's start to the first scored rows: actor start-up (torch import, model
     load) and the first batch; ``seconds`` minus this is the steady state."""
+    resumed: int = 0
+    """Files an interrupted run had scored (staged beside the output), not scored again."""
 
 
 def stage_cpus(total_cpus: float, num_actors: int, use_gpu: bool) -> float:
@@ -311,7 +400,6 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     if cfg.batch_size < 1 or cfg.num_actors < 1 or cfg.window_hop_seconds <= 0:
         raise ValueError("batch_size and num_actors must be >= 1 and window_hop_seconds > 0")
     meta = load_meta(cfg.checkpoint)
-    labels = list(meta["labels"])
     params = scoring_params(meta, cfg.checkpoint, cfg.encoder)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)
     if not paths:
@@ -324,14 +412,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
 
     started = time.perf_counter()
     cpus = stage_cpus(ray.cluster_resources().get("CPU", 1.0), cfg.num_actors, cfg.use_gpu)
-    tally = _Tally()
-    with StagedTable(output) as sink:
-        lost = _score_into(sink, tally, paths, cfg, params, labels, cpus, FILES_PER_TASK)
-        if lost:
-            log.warning("%d file(s) lost with a worker; scoring them one per task", len(lost))
-            lost = _score_into(sink, tally, lost, cfg, params, labels, cpus, 1)
-        if lost:
-            sink.write(_lost_rows(lost, labels, cfg.per_window), tally)
+    tally = _score_all(cfg, meta, paths, params, cpus)
     seconds = time.perf_counter() - started
 
     result = ScoreResult(
@@ -346,9 +427,58 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         ray_start_seconds=ray_start,
         exit_code=1 if cfg.strict and tally.failures else 0,
         first_rows_seconds=(tally.first_rows - started) if tally.first_rows else math.nan,
+        resumed=tally.resumed,
     )
     _print_summary(result, tally.failures)
     return result
+
+
+def _score_all(cfg: ScoreConfig, meta: dict, paths: list[str], params, cpus: float) -> _Tally:
+    """Score ``paths`` into the staged output and commit it; files an interrupted run staged are
+    kept, and a file lost with its worker is scored once more alone, then reported."""
+    tally, labels = _Tally(), list(meta["labels"])
+    # A chunk per batch of every actor: a killed run loses at most one batch per actor.
+    chunk_files = FILES_PER_TASK * cfg.num_actors
+    with StagedTable(str(cfg.output), staging_key(cfg, meta, paths), chunk_files) as sink:
+        todo = _resume(sink, tally, paths)
+        lost = _score_into(sink, tally, todo, cfg, params, labels, cpus, FILES_PER_TASK)
+        if lost:
+            log.warning("%d file(s) lost with a worker; scoring them one per task", len(lost))
+            lost = _score_into(sink, tally, lost, cfg, params, labels, cpus, 1)
+        if lost:
+            sink.write(_lost_rows(lost, labels, cfg.per_window), tally)
+    return tally
+
+
+def staging_key(cfg: ScoreConfig, meta: dict, paths: list[str]) -> str:
+    """A hash of what defines the output's rows: the checkpoint (where and what), the input
+    listing and the options that change a row (the encoder folder among them). A rerun with the
+    same key resumes."""
+    identity = {
+        "checkpoint": storage.absolute(str(cfg.checkpoint)),
+        "meta": json.dumps(meta, sort_keys=True, default=str),
+        "paths": paths,
+        "per_window": cfg.per_window,
+        "window_hop_seconds": cfg.window_hop_seconds,
+        "encoder": cfg.encoder,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _resume(sink: StagedTable, tally: _Tally, paths: list[str]) -> list[str]:
+    """The paths still to score: those an interrupted run staged are counted, not scored."""
+    staged = sink.staged_rows()
+    if not len(staged):
+        return paths
+    tally.add(staged, timed=False)
+    done = set(staged["path"])
+    tally.resumed = len(done)
+    todo = [p for p in paths if p not in done]
+    log.info(
+        "resuming: %d file(s) already scored in %s; scoring the other %d",
+        len(done), sink.staging, len(todo),
+    )  # fmt: skip
+    return todo
 
 
 LOST = "worker died while scoring this file (not retried further)"
@@ -362,9 +492,12 @@ class _Tally:
     audio_seconds: float = 0.0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     first_rows: float = 0.0
+    resumed: int = 0
+    """Files whose rows an interrupted run had staged."""
 
-    def add(self, table: pd.DataFrame) -> None:
-        self.first_rows = self.first_rows or time.perf_counter()
+    def add(self, table: pd.DataFrame, timed: bool = True) -> None:
+        if timed:
+            self.first_rows = self.first_rows or time.perf_counter()
         self.rows += len(table)
         files = table.drop_duplicates("path")
         ok = files["error"] == ""
@@ -374,6 +507,8 @@ class _Tally:
 
 def _score_into(sink, tally, paths, cfg: ScoreConfig, params, labels, cpus, files_per_task):
     """Score ``paths`` into ``sink``; returns the paths whose rows never came back."""
+    if not paths:
+        return []
     seen: set[str] = set()
     for table in _scored_files(paths, cfg, params, labels, cpus, files_per_task):
         sink.write(table, tally)
@@ -384,27 +519,35 @@ def _score_into(sink, tally, paths, cfg: ScoreConfig, params, labels, cpus, file
 def _scored_files(
     paths: list[str], cfg: ScoreConfig, params, labels, cpus: float, files_per_task: int
 ) -> Iterator[pd.DataFrame]:
-    """Output rows of completed files, in input order, as the pipeline delivers them."""
+    """Output rows of completed files, in input order, as the pipeline delivers them.
+
+    Retries are bounded without Ray's retry options (passing them to ``map_batches`` is
+    deprecated, and removed in Ray 2.64): Ray Data restarts a dead actor and runs its task again,
+    and :func:`bounded_retry` makes each rerun progress (file by file, a file that killed two
+    workers reported). A block that still fails is skipped (``max_errored_blocks``) and its files
+    are scored again one per task by the caller.
+    """
+    import ray
     from ray.data import DataContext
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     ctx = DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.max_errored_blocks)
-    # In input order, so the streamed output keeps the listing's path order; a block whose task
-    # failed (its actor died) is skipped, not retried, and its files are reported by the caller.
+    # In input order, so the streamed output keeps the listing's path order.
     ctx.execution_options.preserve_order = True
     ctx.max_errored_blocks = -1
+    # On the driver's node: it lives as long as the job, whichever worker node is lost.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledger = ray.remote(AttemptLedger).options(num_cpus=0, scheduling_strategy=here).remote()
     try:
-        # Retry limits have no named parameter in Ray 2.60's map_batches; passing them as
-        # remote args is what Ray deprecates for 2.64, and they are what keeps a dead actor's
-        # task from running again.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = _pipeline(paths, cfg, params, cpus, files_per_task)
+        ds = _pipeline(paths, cfg, params, cpus, files_per_task, ledger)
         yield from _complete_files(_batches_with_progress(ds, len(paths)), labels, cfg.per_window)
     finally:
         ctx.execution_options.preserve_order, ctx.max_errored_blocks = saved
+        ray.kill(ledger)
 
 
-def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per_task: int):
+def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per_task: int, ledger):
     """The Ray Dataset of scored windows: paths -> (decode tasks ->) scoring actors."""
     import ray
 
@@ -412,44 +555,41 @@ def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per
         [{"path": p} for p in paths],
         override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
     )
-    # A dead actor is replaced, but the task that killed it is not run again.
+    pool = ray.data.ActorPoolStrategy(size=cfg.num_actors)
     if cfg.use_gpu and "embedding" not in params.groups:  # CPU decode feeds GPU actors
         ds = ds.map_batches(
             featurize_batch,
-            fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds},
+            fn_kwargs={"params": params, "hop_seconds": cfg.window_hop_seconds, "ledger": ledger},
             batch_size=files_per_task,
             batch_format="numpy",
             num_cpus=1.0,
-            max_retries=0,
         )
-        ds = ds.map_batches(
+        return ds.map_batches(
             Scorer,
             fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": True},
             batch_size=cfg.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+            compute=pool,
             num_cpus=cpus,
             num_gpus=1,
-            max_task_retries=0,
         )
-    else:  # each actor reads, decodes (runs the encoder) and scores its own files
-        ds = ds.map_batches(
-            FileScorer,
-            fn_constructor_kwargs={
-                "checkpoint": cfg.checkpoint,
-                "params": params,
-                "hop_seconds": cfg.window_hop_seconds,
-                "batch_size": cfg.batch_size,
-                "use_gpu": cfg.use_gpu,
-            },
-            batch_size=files_per_task,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-            num_cpus=cpus,
-            num_gpus=1 if cfg.use_gpu else 0,
-            max_task_retries=0,
-        )
-    return ds
+    # Each actor reads, decodes (runs the encoder) and scores its own files: no features in transit.
+    return ds.map_batches(
+        FileScorer,
+        fn_constructor_kwargs={
+            "checkpoint": cfg.checkpoint,
+            "params": params,
+            "hop_seconds": cfg.window_hop_seconds,
+            "batch_size": cfg.batch_size,
+            "use_gpu": cfg.use_gpu,
+            "ledger": ledger,
+        },
+        batch_size=files_per_task,
+        batch_format="numpy",
+        compute=pool,
+        num_cpus=cpus,
+        num_gpus=1 if cfg.use_gpu else 0,
+    )
 
 
 def _batches_with_progress(ds, num_files: int) -> Iterator[pd.DataFrame]:
@@ -497,59 +637,136 @@ def _lost_rows(paths: list[str], labels: list[str], per_window: bool) -> pd.Data
 
 
 class StagedTable:
-    """An output table written in chunks to a staging file, then committed in one step.
+    """An output table staged as whole chunk files beside the output, committed in one step.
 
-    Locally the staging file is a hidden sibling renamed over the output (``os.replace``); on S3 a
-    temporary key is written (a streamed upload) and copied to the output's key, so a reader sees
-    the old output or the whole new one, never a part. On error the staging file is deleted.
+    The chunks live in a hidden folder named by ``key`` (a hash of what defines the rows), each
+    written atomically (:func:`knd.storage.write_bytes`) once ``chunk_files`` files are buffered,
+    so a killed run leaves only whole chunks. A rerun with the same key finds them
+    (:meth:`staged_rows`) and scores only the other files. The commit concatenates the chunks in
+    the order they were written into a temporary file, renamed over the output (locally) or
+    copied to its key (S3): a reader sees the old output or the whole new one, never a part. On
+    error the buffered rows are staged, not lost.
     """
 
-    def __init__(self, output: str):
-        self.output = output
+    def __init__(self, output: str, key: str, chunk_files: int = FILES_PER_TASK):
+        self.output = storage.absolute(output)
         self.csv = output.lower().endswith(".csv")
-        self.fs, self.path = storage.resolve(output)
-        folder, name = self.path.rsplit("/", 1)
-        self.tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        self.stream = None
-        self.writer = None
-        self.schema = None
+        self.fs, self.path = storage.resolve(self.output)
+        head, name = self.output.rsplit("/", 1)
+        self.staging = f"{head}/.{name}.staged-{key[:16]}"
+        self.tmp = f"{self.path.rsplit('/', 1)[0]}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.chunk_files = max(1, chunk_files)
+        self.buffer: list[pd.DataFrame] = []
+        self.buffered = 0
+        self.token = uuid.uuid4().hex[:6]
+        self.next_chunk = 0
 
     def __enter__(self) -> StagedTable:
-        if not storage.is_remote(self.output):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.stream = self.fs.open_output_stream(self.tmp)
         return self
 
-    def write(self, table: pd.DataFrame, tally: _Tally | None = None) -> None:
-        """Append rows (the columns of the first chunk fix the file's columns)."""
-        if tally is not None:
-            tally.add(table)
+    def _chunks(self) -> list[str]:
+        """The staged chunks (URIs), in the order they were written."""
+        fs, folder = storage.resolve(self.staging)
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.base_name.startswith("chunk-"))
+        return [storage.join(self.staging, n) for n in names]
+
+    def _read(self, chunk: str, columns: list[str] | None = None) -> pd.DataFrame:
+        data = storage.read_bytes(chunk)
         if self.csv:
-            self.stream.write(table.to_csv(index=False, header=self.schema is None).encode())
-            self.schema = self.schema or list(table.columns)
-            return
-        import pyarrow as pa
+            na = {"duration": ["", "nan", "NaN"]}
+            return pd.read_csv(
+                io.BytesIO(data), usecols=columns, keep_default_na=False, na_values=na
+            )
         import pyarrow.parquet as pq
 
-        if self.schema is None:
-            self.schema = pa.Schema.from_pandas(table, preserve_index=False)
-            self.writer = pq.ParquetWriter(self.stream, self.schema)
-        rows = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
-        self.writer.write_table(rows)
+        return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
 
-    def __exit__(self, kind, exc, tb) -> None:
+    def staged_rows(self) -> pd.DataFrame:
+        """``path, error, duration`` of the rows an interrupted run staged (one chunk in memory
+        at a time); an unreadable chunk is deleted, so its files are scored again."""
+        frames = []
+        chunks = self._chunks()
+        for chunk in chunks:
+            try:
+                frames.append(self._read(chunk, ["path", "error", "duration"]))
+            except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not reused
+                log.warning("discarding the unreadable staged chunk %s (%s)", chunk, e)
+                fs, path = storage.resolve(chunk)
+                fs.delete_file(path)
+        self.next_chunk = len(chunks)
+        if not frames:
+            return pd.DataFrame({"path": [], "error": [], "duration": []})
+        staged = pd.concat(frames, ignore_index=True)
+        staged["error"] = staged["error"].fillna("").astype(str)
+        return staged
+
+    def write(self, table: pd.DataFrame, tally: _Tally | None = None) -> None:
+        """Append the rows of whole files (staged once ``chunk_files`` files are buffered)."""
+        if tally is not None:
+            tally.add(table)
+        self.buffer.append(table)
+        self.buffered += table["path"].nunique()
+        if self.buffered >= self.chunk_files:
+            self.flush()
+
+    def flush(self) -> None:
+        """Stage the buffered rows as one whole chunk file."""
+        if not self.buffer:
+            return
+        table = pd.concat(self.buffer, ignore_index=True)
+        name = f"chunk-{self.next_chunk:06d}-{self.token}.{'csv' if self.csv else 'parquet'}"
+        if self.csv:
+            data = table.to_csv(index=False).encode()
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            sink = io.BytesIO()
+            pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
+            data = sink.getvalue()
+        storage.write_bytes(storage.join(self.staging, name), data)
+        self.buffer, self.buffered, self.next_chunk = [], 0, self.next_chunk + 1
+
+    def commit(self) -> None:
+        """Concatenate the chunks into the output in one step, then drop the staging folder."""
+        self.flush()
         try:
-            if self.writer is not None:
-                self.writer.close()
-            self.stream.close()
-            if kind is None:
-                if storage.is_remote(self.output):
-                    self.fs.copy_file(self.tmp, self.path)
-                else:
-                    os.replace(self.tmp, self.path)
+            with self.fs.open_output_stream(self.tmp) as stream:
+                self._concatenate(stream)
+            if storage.is_remote(self.output):
+                self.fs.copy_file(self.tmp, self.path)
+            else:
+                os.replace(self.tmp, self.path)
         finally:
             if self.fs.get_file_info(self.tmp).type != pafs.FileType.NotFound:
                 self.fs.delete_file(self.tmp)
+        storage.delete_dir(self.staging)
+
+    def _concatenate(self, stream) -> None:
+        """Every chunk into ``stream``: CSV bodies after the first header; Parquet row groups
+        cast to the first chunk's schema."""
+        import pyarrow.parquet as pq
+
+        writer = None
+        for i, chunk in enumerate(self._chunks()):
+            data = storage.read_bytes(chunk)
+            if self.csv:
+                stream.write(data if i == 0 else data[data.index(b"\n") + 1 :])
+                continue
+            rows = pq.read_table(io.BytesIO(data))
+            if writer is None:
+                writer = pq.ParquetWriter(stream, rows.schema)
+            writer.write_table(rows.cast(writer.schema))
+        if writer is not None:
+            writer.close()
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.commit()
+            return
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            self.flush()
 
 
 def aggregate(windows: pd.DataFrame, labels: list[str], per_window: bool) -> pd.DataFrame:
@@ -599,5 +816,7 @@ def _print_summary(result: ScoreResult, failures: list[tuple[str, str]]) -> None
         f"{result.audio_hours:.3f} h of audio in {result.seconds:.1f} s "
         f"({result.files_per_second:.1f} files/s, real-time factor {result.realtime_factor:.0f}x; "
         f"Ray start-up {result.ray_start_seconds:.1f} s, first rows after "
-        f"{result.first_rows_seconds:.1f} s) -> {result.output}"
+        f"{result.first_rows_seconds:.1f} s"
+        + (f"; {result.resumed} files resumed from an interrupted run" if result.resumed else "")
+        + f") -> {result.output}"
     )

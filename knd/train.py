@@ -15,6 +15,13 @@ is kept. ``metrics.json`` says which (``model_selection``). The driver then copi
 checkpoint to ``<run_dir>/<name>/checkpoint/``, scores the validation and test actors with it,
 and writes ``metrics.json`` and ``confusion.png`` beside it; ``history.jsonl`` has one line
 per epoch.
+
+**Resume.** A run whose driver was killed (or whose whole cluster was lost) continues when the
+same command runs again with the same ``run_dir`` and ``name``: Ray Train restores the run's
+record of reported checkpoints and the workers start after the last one, so epoch numbering goes
+on and ``history.jsonl`` keeps each epoch once. ``resume=CHECKPOINT`` is different: a new run
+starting from a checkpoint's weights and optimiser state. The default ``name`` carries a
+timestamp, so a job that must resume on retry names its run.
 """
 
 from __future__ import annotations
@@ -554,8 +561,27 @@ def _run_report(
     )
 
 
+RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""What Ray Train (V2) leaves in ``<storage_path>/<name>/`` once a checkpoint was reported
+(``CHECKPOINT_MANAGER_SNAPSHOT_FILENAME``): a trainer with the same name and storage restores
+it, and its workers start from the latest checkpoint (``ray.train.get_checkpoint``)."""
+
+
+def _log_continuation(run_path: str, resume: str | None) -> None:
+    """Say when this run continues an interrupted one of the same ``run_dir`` and ``name``."""
+    if storage.exists(storage.join(run_path, RAY_RUN_SNAPSHOT)):
+        done = [int(h["epoch"]) for h in read_history(run_path)]
+        log.info(
+            "continuing %s from its last checkpoint (epochs recorded: %s)%s",
+            run_path, done[-1] if done else "none",
+            f"; its checkpoint wins over resume={resume}" if resume else "",
+        )  # fmt: skip
+
+
 def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     """Train, keep one checkpoint chosen without the test actors, report val and test metrics.
+
+    A rerun into the ``run_dir``/``name`` of an interrupted run continues it (module docstring).
 
     Args:
         cfg: the ``knd train`` config.
@@ -584,6 +610,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         list(split.test), run_path,
     )  # fmt: skip
 
+    _log_continuation(run_path, cfg.resume)
     run_info = {"root": root, "run_path": run_path, "name": name, "resume": cfg.resume}
     trainer = _trainer(cfg, data, meta, run_info | {"hooks": hooks})
     # One console line per epoch, from history.jsonl (rank 0 appends to it every epoch).

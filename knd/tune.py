@@ -53,6 +53,9 @@ from knd.tracking import wandb_callbacks
 
 log = logging.getLogger(__name__)
 
+TRIAL_MAX_FAILURES = 2
+"""Restarts of a trial from its last checkpoint after its worker or node died."""
+
 FOLDS_FILE = "folds.pt"
 
 
@@ -297,7 +300,8 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
     fs, fs_path = storage.resolve(experiment)
     remote_fs = fs if storage.is_remote(experiment) else None
     callbacks = [*wandb_callbacks(cfg.wandb, experiment), tune_callback(cfg.metric, cfg.max_epochs)]
-    if cfg.resume:
+    # A search killed before Tune wrote its state (only knd_tune.json exists) starts afresh.
+    if cfg.resume and tune.Tuner.can_restore(fs_path, storage_filesystem=remote_fs):
         log.info("resuming the search at %s", experiment)
         tuner = tune.Tuner.restore(
             fs_path, trainable=trainable, resume_errored=True, storage_filesystem=remote_fs
@@ -333,6 +337,9 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
             storage_path=parent,
             storage_filesystem=remote_fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A trial whose node is lost (or whose process dies) restarts from its last
+            # checkpoint elsewhere, a bounded number of times, instead of ending in ERROR.
+            failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             callbacks=callbacks,
             verbose=2 if is_verbose(cfg.ray.verbose) else 0,  # knd's lines (knd.console) instead
         ),

@@ -9,20 +9,18 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from killing import kill_when, start_killable
 
 from knd import storage
 from knd.config import load_config
 from knd.dataset import MANIFEST, REJECTED, load_features, read_features
 from knd.features import feature_hash
-from knd.prepare import run
+from knd.prepare import DONE_SUFFIX, run
 from knd.ravdess import parse_name
 from knd.synth import actor_clips
 
@@ -202,47 +200,51 @@ def test_interrupted_run_then_reruns(ray_session, tmp_path, caplog):
     assert not grown.skipped and grown.num_rows == 6
 
 
-def test_killed_run_leaves_no_dataset_and_rerun_completes(ray_session, tmp_path):
-    """SIGKILL a real ``knd prepare`` while its Ray tasks run, then prepare again."""
-    src, out = tmp_path / "in", tmp_path / "out"
+def same_features(a: str, b: str) -> None:
+    """Two prepared outputs hold the same rows and the same features (every group)."""
+    left, right = load_features(a), load_features(b)
+    order_left, order_right = np.argsort(left.path), np.argsort(right.path)
+    np.testing.assert_array_equal(left.path[order_left], right.path[order_right])
+    for group, values in left.inputs().items():
+        other = right.inputs()[group]
+        np.testing.assert_array_equal(values[order_left], other[order_right], err_msg=group)
+    for key in ("feature_hash", "feature_groups", "num_rows", "corpus_checksum", "input_listing"):
+        assert left.manifest[key] == right.manifest[key], key
+
+
+def test_a_killed_run_resumes_from_the_parts_it_finished(ray_session, tmp_path):
+    """SIGKILL a real ``knd prepare`` about half way through its parts, then run it again: the
+    rerun decodes only the files of parts without a record, commits once, leaves nothing
+    unlisted, and equals an uninterrupted run."""
+    src, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
     names = [f"Actor_09/{clip.file_name()}" for clip in actor_clips(9)]
     for name in names:
         write(src, name, clip_bytes(name, seconds=3.0, sr=44100))
-    # The child joins this session's Ray (a second local Ray would fight it for the 2 CPUs).
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    env["KND_VERBOSE"] = "1"  # the INFO line that says the pipeline is under way
-    command = [sys.executable, "-m", "knd.cli", "prepare", f"input={src}", f"output={out}"]
-    child = subprocess.Popen(
-        [*command, "batch_size=2"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    seen = []
-    deadline = time.monotonic() + 60
-    for line in child.stderr:  # killed once the Ray Data pipeline is under way
-        seen.append(line)
-        if "preparing" in line or time.monotonic() > deadline:
-            break
-    time.sleep(1.0)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
-    child.stderr.close()
-    assert any("preparing 60 audio files" in line for line in seen), "".join(seen)
+
+    def records() -> list[Path]:
+        return list(out.glob(f".tmp-shards-*/*{DONE_SUFFIX}"))
+
+    # batch_size=2 on 2 CPUs: 30 parts of 2 files
+    command = ["prepare", f"input={src}", f"output={out}", "batch_size=2"]
+    child = start_killable(command, ray_session)
+    kill_when(child, lambda: len(records()) >= 12)
     assert child.returncode == -signal.SIGKILL
     assert not (out / MANIFEST).exists()
-    assert not [p for p in out.glob("shards-*")], "a killed run left a shard folder"
-    with pytest.raises(ValueError, match="no prepared features"):
-        load_features(str(out))
+    assert not list(out.glob("shards-*")), "a killed run left a shard folder"
+    finished = sum(len(json.loads(p.read_text())) for p in records())
+    assert 0 < finished < len(names), finished
 
-    result = run(config(src, out))
+    result = run(config(src, out, "batch_size=2"))
     assert result.exit_code == 0 and result.num_rows == 60 and result.num_rejected == 0
-    assert {p.name for p in out.iterdir()} == {
-        MANIFEST,
-        REJECTED,
-        result.manifest["shards"][0].split("/")[0],
-    }
+    # Every file of a finished part is reused: the rerun decodes only the others.
+    assert finished <= result.num_reused < len(names)
+    folder = result.manifest["shards"][0].split("/")[0]
+    assert {p.name for p in out.iterdir()} == {MANIFEST, REJECTED, folder}
+    listed = {f"{folder}/{p.name}" for p in (out / folder).iterdir()}
+    assert listed == set(result.manifest["shards"]), "an unlisted file was left behind"
+
+    assert run(config(src, ref, "batch_size=2")).num_reused == 0
+    same_features(str(out), str(ref))
 
 
 def other_params(src, out):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,80 @@ def test_scores_equal_evaluate_and_do_not_depend_on_batching(
     assert list(other["path"]) == list(table["path"])
     assert list(other["label"]) == list(table["label"])
     np.testing.assert_allclose(table[P_COLUMNS], other[P_COLUMNS], atol=1e-6)
+
+
+def test_a_killed_run_resumes_the_rows_it_staged(checkpoint, ray_session, tmp_path):
+    """SIGKILL a real ``knd score`` once it has staged some rows, then run it again: the rerun
+    scores only the files not staged, and the output equals an uninterrupted run's."""
+    from killing import kill_when, start_killable
+
+    folder, out = tmp_path / "clips", tmp_path / "scores.parquet"
+    folder.mkdir()
+    for i in range(48):
+        sf.write(folder / f"clip{i:02d}.wav", voice(3.0, 44100, 120 + 3 * i, seed=i), 44100)
+
+    def staged() -> list[Path]:
+        return list(tmp_path.glob(".scores.parquet.staged-*/chunk-*"))
+
+    # num_actors=1: a chunk per batch of 8 files, 6 chunks in all
+    args = [f"checkpoint={checkpoint}", f"input={folder}", f"output={out}", "num_actors=1"]
+    child = start_killable(["score", *args], ray_session)
+    kill_when(child, lambda: len(staged()) >= 2)
+    assert child.returncode == -signal.SIGKILL and not out.exists()
+    scored = sum(len(pd.read_parquet(chunk)) for chunk in staged())
+    assert 0 < scored < 48, scored
+
+    again = score(checkpoint, str(folder), str(out), "num_actors=1")
+    assert again.num_files == 48 and again.failed == 0
+    assert scored <= again.resumed < 48  # every staged file kept, none scored twice
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "scores.parquet"]
+    score(checkpoint, str(folder), str(tmp_path / "ref.parquet"))
+    resumed, reference = pd.read_parquet(out), pd.read_parquet(tmp_path / "ref.parquet")
+    assert resumed["path"].is_unique and len(resumed) == 48
+    resumed = resumed.sort_values("path").reset_index(drop=True)
+    reference = reference.sort_values("path").reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed, reference, check_exact=False, atol=1e-6)
+
+
+def test_a_file_that_kills_its_scoring_actor_is_retried_once_alone_then_reported(ray_session):
+    """Ray Data's own defaults (no retry options passed): a dead actor is restarted and its task
+    run again without limit. bounded_retry makes every rerun progress and ends the loop."""
+    import os
+
+    import ray
+
+    from knd.score import KILLED_TWICE, AttemptLedger, bounded_retry
+
+    class DiesOnB:
+        """Its actor process dies outright (as under the OOM killer) whenever it reads ``b``."""
+
+        def __init__(self, ledger):
+            self.ledger = ledger
+
+        def __call__(self, batch):
+            def work(paths, skip):
+                if "b" in paths and "b" not in skip:
+                    os._exit(1)
+                errors = [skip.get(p, "") for p in paths]
+                return {"path": np.asarray(paths, dtype=object), "error": np.asarray(errors)}
+
+            return bounded_retry([str(p) for p in batch["path"]], self.ledger, work)
+
+    ledger = ray.remote(AttemptLedger).options(num_cpus=0).remote()
+    ds = ray.data.from_items([{"path": p} for p in "abcdef"], override_num_blocks=2)
+    ds = ds.map_batches(
+        DiesOnB,
+        fn_constructor_kwargs={"ledger": ledger},
+        batch_size=3,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.5,
+    )
+    rows = {str(r["path"]): str(r["error"]) for r in ds.take_all()}
+    assert sorted(rows) == list("abcdef")
+    assert rows["b"] == KILLED_TWICE
+    assert all(rows[p] == "" for p in "acdef")
+    ray.kill(ledger)
 
 
 def write_mixed_folder(root: Path) -> dict[str, str]:

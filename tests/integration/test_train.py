@@ -222,6 +222,38 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
         )
 
 
+@pytest.mark.slow
+def test_a_killed_driver_reruns_into_the_same_run_and_continues_its_epochs(
+    tiny_features, ray_session, tmp_path
+):
+    """SIGKILL a real ``knd train`` once Ray has recorded a checkpoint; the same command (same
+    run_dir and name) continues from it instead of starting again."""
+    from killing import kill_when, start_killable
+
+    from knd.report import read_history
+    from knd.train import RAY_RUN_SNAPSHOT, run
+
+    runs, name, epochs = tmp_path / "runs", "spot", 3
+    extra = [f"optim.epochs={epochs}", "train.num_workers=1"]
+    args = [f"data={tiny_features}", f"run_dir={runs}", f"name={name}", *TINY, *extra]
+    child = start_killable(["train", *args], ray_session)
+    kill_when(child, lambda: (runs / name / RAY_RUN_SNAPSHOT).exists(), timeout_s=300)
+    assert child.returncode == -signal.SIGKILL
+    before = read_history(str(runs / name))
+    assert 1 <= len(before) < epochs and not (runs / name / "metrics.json").exists()
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    result = run(train_cfg(tiny_features, runs, name, *extra), hooks=RecordAndKill(str(hooks)))
+    trained_again = {
+        int(line.split()[0]) for line in (hooks / "epochs.txt").read_text().split("\n") if line
+    }
+    assert trained_again and min(trained_again) >= 2 and max(trained_again) == epochs
+    assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
+    assert result.history[0] == before[0]
+    assert (runs / name / "metrics.json").exists() and (runs / name / "checkpoint").is_dir()
+
+
 def test_resume_refuses_a_pickle_bearing_checkpoint(trained, tmp_path):
     from knd.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
     from knd.evaluate import run as evaluate

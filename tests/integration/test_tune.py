@@ -3,7 +3,7 @@
 The main experiment is made the hard way: a second driver process (on the session's Ray) runs a
 2-configuration search (test actors 1 and 2 set aside, 2 actor folds over actors 3..8, 2 epochs,
 one trial at a time), is killed with SIGKILL once the first trial has finished and the second has
-checkpointed its first epoch, and ``knd tune resume=...`` finishes it in this process. Every
+checkpointed its first epoch, and the same ``knd tune`` command finishes it in this process. Every
 other check reads that experiment, except ASHA's, which needs a search of its own.
 """
 
@@ -77,7 +77,8 @@ def snapshot(experiment: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def resumed(tiny_features, ray_session, tmp_path_factory):
-    """A search killed after its first finished trial, then resumed with ``resume=PATH``."""
+    """A search killed after its first finished trial, then the same command again (as a job
+    retry runs it): it continues the search, as ``resume=PATH`` does (the same code path)."""
     from knd.tune import run
 
     root = tmp_path_factory.mktemp("tune")
@@ -112,7 +113,7 @@ def resumed(tiny_features, ray_session, tmp_path_factory):
     assert len(done) == 1 and len(started) == 1, state
     before = {t: results_of(str(experiment / f"trial_{t}")) for t in state}
 
-    result = run(load_config("tune", [f"resume={experiment}"]))
+    result = run(load_config("tune", args))
     return SimpleNamespace(
         experiment=experiment,
         result=result,

@@ -65,6 +65,32 @@ def test_a_lease_whose_process_is_gone_or_not_renewed_is_taken_over(tmp_path):
         OutputLease(str(out)).acquire()
 
 
+def test_a_lease_held_on_another_host_is_waited_for_until_stale_unless_it_is_renewed(tmp_path):
+    """A job retried on a new cluster finds the lease of the run it replaces, held elsewhere."""
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+    body = {"token": "x", "pid": 1, "host": "elsewhere", "renewed": time.time()}
+    (out / LEASE).write_text(json.dumps(body))
+    started = time.monotonic()
+    with OutputLease(str(out), stale_after_s=0.5, wait_s=5.0) as lease:
+        lease.check()
+    assert 0.3 < time.monotonic() - started < 5.0
+
+    # A holder that renews while we wait is alive: refused then, not after wait_s.
+    (out / LEASE).write_text(json.dumps(body | {"renewed": time.time()}))
+    renew = threading.Timer(
+        0.3, lambda: (out / LEASE).write_text(json.dumps(body | {"renewed": time.time()}))
+    )
+    renew.start()
+    started = time.monotonic()
+    with pytest.raises(OutputBusyError, match="on elsewhere"):
+        OutputLease(str(out), stale_after_s=600, wait_s=30.0).acquire()
+    assert time.monotonic() - started < 10.0
+    renew.join()
+
+
 def test_missing_shards_and_only_folders_older_than_the_manifest_are_removed(tmp_path):
     out = tmp_path / "out"
     for folder in ("shards-a-1", "shards-a-2", ".tmp-shards-a-3", "shards-a-4"):
