@@ -22,7 +22,7 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class EncoderInfo:
     sample_rate: int
     normalize: bool
     """Standardise each input (zero mean, unit variance), as its feature extractor does."""
+    config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """The whole ``config.json`` (a fine-tuned checkpoint stores it)."""
 
     @property
     def num_states(self) -> int:
@@ -71,6 +73,12 @@ def resolve(name: str) -> str:
     parts = name.split("/")
     if len(parts) != 2 or not all(parts) or name.startswith((".", "~")) or ":" in name:
         raise EncoderError(f"encoder {name}: no such folder (nor a hub id like org/model)")
+    return _hub_snapshot(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_snapshot(name: str) -> str:
+    """The local snapshot of a hub id, asked of the hub once per process (not once per clip)."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -150,6 +158,7 @@ def describe(name: str) -> EncoderInfo:
             num_layers=int(config["num_hidden_layers"]),
             sample_rate=int(pre.get("sampling_rate", DEFAULT_RATE)),
             normalize=bool(pre.get("do_normalize", True)),
+            config=config,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise EncoderError(f"encoder {folder}: config.json lacks {e} of a speech encoder") from None
@@ -193,14 +202,15 @@ def load_pretrained(name: str):
 
 
 @functools.lru_cache(maxsize=2)
-def _frozen(folder: str, device: str):
-    """An encoder loaded once per process and device (a Ray worker or actor keeps it)."""
+def _frozen(folder: str, device: str) -> tuple[object, EncoderInfo]:
+    """An encoder and its description, loaded once per process and device (a Ray worker or
+    actor keeps them for every clip it embeds)."""
     import torch
 
     model = load_pretrained(folder).to(torch.device(device)).eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    return model
+    return model, describe(folder)
 
 
 def standardise(wave, info: EncoderInfo):
@@ -228,8 +238,7 @@ def layer_stats(wave: np.ndarray, sample_rate: int, name: str, device: str = "cp
 
     from knd import audio
 
-    info = describe(name)
-    model = _frozen(info.folder, device)
+    model, info = _frozen(resolve(name), device)
     wave = audio.resample(np.asarray(wave, dtype=np.float32), sample_rate, info.sample_rate)
     if len(wave) < MIN_SAMPLES:  # shorter input gives no frame at all
         wave = np.pad(wave, (0, MIN_SAMPLES - len(wave)))

@@ -149,16 +149,11 @@ def encoder_spec(folder: str) -> dict:
 
     The config rebuilds the architecture when scoring; the weights are in the checkpoint.
     """
-    import json
-    import os
-
     from knd import encoder
 
     info = encoder.describe(folder)
-    with open(os.path.join(info.folder, "config.json")) as f:
-        config = json.load(f)
     return {
-        "encoder_config": config,
+        "encoder_config": info.config,
         "encoder_hash": encoder.folder_hash(info.folder),
         "encoder_normalize": info.normalize,
     }
