@@ -12,16 +12,13 @@ here writes a file: :mod:`knd.report` turns these numbers into files and reports
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassRecall,
-)
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 def metric_collection(num_classes: int, sync: bool = True) -> MetricCollection:
@@ -32,6 +29,17 @@ def metric_collection(num_classes: int, sync: bool = True) -> MetricCollection:
         sync: gather states from every rank on ``compute()`` when ``torch.distributed`` is
             initialised (every rank must then call ``compute()``).
     """
+    # Imported here, not at module level: `import torchmetrics` loads every metric family
+    # (text, image, audio: transformers, torchvision, scipy.signal), ~5 s on 2 cores, which
+    # every Ray worker importing knd.train and every `knd` command paid before doing anything.
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+        MulticlassRecall,
+    )
+
     common = {"num_classes": num_classes, "sync_on_compute": sync}
     return MetricCollection(
         {
