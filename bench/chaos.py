@@ -163,15 +163,17 @@ def prepare_outcome(ref_out: str, out: str) -> dict:
     }
 
 
-def bench_prepare(cluster, audio: str, prefix: str, kill_at: float) -> dict:
+def bench_prepare(cluster, audio: str, prefix: str, kill_at: float, groups: str) -> dict:
     """``knd prepare`` uninterrupted, then with a worker node lost at about ``kill_at``."""
     from knd import storage
     from knd.config import load_config
     from knd.prepare import files_per_task, list_inputs, run, staging_folders
 
+    options = ["batch_size=4", *([f"features.groups=[{groups}]"] if groups else [])]
+
     def cfg(name: str):
         out = storage.join(prefix, name)
-        return load_config("prepare", [f"input={audio}", f"output={out}", "batch_size=4"])
+        return load_config("prepare", [f"input={audio}", f"output={out}", *options])
 
     started = time.perf_counter()
     ref = run(cfg("features-ref"))
@@ -191,7 +193,7 @@ def bench_prepare(cluster, audio: str, prefix: str, kill_at: float) -> dict:
     }
     again_cfg = cfg("features-driver-killed")
     staging = storage.join(again_cfg.output, staging_folders(again_cfg, listing)[0])
-    args = [f"input={audio}", f"output={again_cfg.output}", "batch_size=4"]
+    args = [f"input={audio}", f"output={again_cfg.output}", *options]
     ready = lambda: staged_count(staging, ".done.json") >= kill_at * parts  # noqa: E731
     again, killed_s, rerun_s = with_driver_killed("prepare", args, ready, lambda: run(again_cfg))
     driver_kill = {
@@ -203,7 +205,21 @@ def bench_prepare(cluster, audio: str, prefix: str, kill_at: float) -> dict:
         **prepare_outcome(ref.output, again_cfg.output),
     }
     files = ref.num_rows + ref.num_rejected
-    return {"files": files, "uninterrupted_s": round(ref_s, 1), "node_loss": node_loss}, driver_kill
+    uninterrupted = {
+        "seconds": round(ref_s, 1),
+        "rows": ref.num_rows,
+        "rejected": ref.num_rejected,
+        # Every shard the manifest lists is in the bucket: nothing relied on a node's disk.
+        "shards_listed_missing": sum(
+            not storage.exists(storage.join(ref.output, shard)) for shard in ref.manifest["shards"]
+        ),
+    }
+    return {
+        "files": files,
+        "uninterrupted_s": uninterrupted["seconds"],
+        "uninterrupted": uninterrupted,
+        "node_loss": node_loss,
+    }, driver_kill
 
 
 def score_outcome(ref_out: str, out: str, num_files: int) -> dict:
@@ -294,27 +310,67 @@ class EpochLog:
             f.write(f"{epoch} {rank} {os.getpid()}\n")
 
 
-def bench_train(cluster, audio: str, prefix: str, epochs: int = 3) -> dict:
-    """``knd train`` (2 DDP workers, one per worker node) with a worker node lost once Ray has
-    recorded a checkpoint, and a replacement node added: the run must go on from that checkpoint."""
+def prepare_logmel(audio: str, prefix: str) -> str:
+    """The log-mel features of ``audio`` that the train and tune stages share."""
     from knd import storage
     from knd.config import load_config
     from knd.prepare import run as prepare
+
+    features = storage.join(prefix, "features-logmel")
+    args = [f"input={audio}", f"output={features}", "features.groups=[logmel]"]
+    prepare(load_config("prepare", args))
+    return features
+
+
+def score_trained(checkpoint: str, audio: str, out: str) -> dict:
+    """The trained checkpoint scores the test actor's audio on the cluster (after the loss)."""
+    import io
+
+    import pandas as pd
+
+    from knd import storage
+    from knd.config import load_config
+    from knd.score import run as score
+
+    test_audio = storage.join(audio, "Actor_01")
+    args = [f"checkpoint={checkpoint}", f"input={test_audio}", f"output={out}", "num_actors=2"]
+    result = score(load_config("score", args))
+    rows = pd.read_parquet(io.BytesIO(storage.read_bytes(out)))
+    files = sorted(storage.list_files(test_audio))
+    return {
+        "files": len(files),
+        "rows": len(rows),
+        "errors": int((rows["error"] != "").sum()),
+        "paths_equal_input": sorted(rows["path"]) == files,
+        "failed": result.failed,
+    }
+
+
+def bench_train(
+    cluster, audio: str, features: str, prefix: str, lose_node: bool = True, epochs: int = 3
+) -> dict:
+    """``knd train`` (2 DDP workers, one per worker node), with a worker node lost once Ray has
+    recorded a checkpoint and a replacement node added (the run must go on from that
+    checkpoint), or uninterrupted (``lose_node=False``: the pipeline across nodes). Its
+    checkpoint (on the run's storage) then scores the test actor's audio on the cluster."""
+    from knd import storage
+    from knd.config import load_config
     from knd.report import read_history
     from knd.train import RAY_RUN_SNAPSHOT, run
 
-    features = storage.join(prefix, "features-logmel")
-    prepare(
-        load_config("prepare", [f"input={audio}", f"output={features}", "features.groups=[logmel]"])
-    )
-    run_dir, name = storage.join(prefix, "runs"), "node-lost"
+    run_dir, name = storage.join(prefix, "runs"), "node-lost" if lose_node else "across-nodes"
     args = [f"data={features}", f"run_dir={run_dir}", f"name={name}", "recipe=cpu_small"]
     args += ["model.width=8", "split.test_actors=[1]", "split.val_actors=[]", "wandb.enabled=false"]
     args += [f"optim.epochs={epochs}", "train.num_workers=2", "train.max_failures=2"]
     epoch_log = tempfile.mktemp(prefix="knd-chaos-epochs-")
     snapshot = storage.join(run_dir, name, RAY_RUN_SNAPSHOT)
     work = lambda: run(load_config("train", args), hooks=EpochLog(epoch_log))  # noqa: E731
-    result, seconds, kill = with_node_loss(cluster, work, lambda: storage.exists(snapshot))
+    if lose_node:
+        result, seconds, kill = with_node_loss(cluster, work, lambda: storage.exists(snapshot))
+    else:
+        started = time.perf_counter()
+        result, kill = work(), {"killed": False}
+        seconds = time.perf_counter() - started
     ends = [
         tuple(int(v) for v in line.split()) for line in Path(epoch_log).read_text().splitlines()
     ]
@@ -327,10 +383,16 @@ def bench_train(cluster, audio: str, prefix: str, epochs: int = 3) -> dict:
         "history_epochs": [int(h["epoch"]) for h in history],
         "metrics_epochs": result.metrics.get("epochs") if result else None,
         "metrics_written": storage.exists(storage.join(run_dir, name, "metrics.json")),
+        "checkpoint": result.checkpoint if result else None,
+        "scored": score_trained(
+            result.checkpoint, audio, storage.join(prefix, "scores-trained.parquet")
+        )
+        if result
+        else None,
     }
 
 
-def bench_tune(cluster, audio: str, prefix: str) -> dict:
+def bench_tune(cluster, features: str, prefix: str) -> dict:
     """``knd tune`` (two trials at once, one per worker node) with a worker node lost once a trial
     has checkpointed an epoch: its trial must go on from that checkpoint, and analyse must read
     the finished experiment."""
@@ -340,13 +402,8 @@ def bench_tune(cluster, audio: str, prefix: str) -> dict:
     from knd.analyse import run as analyse
     from knd.config import load_config
     from knd.experiment import load_experiment
-    from knd.prepare import run as prepare
     from knd.tune import run
 
-    features = storage.join(prefix, "features-tune")
-    prepare(
-        load_config("prepare", [f"input={audio}", f"output={features}", "features.groups=[logmel]"])
-    )
     space = Path(tempfile.mkdtemp(prefix="knd-chaos-tune-")) / "space.yaml"
     fixed = {"model.width": 8, "optim.batch_size": 16, "optim.warmup_epochs": 0}
     space.write_text(yaml.safe_dump(fixed | {"optim.lr": {"grid": [3.0e-3, 1.0e-3]}}))
@@ -385,14 +442,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", help="where everything is written (default: a temp folder)")
     parser.add_argument("--kill-at", type=float, default=0.5, help="share of work staged first")
     parser.add_argument("--out", default=str(RESULTS), help="results JSON ('-': none)")
-    parser.add_argument("--stages", default="prepare,score", help="prepare,score,train,tune")
+    parser.add_argument(
+        "--stages",
+        default="prepare,score",
+        help="prepare,score,train,tune (node lost in each); pipeline: train then score, no loss",
+    )
+    parser.add_argument(
+        "--groups", default="", help="prepare's feature groups, e.g. logmel (default: shipped)"
+    )
     args = parser.parse_args(argv)
 
     import ray
     from ray.cluster_utils import Cluster
 
+    from knd import storage
+
     prefix = args.prefix or tempfile.mkdtemp(prefix="knd-chaos-")
-    audio = write_corpus(prefix, args.actors)
+    stages = args.stages.split(",")
+    audio = write_corpus(prefix, args.actors) if {"prepare", "score"} & set(stages) else None
+    # Train tests actor 1 and trains on 2 and 3; tune holds out 1 and folds 2 and 3.
+    learning = {"train", "tune", "pipeline"} & set(stages)
+    learning_audio = write_corpus(storage.join(prefix, "learn"), 3) if learning else None
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         for _ in range(2):
@@ -406,17 +476,23 @@ def main(argv: list[str] | None = None) -> int:
             "nodes": "head (0 CPU, driver) + 2 workers (1 CPU each); one worker killed, one added",
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }
-        stages = args.stages.split(",")
         if "prepare" in stages:
-            results["prepare"], prepare_driver = bench_prepare(cluster, audio, prefix, args.kill_at)
+            results["prepare"], prepare_driver = bench_prepare(
+                cluster, audio, prefix, args.kill_at, args.groups
+            )
             results.setdefault("driver_kill", {})["prepare"] = prepare_driver
         if "score" in stages:
             results["score"], score_driver = bench_score(cluster, audio, prefix, args.kill_at)
             results.setdefault("driver_kill", {})["score"] = score_driver
+        features = prepare_logmel(learning_audio, prefix) if learning else None
+        if "pipeline" in stages:
+            results["pipeline"] = bench_train(
+                cluster, learning_audio, features, prefix, lose_node=False
+            )
         if "train" in stages:
-            results["train"] = bench_train(cluster, audio, prefix)
+            results["train"] = bench_train(cluster, learning_audio, features, prefix)
         if "tune" in stages:
-            results["tune"] = bench_tune(cluster, audio, prefix)
+            results["tune"] = bench_tune(cluster, features, prefix)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -85,12 +85,15 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_features(tiny_corpus, ray_session, tmp_path_factory):
-    """``tiny_corpus`` prepared by ``knd.prepare.run`` with the shipped feature parameters."""
+    """``tiny_corpus`` prepared by ``knd.prepare.run``: the shipped log-mel parameters, and the
+    log-mel group alone (what every model its users train reads; the prosody and eGeMAPS groups
+    are prepared and checked by test_feature_groups and test_prepare)."""
     from knd.config import load_config
     from knd.prepare import run
 
     out = tmp_path_factory.mktemp("tiny_features")
-    result = run(load_config("prepare", [f"input={tiny_corpus}", f"output={out}"]))
+    args = [f"input={tiny_corpus}", f"output={out}", "features.groups=[logmel]"]
+    result = run(load_config("prepare", args))
     assert result.exit_code == 0 and result.num_rejected == 0, result
     return str(out)
 

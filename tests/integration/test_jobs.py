@@ -132,7 +132,7 @@ def test_prepare_then_train_jobs_write_their_artefacts(cluster, tiny_corpus, tmp
             shutil.copyfile(path, target)
             clips.append(str(target))
 
-    # Log-mel alone (the job's mechanics; test_multinode prepares every group on a cluster).
+    # Log-mel alone: the job's mechanics (test_prepare prepares every group on Ray).
     prepare = ["jobs/prepare.py", f"input={corpus}", f"output={features}"]
     prepare.append("features.groups=[logmel]")
     status, logs = run_job(cluster, prepare)
