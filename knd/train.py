@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,38 +349,123 @@ def _train_epoch(
 
 @dataclass(frozen=True)
 class SplitData:
-    """The prepared features of one run, split by actor into Ray Datasets."""
+    """The prepared features of one run, split by actor, then into equal shares per rank."""
 
     manifest: dict
     split: ActorSplit
-    train: Any
+    shards: list[Any]
+    """One Ray Dataset per rank, with ``rows_per_worker`` rows each."""
     val: Any | None
+    rows_per_worker: int
+    in_memory: bool
+    """Whether a worker's share fits in memory (it then reads it once, not every epoch)."""
+    train_batches: Callable[[], Iterable[dict]]
+    """Batches of every training row (``{column: array}``), for the normalisation statistics."""
     num_train_rows: int
 
 
+def _row_bytes(manifest: dict, groups: tuple[str, ...]) -> int:
+    return sum(
+        int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+        for group, spec in manifest_groups(manifest).items()
+        if group in groups
+    )
+
+
+def _arrow_dataset(columns: dict[str, np.ndarray], rows: np.ndarray) -> Any:
+    """``rows`` of numpy columns as a Ray Dataset of blocks put by this process (the driver)."""
+    import pyarrow as pa
+    import ray
+    from ray.data.extensions import ArrowTensorArray
+
+    def arrow(values: np.ndarray) -> Any:
+        return ArrowTensorArray.from_numpy(values) if values.ndim > 1 else pa.array(values)
+
+    blocks = [
+        pa.table({name: arrow(values[rows[i : i + 4096]]) for name, values in columns.items()})
+        for i in range(0, len(rows), 4096)
+    ]
+    return ray.data.from_arrow(blocks)
+
+
+def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
+    """Shares that fit in memory, read here and put into the object store by the driver.
+
+    Blocks the driver puts live on its node and need no task to rebuild: a worker node lost
+    mid-run takes none of them with it, and the restarted worker group reads them again. Blocks
+    made by Ray Data's tasks (a materialised read) lived on the worker nodes, and rebuilding
+    them needs a CPU that the restarted training workers hold: it waited for ever.
+    """
+    from knd.dataset import load_features
+
+    groups, world = cfg.model.inputs, cfg.train.num_workers
+    table = load_features(cfg.data, actors=split.train, groups=groups)
+    columns = {group_column(g): table.inputs()[g] for g in groups}
+    columns |= {"emotion": table.emotion, "actor": table.actor}
+    # Rank r takes every world-th clip in path order: equal, and the same on every run.
+    order = np.argsort(table.path, kind="stable")
+    per_rank = len(order) // world
+    if per_rank < 1:
+        raise ValueError(
+            f"{len(order)} training clips (actors {list(split.train)}) cannot feed {world} "
+            "workers: lower train.num_workers"
+        )
+    shards = [_arrow_dataset(columns, order[r::world][:per_rank]) for r in range(world)]
+    val = None
+    if split.val:
+        held = load_features(cfg.data, actors=split.val, groups=groups)
+        val_columns = {group_column(g): held.inputs()[g] for g in groups}
+        val_columns |= {"emotion": held.emotion, "path": held.path}
+        val = _arrow_dataset(val_columns, np.arange(len(held.path)))
+
+    def train_batches() -> Iterable[dict]:
+        for i in range(0, len(order), STREAM_BATCH):
+            yield {name: values[i : i + STREAM_BATCH] for name, values in columns.items()}
+
+    return SplitData(manifest, split, shards, val, per_rank, True, train_batches, len(table.path))
+
+
+def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
+    """Shares too large for memory: materialised by Ray Data once, split equally, streamed."""
+    from knd.dataset import read_features
+
+    groups, world = cfg.model.inputs, cfg.train.num_workers
+    columns = [*(group_column(g) for g in groups), "emotion", "actor"]
+
+    def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
+        ds = read_features(cfg.data, actors=actors, groups=groups)[0]
+        return ds.select_columns([*columns, *extra]).materialize()
+
+    train = rows_of(split.train)
+    val = rows_of(split.val, ("path",)) if split.val else None
+    shards = train.split(world, equal=True) if world > 1 else [train]
+    rows = shards[0].count()
+    batches = lambda: train.iter_batches(batch_size=STREAM_BATCH)  # noqa: E731
+    return SplitData(manifest, split, shards, val, rows, False, batches, train.count())
+
+
 def load_split(cfg: TrainConfig) -> SplitData:
-    """Read the features, split them by actor and materialise the training and validation sets.
+    """Read the features, split them by actor, and share the training rows equally by rank.
+
+    Each rank keeps one fixed share rather than Ray Train's per-epoch streaming_split (3-5 s
+    before each epoch's first batch on 2 cores, more than a small epoch's compute); it
+    reshuffles its share every epoch, and DDP averages across shares.
 
     Raises:
         ValueError: no prepared features, or a split that does not fit the corpus.
     """
     from knd.dataset import manifest_actors, read_features
 
-    groups = cfg.model.inputs
-    _, manifest = read_features(cfg.data, groups=groups)
+    _, manifest = read_features(cfg.data, groups=cfg.model.inputs)
     split = split_actors(
         cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
     )
-    columns = [*(group_column(g) for g in groups), "emotion", "actor"]
-
-    def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
-        ds = read_features(cfg.data, actors=actors, groups=groups)[0]
-        # Materialised once: the workers then read the object store, not Parquet.
-        return ds.select_columns([*columns, *extra]).materialize()
-
-    train = rows_of(split.train)
-    val = rows_of(split.val, ("path",)) if split.val else None
-    return SplitData(manifest, split, train, val, train.count())
+    counts = manifest.get("rows_per_actor", {})
+    num_train = sum(int(counts.get(str(a), 0)) for a in split.train)
+    share_bytes = num_train // cfg.train.num_workers * _row_bytes(manifest, cfg.model.inputs)
+    if share_bytes <= IN_MEMORY_BYTES:
+        return _held_by_driver(cfg, manifest, split)
+    return _streamed(cfg, manifest, split)
 
 
 def _copy_checkpoint(checkpoint: Any, dest: str) -> None:
@@ -457,18 +543,9 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
     from ray.train.torch import TorchTrainer
 
     world = cfg.train.num_workers
-    # Equal shards, split once here rather than by Ray Train's per-epoch streaming_split: that
-    # cost 3-5 s before each epoch's first batch (measured on 2 cores), more than a small
-    # epoch's compute. Each rank reshuffles its shard every epoch; DDP averages across shards.
-    shards = data.train.split(world, equal=True) if world > 1 else [data.train]
-    rows_per_worker = shards[0].count()
+    rows_per_worker = data.rows_per_worker
     local_batch = max(1, min(cfg.optim.batch_size // world, rows_per_worker))
-    row_bytes = sum(
-        int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
-        for group, spec in manifest_groups(data.manifest).items()
-        if group in cfg.model.inputs
-    )
-    datasets = {f"train_{r}": shard for r, shard in enumerate(shards)}
+    datasets = {f"train_{r}": shard for r, shard in enumerate(data.shards)}
     if data.val is not None:
         datasets["val"] = data.val
     fs, storage_path = storage.resolve(run["root"])
@@ -480,7 +557,7 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
             "meta": meta,
             "rows_per_worker": rows_per_worker,
             "local_batch": local_batch,
-            "in_memory": rows_per_worker * row_bytes <= IN_MEMORY_BYTES,
+            "in_memory": data.in_memory,
             "groups": list(cfg.model.inputs),
             "has_val": has_val,
             **run,
@@ -526,7 +603,7 @@ def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
     if resumed is not None:
         norm = norm_stats(resumed)
     else:
-        norm = group_stats(lambda: data.train.iter_batches(batch_size=256), cfg.model.inputs)
+        norm = group_stats(data.train_batches, cfg.model.inputs)
     parts = {"train": split.train, "val": split.val, "test": split.test}
     return make_meta(cfg, data.manifest, norm, parts, run=name)
 
