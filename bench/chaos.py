@@ -115,9 +115,12 @@ def with_node_loss(cluster, work, ready) -> tuple[object, float, dict]:
     return box.get("result"), time.perf_counter() - started, kill
 
 
-def with_driver_killed(stage: str, args: list[str], ready, rerun) -> tuple[object, float, float]:
-    """``(rerun result, killed run's seconds, rerun's seconds)``: a real ``knd <stage>`` process
-    joined to the cluster is SIGKILLed once ``ready()`` holds, then ``rerun()`` runs the same."""
+def with_driver_killed(
+    stage: str, args: list[str], ready, rerun, uninterrupted_s: float
+) -> tuple[object, dict]:
+    """``(rerun result, timings)``: a real ``knd <stage>`` process joined to the cluster is
+    SIGKILLed once ``ready()`` holds, then ``rerun()`` runs the same; the timings are both runs'
+    seconds and their total over ``uninterrupted_s``."""
     import signal
     import subprocess
 
@@ -135,7 +138,12 @@ def with_driver_killed(stage: str, args: list[str], ready, rerun) -> tuple[objec
     killed_s = time.perf_counter() - started
     started = time.perf_counter()
     result = rerun()
-    return result, killed_s, time.perf_counter() - started
+    rerun_s = time.perf_counter() - started
+    return result, {
+        "killed_run_s": round(killed_s, 1),
+        "rerun_s": round(rerun_s, 1),
+        "time_ratio": round((killed_s + rerun_s) / uninterrupted_s, 2),
+    }
 
 
 def prepare_outcome(ref_out: str, out: str) -> dict:
@@ -195,11 +203,9 @@ def bench_prepare(cluster, audio: str, prefix: str, kill_at: float, groups: str)
     staging = storage.join(again_cfg.output, staging_folders(again_cfg, listing)[0])
     args = [f"input={audio}", f"output={again_cfg.output}", *options]
     ready = lambda: staged_count(staging, ".done.json") >= kill_at * parts  # noqa: E731
-    again, killed_s, rerun_s = with_driver_killed("prepare", args, ready, lambda: run(again_cfg))
+    again, timings = with_driver_killed("prepare", args, ready, lambda: run(again_cfg), ref_s)
     driver_kill = {
-        "killed_run_s": round(killed_s, 1),
-        "rerun_s": round(rerun_s, 1),
-        "time_ratio": round((killed_s + rerun_s) / ref_s, 2),
+        **timings,
         "files_reused": again.num_reused,
         "files_decoded_by_rerun": again.num_rows - again.num_reused,
         **prepare_outcome(ref.output, again_cfg.output),
@@ -282,11 +288,9 @@ def bench_score(cluster, audio: str, prefix: str, kill_at: float) -> dict:
     args = [f"{k}={v}" for k, v in (("checkpoint", checkpoint), ("input", audio))]
     args += [f"output={again_cfg.output}", "num_actors=2"]
     ready = lambda: staged_chunks(prefix, name) >= kill_at * chunks  # noqa: E731
-    again, killed_s, rerun_s = with_driver_killed("score", args, ready, lambda: run(again_cfg))
+    again, timings = with_driver_killed("score", args, ready, lambda: run(again_cfg), ref_s)
     driver_kill = {
-        "killed_run_s": round(killed_s, 1),
-        "rerun_s": round(rerun_s, 1),
-        "time_ratio": round((killed_s + rerun_s) / ref_s, 2),
+        **timings,
         "files_reused": again.resumed,
         "files_scored_by_rerun": again.num_files - again.resumed,
         **score_outcome(ref.output, again.output, len(paths)),

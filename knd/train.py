@@ -399,9 +399,14 @@ def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> Spli
     from knd.dataset import load_features
 
     groups, world = cfg.model.inputs, cfg.train.num_workers
-    table = load_features(cfg.data, actors=split.train, groups=groups)
-    columns = {group_column(g): table.inputs()[g] for g in groups}
-    columns |= {"emotion": table.emotion, "actor": table.actor}
+
+    def columns_of(actors: tuple[int, ...], extra: str) -> tuple[dict[str, np.ndarray], Any]:
+        table = load_features(cfg.data, actors=actors, groups=groups)
+        inputs = table.inputs()
+        named = {group_column(g): inputs[g] for g in groups}
+        return named | {"emotion": table.emotion, extra: getattr(table, extra)}, table
+
+    columns, table = columns_of(split.train, "actor")
     # Rank r takes every world-th clip in path order: equal, and the same on every run.
     order = np.argsort(table.path, kind="stable")
     per_rank = len(order) // world
@@ -413,9 +418,7 @@ def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> Spli
     shards = [_arrow_dataset(columns, order[r::world][:per_rank]) for r in range(world)]
     val = None
     if split.val:
-        held = load_features(cfg.data, actors=split.val, groups=groups)
-        val_columns = {group_column(g): held.inputs()[g] for g in groups}
-        val_columns |= {"emotion": held.emotion, "path": held.path}
+        val_columns, held = columns_of(split.val, "path")
         val = _arrow_dataset(val_columns, np.arange(len(held.path)))
 
     def train_batches() -> Iterable[dict]:
