@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/chaos.py --actors 2                   # 120 files, local paths
     .venv/bin/python bench/chaos.py --actors 1 --prefix s3://BUCKET/chaos --out -   # the test's run
+    .venv/bin/python bench/chaos.py --actors 24 --seeds 10 --groups logmel \
+        --out bench/results/chaos_10x_logmel.json                   # the 10x corpus: 14,400 files
 
 A head with no CPU (it holds the driver) and two worker nodes of one CPU each, made with
 ``ray.cluster_utils.Cluster`` in this process. For ``knd prepare`` and then ``knd score``: once
@@ -36,13 +38,20 @@ os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
 RESULTS = Path(__file__).resolve().parent / "results" / "chaos.json"
 
 
-def write_corpus(prefix: str, actors: int) -> str:
-    """``knd synth``'s corpus of ``actors`` actors under ``prefix/audio`` (uploaded if s3://)."""
+def write_corpus(prefix: str, actors: int, seeds: int = 1) -> str:
+    """``knd synth``'s corpus of ``actors`` actors under ``prefix/audio`` (uploaded if s3://);
+    with ``seeds`` > 1, one corpus per seed in ``audio/seed-K`` (the 10x corpus is 10 seeds)."""
     from knd import storage
     from knd.synth import write_corpus as synth
 
     with tempfile.TemporaryDirectory() as scratch:
-        synth(scratch, actors=actors, seed=0, progress=False)
+        for seed in range(seeds):
+            synth(
+                os.path.join(scratch, f"seed-{seed}") if seeds > 1 else scratch,
+                actors,
+                seed,
+                progress=False,
+            )
         for path in storage.list_files(scratch):
             rel = os.path.relpath(path, scratch)
             storage.write_bytes(storage.join(prefix, "audio", rel), Path(path).read_bytes())
@@ -415,6 +424,8 @@ def bench_tune(cluster, features: str, prefix: str) -> dict:
     experiment = storage.join(storage_path, name)
     args = [f"data={features}", f"space={space}", "test_actors=[1]", "folds=2", "num_samples=1"]
     args += [f"storage_path={storage_path}", f"name={name}", "max_epochs=3", "max_concurrent=2"]
+    # The search is what a node loss interrupts; the retrain of its winner is test_tune's.
+    args.append("retrain_best=false")
 
     def ready() -> bool:  # a trial has uploaded a checkpoint
         return storage.exists(experiment) and any(
@@ -443,6 +454,7 @@ def bench_tune(cluster, features: str, prefix: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--actors", type=int, default=2, help="synthetic actors (60 files each)")
+    parser.add_argument("--seeds", type=int, default=1, help="synth seeds (10: the 10x corpus)")
     parser.add_argument("--prefix", help="where everything is written (default: a temp folder)")
     parser.add_argument("--kill-at", type=float, default=0.5, help="share of work staged first")
     parser.add_argument("--out", default=str(RESULTS), help="results JSON ('-': none)")
@@ -463,7 +475,11 @@ def main(argv: list[str] | None = None) -> int:
 
     prefix = args.prefix or tempfile.mkdtemp(prefix="knd-chaos-")
     stages = args.stages.split(",")
-    audio = write_corpus(prefix, args.actors) if {"prepare", "score"} & set(stages) else None
+    audio = (
+        write_corpus(prefix, args.actors, args.seeds)
+        if {"prepare", "score"} & set(stages)
+        else None
+    )
     # Train tests actor 1 and trains on 2 and 3; tune holds out 1 and folds 2 and 3.
     learning = {"train", "tune", "pipeline"} & set(stages)
     learning_audio = write_corpus(storage.join(prefix, "learn"), 3) if learning else None
