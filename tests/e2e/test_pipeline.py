@@ -46,7 +46,7 @@ def test_every_command_in_sequence(tmp_path):
     knd(
         "train", f"data={features}", f"run_dir={runs}", "name=e2e", "ray.num_cpus=2",
         "split.test_actors=[1]", "split.val_actors=[2]", "optim.epochs=1",
-        "model.width=8", "train.num_workers=2",
+        "model.width=8", "train.num_workers=1",  # DDP over 2 ranks: test_train's shared run
     )  # fmt: skip
     run = runs / "e2e"
     metrics = json.loads((run / "metrics.json").read_text())

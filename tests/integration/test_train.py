@@ -4,7 +4,9 @@ One training run is made the hard way and shared by most tests: 2 DDP workers (g
 1 and 2, validation actor 3; a hook records the actors of every training batch and SIGKILLs one
 worker process once, in epoch 3, so Ray Train must restart the worker group from the epoch-2
 checkpoint. Every check of learning, leakage, recovery, resuming and evaluation reads that run.
-"""
+A second run (``spot``) is the default recipe's shape, no validation group, as a ``knd train``
+process SIGKILLed after its first checkpoint and rerun: the driver-loss and no-validation checks
+read it. (Each Ray Train run costs 15-20 s of start-up and teardown on 2 cores: runs are shared.)"""
 
 from __future__ import annotations
 
@@ -229,36 +231,54 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
         )
 
 
-@pytest.mark.slow
-def test_a_killed_driver_reruns_into_the_same_run_and_continues_its_epochs(
-    tiny_features, ray_session, tmp_path
-):
-    """SIGKILL a real ``knd train`` once Ray has recorded a checkpoint; the same command (same
-    run_dir and name) continues from it instead of starting again."""
+# The default recipe's shape: no validation speaker, a one-cycle schedule, the last epoch kept.
+NO_VALIDATION = [
+    "recipe=plain_cnn", "split.val_actors=[]", "optim.schedule=onecycle", "train.num_workers=1",
+    "train.num_to_keep=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def spot(tiny_features, ray_session, tmp_path_factory):
+    """A real ``knd train`` of the no-validation recipe, SIGKILLed once Ray has recorded a
+    checkpoint (after epoch 1 of 2, as a spot reclaim would), then the same command (same run_dir
+    and name) run again in this process with hooks that record the epochs it trains."""
     from killing import kill_when, start_killable
 
     from knd.report import read_history
     from knd.train import RAY_RUN_SNAPSHOT, run
 
-    runs, name, epochs = tmp_path / "runs", "spot", 2  # killed after epoch 1, rerun does 2
-    extra = [f"optim.epochs={epochs}", "train.num_workers=1"]
+    root = tmp_path_factory.mktemp("spot")
+    runs, name, epochs = root / "runs", "spot", 2
+    extra = [*NO_VALIDATION, f"optim.epochs={epochs}"]
     args = [f"data={tiny_features}", f"run_dir={runs}", f"name={name}", *TINY, *extra]
     child = start_killable(["train", *args], ray_session)
     kill_when(child, lambda: (runs / name / RAY_RUN_SNAPSHOT).exists(), timeout_s=300)
-    assert child.returncode == -signal.SIGKILL
     before = read_history(str(runs / name))
-    assert 1 <= len(before) < epochs and not (runs / name / "metrics.json").exists()
-
-    hooks = tmp_path / "hooks"
+    metrics_before_rerun = (runs / name / "metrics.json").exists()
+    hooks = root / "hooks"
     hooks.mkdir()
     result = run(train_cfg(tiny_features, runs, name, *extra), hooks=RecordAndKill(str(hooks)))
     trained_again = {
         int(line.split()[0]) for line in (hooks / "epochs.txt").read_text().split("\n") if line
     }
-    assert trained_again and min(trained_again) >= 2 and max(trained_again) == epochs
-    assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
-    assert result.history[0] == before[0]
-    assert (runs / name / "metrics.json").exists() and (runs / name / "checkpoint").is_dir()
+    return SimpleNamespace(
+        returncode=child.returncode, before=before, metrics_before_rerun=metrics_before_rerun,
+        result=result, trained_again=trained_again, epochs=epochs, run=runs / name,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_killed_driver_reruns_into_the_same_run_and_continues_its_epochs(spot):
+    """The killed ``knd train`` left a checkpoint and no report; its rerun continued from it
+    instead of starting again."""
+    assert spot.returncode == -signal.SIGKILL
+    assert 1 <= len(spot.before) < spot.epochs and not spot.metrics_before_rerun
+    assert spot.trained_again and min(spot.trained_again) >= 2
+    assert max(spot.trained_again) == spot.epochs
+    assert [h["epoch"] for h in spot.result.history] == list(range(1, spot.epochs + 1))
+    assert spot.result.history[0] == spot.before[0]
+    assert (spot.run / "metrics.json").exists() and (spot.run / "checkpoint").is_dir()
 
 
 def test_resume_refuses_a_pickle_bearing_checkpoint(trained, tmp_path):
@@ -387,18 +407,12 @@ def test_metrics_synced_over_two_gloo_ranks_equal_one_process(trained, tmp_path)
         assert synced == one
 
 
-def test_without_a_validation_group_every_non_test_actor_trains_and_the_last_epoch_is_kept(
-    tiny_features, tmp_path
-):
-    """``split.val_actors=[]`` (the default recipe): no speaker is spent on model selection."""
+def test_without_a_validation_group_every_non_test_actor_trains_and_the_last_epoch_is_kept(spot):
+    """``split.val_actors=[]`` (the default recipe): no speaker is spent on model selection; the
+    one-cycle schedule went on across the driver's death (the run above)."""
     from knd.checkpoint import load_meta
-    from knd.train import run
 
-    cfg = train_cfg(
-        tiny_features, tmp_path / "runs", "noval", "recipe=plain_cnn", "split.val_actors=[]",
-        "optim.epochs=2", "optim.schedule=onecycle", "train.num_workers=1", "train.num_to_keep=1",
-    )  # fmt: skip
-    result = run(cfg)
+    result = spot.result
     report = result.metrics
     assert report["train_actors"] == [3, 4, 5, 6, 7, 8] and report["val_actors"] == []
     assert report["val"] is None and report["test"]["n"] == 120

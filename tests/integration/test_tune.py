@@ -218,27 +218,19 @@ def test_analyse_writes_every_file(resumed, analysis):
     ).read_text()
 
 
-def test_best_config_trains(resumed, analysis, tiny_features, tmp_path):
-    from knd.train import run
+def test_best_config_is_the_train_config_of_the_best_trial(resumed, analysis, tiny_features):
+    """``knd train config=best_config.yaml`` trains what the best trial trained: every searched
+    value, the tune's fixed values and its test actors. (Training itself from such a config is
+    every other train test; tune's own retrain of that configuration is checked above.)"""
+    from functools import reduce
 
     best = str(Path(analysis.out) / "best_config.yaml")
-    cfg = load_config(
-        "train",
-        [
-            f"data={tiny_features}",
-            f"config={best}",
-            f"run_dir={tmp_path}",
-            "optim.epochs=1",
-            "train.num_workers=1",
-            "wandb.enabled=false",
-        ],
-    )
+    cfg = load_config("train", [f"data={tiny_features}", f"config={best}"])
     params = json.loads((resumed.experiment / "best_result.json").read_text())["params"]
-    assert cfg.optim.lr == pytest.approx(params["optim.lr"]) and cfg.model.width == 8
+    assert "optim.lr" in params
+    for key, value in (TINY | params).items():  # a dotted key names a field of the train config
+        assert reduce(getattr, key.split("."), cfg) == pytest.approx(value), key
     assert list(cfg.split.test_actors) == TEST_ACTORS
-    result = run(cfg)
-    assert result.exit_code == 0
-    assert Path(result.checkpoint, "model.pt").exists()
 
 
 def test_asha_stops_a_hopeless_trial_on_s3(tiny_features, ray_session, s3_server, tmp_path):
