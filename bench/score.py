@@ -84,12 +84,12 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
 def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) -> dict:
     """The plain loop: the same per-file functions and the same model code, one process."""
     from knd.checkpoint import load_meta
-    from knd.features import stored_params
-    from knd.score import Scorer, file_windows
+    from knd.score import Scorer, file_windows, scoring_params
 
     started = time.perf_counter()
     meta = load_meta(checkpoint)
-    params = stored_params(meta["feature_params"])
+    # The groups the model reads, as knd score computes them (not every group prepare stored).
+    params = scoring_params(meta, checkpoint)
     hop = load_config("score", ["checkpoint=x", "input=x", "output=x.csv"]).window_hop_seconds
     scorer = Scorer(checkpoint, use_gpu=use_gpu)
     stored = np.dtype(params.dtype)

@@ -16,15 +16,18 @@ import io
 import json
 import math
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from knd import storage
 from knd.config import TrainConfig
-from knd.models import build_from_spec, unwrap
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+# torch is imported where tensors are read or written: a driver that only reads meta.json (knd
+# score's, before its actors start) does not pay torch's import (about 3 s on 2 cores).
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -114,6 +117,8 @@ def model_groups(meta: dict) -> dict[str, str | None]:
 
 
 def _tensor_bytes(obj: Any) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -133,6 +138,8 @@ def save_checkpoint(
         meta: JSON-serialisable description (see the module docstring).
         train_state: optimiser state, epoch, step... (tensors, numbers, strings, lists, dicts).
     """
+    from knd.models import unwrap
+
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     storage.write_bytes(storage.join(folder, MODEL_FILE), _tensor_bytes(state))
     if train_state is not None:
@@ -148,6 +155,8 @@ def load_tensors(uri: str, device: str | torch.device = "cpu") -> Any:
         ValueError: the file holds anything but tensors and plain containers (e.g. a pickled
             object whose unpickling would run code), or is not a torch file at all.
     """
+    import torch
+
     if not storage.exists(uri):
         raise FileNotFoundError(f"checkpoint file not found: {uri}")
     data = storage.read_bytes(uri)
@@ -322,12 +331,12 @@ def _groups_problem(meta: dict) -> str | None:
 
 
 def _encoder_problem(model: dict) -> str | None:
-    from knd.heads import encoder_config_problem
-
     layer = model.get("layer", -1)
     if not (_is_int(layer) and -1 <= layer <= 1000):
         return f"model.layer: expected an integer in -1..1000, got {layer!r}"
     if model["name"] == "encoder_finetune":
+        from knd.heads import encoder_config_problem  # torch: only for a fine-tuned encoder
+
         return encoder_config_problem(model.get("encoder_config"))
     return None
 
@@ -342,6 +351,8 @@ def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
         FileNotFoundError: the folder lacks ``meta.json`` or ``model.pt``.
         ValueError: ``model.pt`` is not a plain state dict or does not fit the described model.
     """
+    from knd.models import build_from_spec
+
     meta = load_meta(folder)
     spec = meta["model"]
     try:

@@ -82,3 +82,18 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     assert found == {"knd.train", "knd.score", "knd.tune"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_score_driver_and_the_retry_ledger_import_no_torch():
+    """Importing torch costs about 3 s on 2 cores: ``knd score``'s driver (which reads a
+    checkpoint's ``meta.json`` and aggregates rows) and the ledger actor's process need none of it;
+    only the scoring actors do. A module-level ``import torch`` on their path puts it back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, knd.cli, knd.score, knd.checkpoint, knd.retry\n"
+        "print(sorted(m for m in ('torch', 'torchaudio', 'torchvision') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
