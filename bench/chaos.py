@@ -39,23 +39,16 @@ RESULTS = Path(__file__).resolve().parent / "results" / "chaos.json"
 
 
 def write_corpus(prefix: str, actors: int, seeds: int = 1) -> str:
-    """``knd synth``'s corpus of ``actors`` actors under ``prefix/audio`` (uploaded if s3://);
-    with ``seeds`` > 1, one corpus per seed in ``audio/seed-K`` (the 10x corpus is 10 seeds)."""
+    """``knd synth``'s corpus of ``actors`` actors under ``prefix/audio`` (local or s3://); with
+    ``seeds`` > 1, one corpus per seed in ``audio/seed-K`` (the 10x corpus is 10 seeds)."""
     from knd import storage
     from knd.synth import write_corpus as synth
 
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(seeds):
-            synth(
-                os.path.join(scratch, f"seed-{seed}") if seeds > 1 else scratch,
-                actors,
-                seed,
-                progress=False,
-            )
-        for path in storage.list_files(scratch):
-            rel = os.path.relpath(path, scratch)
-            storage.write_bytes(storage.join(prefix, "audio", rel), Path(path).read_bytes())
-    return storage.join(prefix, "audio")
+    audio = storage.join(prefix, "audio")
+    for seed in range(seeds):
+        out = storage.join(audio, f"seed-{seed}") if seeds > 1 else audio
+        synth(out, actors, seed, progress=False)  # writes s3:// itself: no scratch copy
+    return audio
 
 
 def staged_count(folder: str, suffix: str) -> int:
