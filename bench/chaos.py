@@ -41,8 +41,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "chaos.json"
 def write_corpus(prefix: str, actors: int, seeds: int = 1) -> str:
     """``knd synth``'s corpus of ``actors`` actors under ``prefix/audio`` (local or s3://); with
     ``seeds`` > 1, one corpus per seed in ``audio/seed-K`` (the 10x corpus is 10 seeds)."""
-    from knd import storage
-    from knd.synth import write_corpus as synth
+    from knd.data import storage
+    from knd.stages.synth import write_corpus as synth
 
     audio = storage.join(prefix, "audio")
     for seed in range(seeds):
@@ -55,7 +55,7 @@ def staged_count(folder: str, suffix: str) -> int:
     """Files ending in ``suffix`` directly in ``folder`` (0 while it does not exist)."""
     import pyarrow.fs as pafs
 
-    from knd import storage
+    from knd.data import storage
 
     fs, path = storage.resolve(folder)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -66,7 +66,7 @@ def staged_chunks(parent: str, output_name: str) -> int:
     """Chunks ``knd score`` has staged for ``parent/output_name`` (in its hidden folder)."""
     import pyarrow.fs as pafs
 
-    from knd import storage
+    from knd.data import storage
 
     fs, path = storage.resolve(parent)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -152,8 +152,8 @@ def prepare_outcome(ref_out: str, out: str) -> dict:
     """Rows lost and duplicated against the uninterrupted output; equal rows; unlisted files."""
     import numpy as np
 
-    from knd import storage
-    from knd.dataset import load_features
+    from knd.data import storage
+    from knd.data.shards import load_features
 
     ref, got = load_features(ref_out), load_features(out)
     paths = list(got.path)
@@ -175,9 +175,9 @@ def prepare_outcome(ref_out: str, out: str) -> dict:
 
 def bench_prepare(cluster, audio: str, prefix: str, kill_at: float, groups: str) -> dict:
     """``knd prepare`` uninterrupted, then with a worker node lost at about ``kill_at``."""
-    from knd import storage
     from knd.config import load_config
-    from knd.prepare import files_per_task, list_inputs, run, staging_folders
+    from knd.data import storage
+    from knd.stages.prepare import files_per_task, list_inputs, run, staging_folders
 
     options = ["batch_size=4", *([f"features.groups=[{groups}]"] if groups else [])]
 
@@ -237,7 +237,7 @@ def score_outcome(ref_out: str, out: str, num_files: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from knd import storage
+    from knd.data import storage
 
     ref = pd.read_parquet(io.BytesIO(storage.read_bytes(ref_out))).sort_values("path")
     got = pd.read_parquet(io.BytesIO(storage.read_bytes(out))).sort_values("path")
@@ -254,9 +254,9 @@ def score_outcome(ref_out: str, out: str, num_files: int) -> dict:
 
 def bench_score(cluster, audio: str, prefix: str, kill_at: float) -> dict:
     """``knd score`` uninterrupted, then with a worker node lost at about ``kill_at``."""
-    from knd import storage
     from knd.config import load_config
-    from knd.score import FILES_PER_TASK, run
+    from knd.data import storage
+    from knd.stages.score import FILES_PER_TASK, run
 
     checkpoint = storage.join(prefix, "checkpoint")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -318,9 +318,9 @@ class EpochLog:
 
 def prepare_logmel(audio: str, prefix: str) -> str:
     """The log-mel features of ``audio`` that the train and tune stages share."""
-    from knd import storage
     from knd.config import load_config
-    from knd.prepare import run as prepare
+    from knd.data import storage
+    from knd.stages.prepare import run as prepare
 
     features = storage.join(prefix, "features-logmel")
     args = [f"input={audio}", f"output={features}", "features.groups=[logmel]"]
@@ -334,9 +334,9 @@ def score_trained(checkpoint: str, audio: str, out: str) -> dict:
 
     import pandas as pd
 
-    from knd import storage
     from knd.config import load_config
-    from knd.score import run as score
+    from knd.data import storage
+    from knd.stages.score import run as score
 
     test_audio = storage.join(audio, "Actor_01")
     args = [f"checkpoint={checkpoint}", f"input={test_audio}", f"output={out}", "num_actors=2"]
@@ -359,10 +359,10 @@ def bench_train(
     recorded a checkpoint and a replacement node added (the run must go on from that
     checkpoint), or uninterrupted (``lose_node=False``: the pipeline across nodes). Its
     checkpoint (on the run's storage) then scores the test actor's audio on the cluster."""
-    from knd import storage
     from knd.config import load_config
-    from knd.report import read_history
-    from knd.train import RAY_RUN_SNAPSHOT, run
+    from knd.data import storage
+    from knd.learning.report import read_history
+    from knd.stages.train import RAY_RUN_SNAPSHOT, run
 
     run_dir, name = storage.join(prefix, "runs"), "node-lost" if lose_node else "across-nodes"
     args = [f"data={features}", f"run_dir={run_dir}", f"name={name}", "recipe=cpu_small"]
@@ -404,11 +404,11 @@ def bench_tune(cluster, features: str, prefix: str) -> dict:
     the finished experiment."""
     import yaml
 
-    from knd import storage
-    from knd.analyse import run as analyse
     from knd.config import load_config
-    from knd.experiment import load_experiment
-    from knd.tune import run
+    from knd.data import storage
+    from knd.learning.experiment import load_experiment
+    from knd.stages.analyse import run as analyse
+    from knd.stages.tune import run
 
     space = Path(tempfile.mkdtemp(prefix="knd-chaos-tune-")) / "space.yaml"
     fixed = {"model.width": 8, "optim.batch_size": 16, "optim.warmup_epochs": 0}
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from knd import storage
+    from knd.data import storage
 
     prefix = args.prefix or tempfile.mkdtemp(prefix="knd-chaos-")
     stages = args.stages.split(",")

@@ -41,7 +41,7 @@ from prepare import TreeMemory, _copy_subset, corpus_dir, measure, run_loop  # n
 
 from knd import storage  # noqa: E402
 from knd.config import RayConfig, load_config  # noqa: E402
-from knd.prepare import list_inputs, run  # noqa: E402
+from knd.stages.prepare import list_inputs, run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.json"
 TARGETS = {"ray_vs_loop": 1.3}
@@ -74,7 +74,7 @@ def extraction(args, corpus: str, encoder: str, scratch: Path, memory: TreeMemor
     import ray
     import torch
 
-    from knd.runtime import init_ray
+    from knd.runtime.cluster import init_ray
 
     groups = "features.groups=[logmel,embedding]"
     base = [f"input={corpus}", f"ray.num_cpus={args.num_cpus}", groups]
@@ -123,9 +123,9 @@ def epoch_seconds(features: str, recipe: str, extra: list[str], epochs: int = 3)
     import numpy as np
     import torch
 
-    from knd.dataset import load_features
-    from knd.engine import ArrayBatches, Learner, row_stats
-    from knd.ravdess import label_names, targets_of
+    from knd.data.ravdess import label_names, targets_of
+    from knd.data.shards import load_features
+    from knd.learning.engine import ArrayBatches, Learner, row_stats
 
     cfg = load_config("train", [f"data={features}", f"recipe={recipe}", *extra])
     table = load_features(features, groups=cfg.model.inputs)
@@ -147,8 +147,8 @@ def tune_rate(features: str, scratch: Path, samples: int, epochs: int) -> dict:
     layer choices fitted to this encoder's states)."""
     import yaml
 
-    from knd.dataset import read_manifest
-    from knd.tune import run as tune
+    from knd.data.shards import read_manifest
+    from knd.stages.tune import run as tune
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "tune" / "embedding_head.yaml"
     space = yaml.safe_load(shipped.read_text())

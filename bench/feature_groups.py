@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from knd import audio, egemaps, features, prosody, storage  # noqa: E402
+from knd import storage  # noqa: E402
+from knd.audio import egemaps, features, prosody, waveform
 from knd.config import load_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "feature_groups.json"
@@ -35,7 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "feature_groups.json"
 def corpus_files(corpus: str | None, clips: int) -> list[str]:
     """``clips`` files spread over the corpus (a 2-actor speech-style corpus when none given)."""
     if corpus is None:
-        from knd.synth import write_corpus
+        from knd.stages.synth import write_corpus
 
         corpus = tempfile.mkdtemp(prefix="knd-groups-bench-")
         write_corpus(corpus, actors=2, seed=0, progress=False, style="speech")
@@ -57,12 +58,12 @@ def measure(paths: list[str], params) -> dict[str, dict[str, list[float]]]:
     out = {s: {"wall": [], "cpu": []} for s in steps}
     clip = features.clip_samples(params)
     for i, path in enumerate([paths[0], *paths]):
-        samples, rate = audio.decode_audio(storage.read_bytes(path))
+        samples, rate = waveform.decode_audio(storage.read_bytes(path))
         times = {}
         start = time.perf_counter(), time.process_time()
         wave = features.mono_at_feature_rate(samples, rate, params)
-        trimmed = audio.trim_silence(wave, params.trim_db)
-        fitted = audio.fit_length(trimmed, clip)
+        trimmed = waveform.trim_silence(wave, params.trim_db)
+        fitted = waveform.fit_length(trimmed, clip)
         times["front_end"] = (time.perf_counter() - start[0], time.process_time() - start[1])
         times["logmel"] = timed(features.log_mel, fitted, params)
         times["prosody"] = timed(

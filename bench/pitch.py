@@ -3,7 +3,7 @@
     .venv/bin/python bench/pitch.py                    # 24 signals x 2 SNRs, CREPE on a subset
     .venv/bin/python bench/pitch.py --signals 8 --crepe-signals 2 --crepe-full-signals 0
 
-Justifies ``knd.prosody``'s tracker. Each signal (16 kHz, 3 s, generated from its index) is a
+Justifies ``knd.audio.prosody``'s tracker. Each signal (16 kHz, 3 s, generated from its index) is a
 harmonic glottal-like source (1/k or 1/k^2 roll-off, i.e. -6 or -12 dB/oct) with per-cycle
 jitter and shimmer, whose F0 follows a speech-like contour (declination, per-syllable rise or
 fall, vibrato; 80-450 Hz over male, female and high-arousal voices), through 2-4 two-pole
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from knd import prosody
+from knd.audio import prosody
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pitch.json"
 RATE, SECONDS, HOP = 16000, 3.0, 160

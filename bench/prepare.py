@@ -5,14 +5,14 @@
 
 The corpus is ``knd synth``'s 1440 files (RAVDESS format: 48 kHz mono 16-bit WAVs of 3-5 s),
 written once to a scratch folder unless ``--corpus`` names one. The three contenders run the same
-driver logic (:func:`knd.prepare.prepare_files`: a hash pass, de-duplication, a featurise pass
-whose tasks write their own Parquet shards, ``rejected.csv``, manifest), each into its own output
-folder; only the way tasks run differs:
+driver logic (:func:`knd.stages.prepare.prepare_files`: a hash pass, de-duplication, a featurise
+pass whose tasks write their own Parquet shards, ``rejected.csv``, manifest), each into its own
+output folder; only the way tasks run differs:
 
 - **loop**: one process, the tasks one after another (torch's default threads);
 - **pool**: ``multiprocessing.Pool(--num-cpus)`` (spawn) mapping the same tasks (1 torch thread);
-- **ray**: ``knd.prepare.run`` on a local Ray with ``--num-cpus`` CPUs: listing, the lease, Ray
-  tasks (1 CPU, 1 torch thread each), commit.
+- **ray**: ``knd.stages.prepare.run`` on a local Ray with ``--num-cpus`` CPUs: listing, the lease,
+  Ray tasks (1 CPU, 1 torch thread each), commit.
 
 Start-up is reported apart from steady state: Ray's ``init`` and the pool's creation, then a
 warm-up over ``--warmup`` files (worker processes import torch and build the mel filterbank).
@@ -39,9 +39,9 @@ import threading
 import time
 from pathlib import Path
 
-from knd import storage
 from knd.config import RayConfig, load_config
-from knd.prepare import list_inputs, prepare_files, run, serial_map
+from knd.data import storage
+from knd.stages.prepare import list_inputs, prepare_files, run, serial_map
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
 TARGETS = {"ray_vs_loop": 1.7, "ray_vs_pool": 1.0, "peak_rss_gb": 3.0}
@@ -125,7 +125,7 @@ def corpus_dir(requested: str | None, actors: int) -> str:
     """``--corpus``, or the synthetic corpus of ``actors`` actors, written once to scratch."""
     if requested:
         return requested
-    from knd.synth import actor_clips, write_corpus
+    from knd.stages.synth import actor_clips, write_corpus
 
     folder = Path(tempfile.gettempdir()) / f"knd_bench_corpus_{actors}actors_seed0"
     expected = sum(len(actor_clips(a)) for a in range(1, actors + 1))
@@ -144,7 +144,7 @@ def _pool_task(job):
 
 
 def pool_map(pool):
-    """A :data:`knd.prepare.TaskMap` over a process pool (results in completion order)."""
+    """A :data:`knd.stages.prepare.TaskMap` over a process pool (results in completion order)."""
 
     def map_tasks(fn, tasks, consts):
         jobs = [(fn, task, consts) for task in tasks]
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
-        from knd.runtime import init_ray
+        from knd.runtime.cluster import init_ray
 
         started = time.perf_counter()
         init_ray(RayConfig(address=None, num_cpus=args.num_cpus, verbose=False))

@@ -11,10 +11,10 @@ Both sides run the same functions on every file (read, decode, downmix, resample
 log-mel, normalise, model):
 
 - **baseline**: one process, a plain ``for`` loop, windows batched ``--batch-size`` at a time
-  through the same :class:`knd.score.Scorer` (torch's default threads for the model);
-- **ray**: ``knd.score.run`` on a local Ray with ``--num-cpus`` CPUs, end to end (listing, decode
-  tasks, actor start-up and model loading, aggregation and writing the CSV); Ray's own start-up is
-  measured and reported separately.
+  through the same :class:`knd.stages.score.Scorer` (torch's default threads for the model);
+- **ray**: ``knd.stages.score.run`` on a local Ray with ``--num-cpus`` CPUs, end to end (listing,
+  decode tasks, actor start-up and model loading, aggregation and writing the CSV); Ray's own
+  start-up is measured and reported separately.
 
 Real-time factor = seconds of audio scored per wall-clock second. Each side runs ``--repeats``
 times, alternating, and the best time of each counts (the machine is shared). Figures are
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from knd import storage
-from knd.audio import decode_audio
+from knd.audio.waveform import decode_audio
 from knd.config import FeatureConfig, build, config_dir, load_config, load_yaml
-from knd.ravdess import EMOTIONS
+from knd.data import storage
+from knd.data.ravdess import EMOTIONS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "score.json"
 
@@ -53,9 +53,9 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
 
     import torch
 
-    from knd.checkpoint import save_checkpoint
-    from knd.features import clip_features, feature_hash, feature_shape
-    from knd.models import build_model
+    from knd.audio.features import clip_features, feature_hash, feature_shape
+    from knd.learning.checkpoint import save_checkpoint
+    from knd.learning.models import build_model
 
     spec = load_config("train", ["data=unused", f"recipe={recipe}"]).model
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
 
 def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) -> dict:
     """The plain loop: the same per-file functions and the same model code, one process."""
-    from knd.checkpoint import load_meta
-    from knd.score import Scorer, file_windows, scoring_params
+    from knd.learning.checkpoint import load_meta
+    from knd.stages.score import Scorer, file_windows, scoring_params
 
     started = time.perf_counter()
     meta = load_meta(checkpoint)
@@ -139,13 +139,13 @@ def main() -> int:
     args = parser.parse_args()
 
     from knd.config import RayConfig
-    from knd.runtime import init_ray
-    from knd.score import run
+    from knd.runtime.cluster import init_ray
+    from knd.stages.score import run
 
     work = Path(args.work or tempfile.mkdtemp(prefix="knd-bench-score-"))
     corpus = args.corpus
     if corpus is None:
-        from knd.synth import write_corpus
+        from knd.stages.synth import write_corpus
 
         corpus = str(work / f"corpus-{args.actors}")
         if not Path(corpus).exists():  # kept in --work between runs: synthesis is slow

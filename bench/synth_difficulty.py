@@ -8,16 +8,16 @@
 
 For each corpus style (``knd synth style=classic|speech``, 24 actors, seed 0) the corpus is
 synthesised and prepared with the default features (``configs/prepare.yaml``) under ``--work``
-(reused when already there). Then, over the six EmoBox actor folds (``knd.ravdess.EMOBOX_FOLDS``;
-fold k holds out group k as the test actors):
+(reused when already there). Then, over the six EmoBox actor folds
+(``knd.data.ravdess.EMOBOX_FOLDS``; fold k holds out group k as the test actors):
 
 * **linear**: a standardised logistic regression on the mean and standard deviation over time
   of every log-mel band of the prepared features (no order of events), trained on every
   non-test actor;
 * **CNN recipes** (``--recipes``, default: the old default ``cpu_small`` and the new default
-  ``plain_cnn``): ``knd.train.run`` per fold and seed, each recipe as it ships. A recipe with a
-  validation group (cpu_small) validates on the next EmoBox group, so it trains on 16 actors and
-  picks its epoch there; one without (plain_cnn) trains on all 20 and keeps the last epoch.
+  ``plain_cnn``): ``knd.stages.train.run`` per fold and seed, each recipe as it ships. A recipe
+  with a validation group (cpu_small) validates on the next EmoBox group, so it trains on 16 actors
+  and picks its epoch there; one without (plain_cnn) trains on all 20 and keeps the last epoch.
 
 It reports mean +- std over folds x seeds of test accuracy and UAR, writes every run's figures,
 time and command to ``bench/results/synth_difficulty.json`` after each run (a reduced or
@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from knd import storage
 from knd.config import load_config
-from knd.ravdess import EMOBOX_FOLDS, EMOTIONS
-from knd.report import read_history
+from knd.data import storage
+from knd.data.ravdess import EMOBOX_FOLDS, EMOTIONS
+from knd.learning.report import read_history
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synth_difficulty.json"
 
@@ -141,7 +141,7 @@ def linear_baselines(table) -> dict[str, list[dict]]:
 
 def ensure_corpus(work: str, style: str, workers: int, groups: str) -> tuple[str, str, dict]:
     """Synthesise and prepare the corpus of ``style`` under ``work`` (reused when present)."""
-    from knd import prepare, synth
+    from knd.stages import prepare, synth
 
     corpus = storage.join(work, f"synth-{style}")
     features = storage.join(work, f"features-{style}")
@@ -162,7 +162,7 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict | No
 
     None when ``--finished-only`` and the run has not finished under ``--work``.
     """
-    from knd import train
+    from knd.stages import train
 
     test = EMOBOX_FOLDS[fold - 1]
     name = f"{Path(features).name}-{recipe}-f{fold}-s{seed}"
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or os.cpu_count() or 1
     args.work = str(Path(args.work).resolve())
 
-    from knd.dataset import load_features
+    from knd.data.shards import load_features
 
     result: dict = {
         "command": "python bench/synth_difficulty.py " + " ".join(argv or sys.argv[1:]),

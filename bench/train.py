@@ -3,10 +3,10 @@
     python bench/train.py --data data/features                      # cpu_small on this CPU
     python bench/train.py --data data/features --recipe resnet18 --device cuda --mode plain
 
-Both sides train through :class:`knd.engine.Learner` (same augmentation, optimiser and schedule)
-with the same number of torch threads; the plain loop draws its batches from tensors already in
-memory, as a Ray Train worker does once it has read its shard (streamed from Ray Data instead when
-the shard is too large). Reported:
+Both sides train through :class:`knd.learning.engine.Learner` (same augmentation, optimiser and
+schedule) with the same number of torch threads; the plain loop draws its batches from tensors
+already in memory, as a Ray Train worker does once it has read its shard (streamed from Ray Data
+instead when the shard is too large). Reported:
 
 - ``ratio``: Ray's steady-state training-epoch time (median over epochs after the first) over
   the plain loop's (target <= 1.10);
@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from knd.checkpoint import make_meta  # noqa: E402
 from knd.config import load_config, replace, to_dict  # noqa: E402
-from knd.engine import ArrayBatches, Learner, row_stats  # noqa: E402
-from knd.inference import score_actors  # noqa: E402
-from knd.ravdess import label_names, split_actors, targets_of  # noqa: E402
+from knd.data.ravdess import label_names, split_actors, targets_of  # noqa: E402
+from knd.learning.checkpoint import make_meta  # noqa: E402
+from knd.learning.engine import ArrayBatches, Learner, row_stats  # noqa: E402
+from knd.learning.inference import score_actors  # noqa: E402
 
 
 class GpuSampler:
@@ -67,7 +67,7 @@ class GpuSampler:
 
 def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dict:
     """Train with the engine over in-memory tensors, no Ray; per-epoch times and metrics."""
-    from knd.dataset import load_features, manifest_actors, read_manifest
+    from knd.data.shards import load_features, manifest_actors, read_manifest
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
@@ -123,9 +123,9 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
 
 
 def ray_loop(cfg, threads: int) -> dict:
-    """The same training through ``knd.train.run`` with one worker."""
-    from knd import train
-    from knd.runtime import init_ray
+    """The same training through ``knd.stages.train.run`` with one worker."""
+    from knd.runtime.cluster import init_ray
+    from knd.stages import train
 
     started = time.perf_counter()
     init_ray(cfg.ray)

@@ -7,12 +7,12 @@ The same ``--configs`` cpu_small configurations (a grid over the learning rate; 
 fixed; every configuration trains ``--epochs`` epochs on ``--folds`` actor folds, test actors 1 and
 2 set aside) run three ways in one process, one after another:
 
-- ``plain``: a Python loop over the configurations calling ``knd.tune.CrossValidation`` directly
-  (torch on both cores), no Ray at all: the baseline;
-- ``tune_sequential``: ``knd.tune.run`` with one trial at a time on both cores
+- ``plain``: a Python loop over the configurations calling ``knd.stages.tune.CrossValidation``
+  directly (torch on both cores), no Ray at all: the baseline;
+- ``tune_sequential``: ``knd.stages.tune.run`` with one trial at a time on both cores
   (``cpus_per_trial=2``), so its wall time minus the summed training time is Tune's overhead;
-- ``tune_parallel``: ``knd.tune.run`` with two one-core trials at once (``cpus_per_trial=1``),
-  the default way a search uses the machine.
+- ``tune_parallel``: ``knd.stages.tune.run`` with two one-core trials at once
+  (``cpus_per_trial=1``), the default way a search uses the machine.
 
 "Training time" is the sum of every trial's per-epoch ``epoch_s`` (training and validating every
 fold); everything else (process start, moving data, building models, checkpoints, Tune's
@@ -43,8 +43,8 @@ def prepared_features(args: argparse.Namespace, scratch: str) -> str:
     if args.data:
         return args.data
     from knd.config import load_config
-    from knd.prepare import run as prepare
-    from knd.synth import write_corpus
+    from knd.stages.prepare import run as prepare
+    from knd.stages.synth import write_corpus
 
     corpus, features = os.path.join(scratch, "corpus"), os.path.join(scratch, "features")
     write_corpus(corpus, actors=args.actors, seed=0, progress=False)
@@ -88,8 +88,8 @@ def plain_loop(args: argparse.Namespace, cfg, meta: dict) -> dict:
     """The same configurations, one after another, without Ray."""
     import torch
 
-    from knd.experiment import trial_train_config
-    from knd.tune import CrossValidation, load_columns
+    from knd.learning.experiment import trial_train_config
+    from knd.stages.tune import CrossValidation, load_columns
 
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -110,8 +110,8 @@ def plain_loop(args: argparse.Namespace, cfg, meta: dict) -> dict:
 
 
 def tune_run(cfg) -> dict:
-    from knd.experiment import load_experiment, read_meta, trial_rows
-    from knd.tune import run as tune
+    from knd.learning.experiment import load_experiment, read_meta, trial_rows
+    from knd.stages.tune import run as tune
 
     started = time.perf_counter()
     result = tune(cfg)
@@ -138,8 +138,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from knd.config import RayConfig
-    from knd.experiment import experiment_meta
-    from knd.runtime import init_ray
+    from knd.learning.experiment import experiment_meta
+    from knd.runtime.cluster import init_ray
 
     scratch = tempfile.mkdtemp(prefix="knd-bench-tune-")
     init_ray(RayConfig(address=None, num_cpus=2, verbose=False))
@@ -148,7 +148,7 @@ def main() -> int:
     Path(space_file).write_text(yaml.safe_dump(space(args)))
     storage = os.path.join(scratch, "runs")
 
-    from knd.dataset import read_manifest
+    from knd.data.shards import read_manifest
 
     base = tune_config(args, data, space_file, storage, "plain", 2)
     figures = {"plain": plain_loop(args, base, experiment_meta(base, read_manifest(data)))}

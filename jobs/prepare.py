@@ -1,4 +1,5 @@
-"""Ray job: audio -> log-mel Parquet shards + manifest (the same ``knd.prepare.run`` as the CLI).
+"""Ray job: audio -> log-mel Parquet shards + manifest (the same ``knd.stages.prepare.run`` as the
+CLI).
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/prepare.py input=s3://BUCKET/ravdess output=s3://BUCKET/features

@@ -1,4 +1,4 @@
-"""Ray job: emotion probabilities for every audio file under a prefix (``knd.score.run``).
+"""Ray job: emotion probabilities for every audio file under a prefix (``knd.stages.score.run``).
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/score.py checkpoint=s3://BUCKET/runs/train/RUN/checkpoint \\

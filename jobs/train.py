@@ -1,4 +1,4 @@
-"""Ray job: train a model with Ray Train (DDP), the same ``knd.train.run`` as ``knd train``.
+"""Ray job: train a model with Ray Train (DDP), the same ``knd.stages.train.run`` as ``knd train``.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/train.py data=s3://BUCKET/features run_dir=s3://BUCKET/runs/train \\

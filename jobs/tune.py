@@ -1,4 +1,4 @@
-"""Ray job: cross-actor-fold search with Ray Tune, the same ``knd.tune.run`` as ``knd tune``.
+"""Ray job: cross-actor-fold search with Ray Tune, the same ``knd.stages.tune.run`` as ``knd tune``.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/tune.py data=s3://BUCKET/features storage_path=s3://BUCKET/runs/tune \\

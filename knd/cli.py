@@ -7,18 +7,24 @@ import os
 import sys
 import time
 
-from knd import console
 from knd.config import SCHEMAS, ConfigError, config_dir, describe, load_config
+from knd.runtime import console
 
 COMMANDS = {
-    "synth": ("knd.synth", "make a deterministic synthetic RAVDESS-format corpus"),
-    "download": ("knd.download", "download and extract the official RAVDESS speech set"),
-    "prepare": ("knd.prepare", "audio -> feature-group Parquet shards + manifest (Ray tasks)"),
-    "train": ("knd.train", "train a model with Ray Train (DDP)"),
-    "evaluate": ("knd.evaluate", "metrics of a checkpoint on prepared features"),
-    "tune": ("knd.tune", "cross-actor-fold hyperparameter search (Ray Tune)"),
-    "analyse": ("knd.analyse", "tables, plots and best config of a Tune experiment"),
-    "score": ("knd.score", "emotion probabilities for every audio file in a folder (Ray Data)"),
+    "synth": ("knd.stages.synth", "make a deterministic synthetic RAVDESS-format corpus"),
+    "download": ("knd.stages.download", "download and extract the official RAVDESS speech set"),
+    "prepare": (
+        "knd.stages.prepare",
+        "audio -> feature-group Parquet shards + manifest (Ray tasks)",
+    ),
+    "train": ("knd.stages.train", "train a model with Ray Train (DDP)"),
+    "evaluate": ("knd.stages.evaluate", "metrics of a checkpoint on prepared features"),
+    "tune": ("knd.stages.tune", "cross-actor-fold hyperparameter search (Ray Tune)"),
+    "analyse": ("knd.stages.analyse", "tables, plots and best config of a Tune experiment"),
+    "score": (
+        "knd.stages.score",
+        "emotion probabilities for every audio file in a folder (Ray Data)",
+    ),
 }
 
 
@@ -88,7 +94,7 @@ def run_command(command: str, args: list[str]) -> int:
     except ConfigError as e:
         print(f"knd {command}: {e}", file=sys.stderr)
         return 2
-    # Ray's logs and knd's INFO lines go to the console only when asked for (knd.console).
+    # Ray's logs and knd's INFO lines go to the console only when asked for (knd.runtime.console).
     console.configure_logging(console.is_verbose(getattr(cfg, "ray", None) and cfg.ray.verbose))
     for line in console.header(command, COMMANDS[command][1], cfg):
         console.out(line)

@@ -37,10 +37,10 @@ MODEL_NAMES = (
     "vgg11_bn",
     "vgg16_bn",
 )
-"""Every architecture :func:`knd.models.build_model` builds (the one list of them)."""
+"""Every architecture :func:`knd.learning.models.build_model` builds (the one list of them)."""
 
 FEATURE_GROUPS = ("logmel", "prosody", "egemaps", "embedding", "waveform")
-"""Every feature group ``knd prepare`` can compute (:mod:`knd.features` describes each)."""
+"""Every feature group ``knd prepare`` can compute (:mod:`knd.audio.features` describes each)."""
 
 
 class ConfigError(ValueError):
@@ -330,7 +330,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    # ``data`` is required unless ``resume`` names an experiment (checked by knd.tune.run).
+    # ``data`` is required unless ``resume`` names an experiment (checked by knd.stages.tune.run).
     required: typing.ClassVar[tuple[str, ...]] = ()
     data: str | None = _help("features written by knd prepare")
     space: str = _help("search space YAML (configs/tune/*.yaml)")

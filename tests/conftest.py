@@ -76,7 +76,7 @@ def ray_session(aws_test_env):
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """The synthetic corpus of 8 actors (480 RAVDESS-named WAVs), written once per session."""
-    from knd.synth import write_corpus
+    from knd.stages.synth import write_corpus
 
     out = tmp_path_factory.mktemp("tiny_corpus")
     write_corpus(str(out), actors=8, seed=0, progress=False)
@@ -85,11 +85,11 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_features(tiny_corpus, ray_session, tmp_path_factory):
-    """``tiny_corpus`` prepared by ``knd.prepare.run``: the shipped log-mel parameters, and the
-    log-mel group alone (what every model its users train reads; the prosody and eGeMAPS groups
+    """``tiny_corpus`` prepared by ``knd.stages.prepare.run``: the shipped log-mel parameters, and
+    the log-mel group alone (what every model its users train reads; the prosody and eGeMAPS groups
     are prepared and checked by test_feature_groups and test_prepare)."""
     from knd.config import load_config
-    from knd.prepare import run
+    from knd.stages.prepare import run
 
     out = tmp_path_factory.mktemp("tiny_features")
     args = [f"input={tiny_corpus}", f"output={out}", "features.groups=[logmel]"]

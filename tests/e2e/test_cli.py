@@ -64,7 +64,7 @@ def test_unknown_command():
 
 def test_importing_knd_starts_nothing():
     code = (
-        "import sys, knd, knd.config, knd.cli, knd.ravdess\n"
+        "import sys, knd, knd.config, knd.cli, knd.data.ravdess\n"
         "heavy = [m for m in ('ray', 'torch', 'torchaudio') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from knd import download
 from knd.config import load_config
+from knd.stages import download
 
 ARCHIVE = "Audio_Speech_Actors_01-24.zip"
 NAMES = [

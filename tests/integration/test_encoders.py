@@ -15,7 +15,7 @@ import pytest
 from conftest import write_tiny_encoder
 
 from knd.config import load_config
-from knd.ravdess import EMOTIONS
+from knd.data.ravdess import EMOTIONS
 
 pytestmark = pytest.mark.ray
 
@@ -28,7 +28,7 @@ CLIPS = 36
 @pytest.fixture(scope="module")
 def encoder_features(tiny_corpus, tiny_encoders, ray_session, tmp_path_factory):
     """A fifth of the clips of three actors, prepared with the embedding and waveform groups."""
-    from knd.prepare import run
+    from knd.stages.prepare import run
 
     corpus = tmp_path_factory.mktemp("encoder_corpus")
     for actor in ("Actor_01", "Actor_02", "Actor_03"):
@@ -44,7 +44,7 @@ def encoder_features(tiny_corpus, tiny_encoders, ray_session, tmp_path_factory):
 
 
 def _train(features: str, run_dir, name: str, *overrides: str):
-    from knd.train import run
+    from knd.stages.train import run
 
     args = [
         f"data={features}",
@@ -63,9 +63,9 @@ def _train(features: str, run_dir, name: str, *overrides: str):
 
 
 def test_prepare_stores_the_encoder_statistics_and_the_waveform(encoder_features, tiny_encoders):
-    from knd.dataset import load_features, read_manifest
-    from knd.encoder import folder_hash
-    from knd.features import group_hash, stored_params
+    from knd.audio.encoder import folder_hash
+    from knd.audio.features import group_hash, stored_params
+    from knd.data.shards import load_features, read_manifest
 
     _, features = encoder_features
     manifest = read_manifest(features)
@@ -97,11 +97,11 @@ def head_run(encoder_features, tmp_path_factory):
 def test_a_head_on_embeddings_trains_evaluates_and_scores_audio_alike(
     encoder_features, head_run, tmp_path
 ):
-    from knd.checkpoint import load_meta, load_model
-    from knd.dataset import load_features
-    from knd.evaluate import run as evaluate
-    from knd.inference import predict
-    from knd.score import run as score
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import load_meta, load_model
+    from knd.learning.inference import predict
+    from knd.stages.evaluate import run as evaluate
+    from knd.stages.score import run as score
 
     corpus, features = encoder_features
     meta = load_meta(head_run.checkpoint)
@@ -138,9 +138,9 @@ def test_a_head_on_embeddings_trains_evaluates_and_scores_audio_alike(
 
 
 def test_an_encoder_whose_files_differ_is_refused(encoder_features, head_run, tmp_path):
-    from knd.evaluate import run as evaluate
-    from knd.prepare import run as prepare
-    from knd.score import run as score
+    from knd.stages.evaluate import run as evaluate
+    from knd.stages.prepare import run as prepare
+    from knd.stages.score import run as score
 
     corpus, _ = encoder_features
     other = write_tiny_encoder(tmp_path / "reseeded", "wav2vec2", seed=7)
@@ -164,8 +164,8 @@ def test_an_encoder_whose_files_differ_is_refused(encoder_features, head_run, tm
 def test_fine_tuning_trains_one_epoch_and_evaluates_without_the_encoder_folder(
     encoder_features, tiny_encoders, tmp_path
 ):
-    from knd.checkpoint import load_meta
-    from knd.evaluate import run as evaluate
+    from knd.learning.checkpoint import load_meta
+    from knd.stages.evaluate import run as evaluate
 
     _, features = encoder_features
     folder = shutil.copytree(tiny_encoders["hubert"], tmp_path / "hubert")

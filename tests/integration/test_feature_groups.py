@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from knd import storage
 from knd.config import load_config
-from knd.ravdess import EMOTIONS
+from knd.data import storage
+from knd.data.ravdess import EMOTIONS
 
 pytestmark = pytest.mark.ray
 
@@ -28,7 +28,7 @@ this module's time, per clip; 11 of actor 3's 12 clips fit one clip (the scoring
 @pytest.fixture(scope="module")
 def grouped_features(tiny_corpus, ray_session, tmp_path_factory):
     """A slice of three actors of the tiny corpus, prepared with every feature group."""
-    from knd.prepare import run
+    from knd.stages.prepare import run
 
     corpus = tmp_path_factory.mktemp("three_actors")
     for actor in ("Actor_01", "Actor_02", "Actor_03"):
@@ -44,7 +44,7 @@ def grouped_features(tiny_corpus, ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fused_run(grouped_features, tmp_path_factory):
-    from knd.train import run
+    from knd.stages.train import run
 
     _, features = grouped_features
     cfg = load_config(
@@ -68,7 +68,7 @@ def fused_run(grouped_features, tmp_path_factory):
 
 
 def test_prepare_writes_every_group_finite_into_the_shards(grouped_features):
-    from knd.dataset import load_features, manifest_groups
+    from knd.data.shards import load_features, manifest_groups
 
     _, features = grouped_features
     manifest = json.loads(storage.read_text(storage.join(features, "manifest.json")))
@@ -89,13 +89,13 @@ def test_prepare_writes_every_group_finite_into_the_shards(grouped_features):
 def test_fused_model_trains_evaluates_and_scores_with_one_front_end(
     grouped_features, fused_run, tmp_path
 ):
-    from knd.audio import decode_audio, trim_silence
-    from knd.checkpoint import load_meta, load_model
-    from knd.dataset import load_features
-    from knd.evaluate import run as evaluate
-    from knd.features import clip_samples, mono_at_feature_rate, stored_params
-    from knd.inference import predict
-    from knd.score import run as score
+    from knd.audio.features import clip_samples, mono_at_feature_rate, stored_params
+    from knd.audio.waveform import decode_audio, trim_silence
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import load_meta, load_model
+    from knd.learning.inference import predict
+    from knd.stages.evaluate import run as evaluate
+    from knd.stages.score import run as score
 
     corpus, features = grouped_features
     meta = load_meta(fused_run.checkpoint)
@@ -147,8 +147,8 @@ def test_fused_model_trains_evaluates_and_scores_with_one_front_end(
 
 
 def test_a_checkpoint_refuses_features_that_lack_its_groups(grouped_features, fused_run, tmp_path):
-    from knd.evaluate import run as evaluate
-    from knd.prepare import run as prepare
+    from knd.stages.evaluate import run as evaluate
+    from knd.stages.prepare import run as prepare
 
     corpus, _ = grouped_features
     logmel_only = str(tmp_path / "logmel_only")
@@ -162,8 +162,8 @@ def test_a_checkpoint_refuses_features_that_lack_its_groups(grouped_features, fu
 def test_tune_searches_feature_groups_and_refits_with_the_winners(grouped_features, tmp_path):
     import yaml
 
-    from knd.checkpoint import load_meta
-    from knd.tune import run
+    from knd.learning.checkpoint import load_meta
+    from knd.stages.tune import run
 
     _, features = grouped_features
     space = tmp_path / "space.yaml"

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from knd import synth
 from knd.cli import main
+from knd.stages import synth
 
 pytestmark = pytest.mark.ray
 
@@ -172,11 +172,11 @@ def test_prepare_and_score_turn_every_hostile_file_into_a_row_or_a_reason(
 ):
     import torch
 
-    from knd.checkpoint import make_meta, save_checkpoint
     from knd.config import load_config
-    from knd.dataset import load_features
-    from knd.models import build_model
-    from knd.ravdess import EMOTIONS
+    from knd.data.ravdess import EMOTIONS
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import make_meta, save_checkpoint
+    from knd.learning.models import build_model
 
     root, expected = corpus
     out = tmp_path / "features"

@@ -78,7 +78,7 @@ def run_job(cluster, args: list[str], timeout_s: float = 300.0) -> tuple[str, st
 
 
 def joined(logs: str) -> int | None:
-    """The GCS port of the cluster a job's driver joined, from knd.runtime's log line.
+    """The GCS port of the cluster a job's driver joined, from knd.runtime.cluster's log line.
 
     Inside a job Ray sets RAY_ADDRESS to its own cluster (by the node's IP, not 127.0.0.1).
     """

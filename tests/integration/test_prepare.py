@@ -16,13 +16,14 @@ import pytest
 import soundfile as sf
 from killing import kill_when, start_killable
 
-from knd import storage
+from knd.audio.features import feature_hash
 from knd.config import load_config
-from knd.dataset import MANIFEST, REJECTED, load_features, read_features
-from knd.features import feature_hash
-from knd.prepare import DONE_SUFFIX, run
-from knd.ravdess import parse_name
-from knd.synth import actor_clips
+from knd.data import storage
+from knd.data.ravdess import parse_name
+from knd.data.shards import MANIFEST, REJECTED, load_features
+from knd.learning.feed import read_features
+from knd.stages.prepare import DONE_SUFFIX, run
+from knd.stages.synth import actor_clips
 
 pytestmark = pytest.mark.ray
 
@@ -126,7 +127,7 @@ def test_bad_files_are_rejected_with_reasons_and_good_files_kept(ray_session, tm
         expected[dup] = f"duplicate of {rel}"
     write(src, "README.txt", b"not listed: no audio suffix")
 
-    with caplog.at_level(logging.INFO, logger="knd.prepare"):
+    with caplog.at_level(logging.INFO, logger="knd.stages.prepare"):
         result = run(config(src, out))
 
     assert result.exit_code == 0 and not result.skipped
@@ -177,7 +178,7 @@ def test_interrupted_run_then_reruns(ray_session, tmp_path, caplog):
     assert not stale_tmp.exists() and not stale.exists()
     assert len(load_features(str(out))) == 5
 
-    with caplog.at_level(logging.INFO, logger="knd.prepare"):
+    with caplog.at_level(logging.INFO, logger="knd.stages.prepare"):
         again = run(config(src, out, "rows_per_shard=2"))
     assert again.skipped and again.manifest == first.manifest
     assert "nothing to do" in caplog.text
@@ -284,7 +285,7 @@ def test_s3_round_trip_through_moto(s3_server, ray_session, tmp_path, caplog):
 def test_a_rerun_prepares_again_when_a_listed_shard_is_gone_and_a_held_output_is_refused(
     ray_session, tmp_path
 ):
-    from knd.dataset import OutputBusyError, OutputLease
+    from knd.data.shards import OutputBusyError, OutputLease
 
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(3):
@@ -301,7 +302,7 @@ def test_a_rerun_prepares_again_when_a_listed_shard_is_gone_and_a_held_output_is
 
 
 def test_a_file_that_kills_its_ray_worker_is_reported_and_the_job_finishes(ray_session):
-    from knd.prepare import ray_map, run_tasks
+    from knd.stages.prepare import ray_map, run_tasks
 
     def dies_on(paths, fatal):
         """Its worker process dies outright (as when the OOM killer takes it) on ``fatal``."""

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from knd import storage
 from knd.config import load_config
-from knd.ravdess import EMOTIONS
+from knd.data import storage
+from knd.data.ravdess import EMOTIONS
 
 pytestmark = pytest.mark.ray
 
@@ -30,9 +30,9 @@ def checkpoint(tiny_features, tmp_path_factory):
     """
     import torch
 
-    from knd.checkpoint import make_meta, save_checkpoint
-    from knd.dataset import load_features
-    from knd.models import build_model
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import make_meta, save_checkpoint
+    from knd.learning.models import build_model
 
     table = load_features(tiny_features)
     manifest = table.manifest
@@ -56,7 +56,7 @@ def checkpoint(tiny_features, tmp_path_factory):
 
 
 def score(checkpoint: str, input: str, output: str, *overrides: str):
-    from knd.score import run
+    from knd.stages.score import run
 
     args = [f"checkpoint={checkpoint}", f"input={input}", f"output={output}", *overrides]
     return run(load_config("score", args))
@@ -79,9 +79,9 @@ def test_scores_equal_evaluate_and_do_not_depend_on_batching(
 ):
     import shutil
 
-    from knd.checkpoint import load_model
-    from knd.dataset import load_features
-    from knd.inference import predict
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import load_model
+    from knd.learning.inference import predict
 
     # A dozen corpus files spread over the actors and emotions (scoring all 480 would take minutes).
     folder = tmp_path / "clips"
@@ -155,7 +155,7 @@ def test_a_file_that_kills_its_scoring_actor_is_retried_once_alone_then_reported
 
     import ray
 
-    from knd.retry import KILLED_TWICE, AttemptLedger, bounded_retry
+    from knd.runtime.retry import KILLED_TWICE, AttemptLedger, bounded_retry
 
     class DiesOnB:
         """Its actor process dies outright (as under the OOM killer) whenever it reads ``b``."""
@@ -277,10 +277,10 @@ def test_mixed_folder_scores_what_it_can_and_reports_the_rest(checkpoint, tmp_pa
 
 def plain_scores(checkpoint: str, path: Path) -> np.ndarray:
     """Mean window probabilities of one file without Ray, through the same functions."""
-    from knd.audio import decode_audio
-    from knd.checkpoint import load_meta
+    from knd.audio.waveform import decode_audio
     from knd.config import FeatureConfig, build
-    from knd.score import Scorer, file_windows
+    from knd.learning.checkpoint import load_meta
+    from knd.stages.score import Scorer, file_windows
 
     params = build(FeatureConfig, load_meta(checkpoint)["feature_params"])
     samples, rate = decode_audio(path.read_bytes())

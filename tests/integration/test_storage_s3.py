@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow.fs as pafs
 import pytest
 
-from knd import storage
+from knd.data import storage
 
 
 def _keys(prefix: str) -> list[str]:

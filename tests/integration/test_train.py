@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from knd.config import load_config
-from knd.train import TrainHooks
+from knd.stages.train import TrainHooks
 
 pytestmark = pytest.mark.ray
 
@@ -95,7 +95,7 @@ def train_cfg(features: str, run_dir: Path, name: str, *extra: str):
 @pytest.fixture(scope="module")
 def trained(tiny_features, ray_session, tmp_path_factory):
     """The shared run: 2 workers, killed once in epoch 3, finished from its checkpoint."""
-    from knd.train import run
+    from knd.stages.train import run
 
     root = tmp_path_factory.mktemp("train")
     hooks_dir = root / "hooks"
@@ -179,11 +179,11 @@ def test_a_killed_worker_resumes_from_its_checkpoint_without_repeating_epochs(tr
 
 def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained):
     """The validation metrics synced over 2 gloo ranks equal those of one process."""
-    from knd.checkpoint import load_model
-    from knd.dataset import load_features
-    from knd.inference import predict
-    from knd.metrics import split_metrics
-    from knd.ravdess import targets_of
+    from knd.data.ravdess import targets_of
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import load_model
+    from knd.learning.inference import predict
+    from knd.learning.metrics import split_metrics
 
     model, meta = load_model(trained.result.checkpoint)
     epoch = meta["epoch"]
@@ -199,8 +199,8 @@ def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained
 
 
 def test_resume_continues_from_the_checkpoint(trained, tmp_path):
-    from knd.checkpoint import load_meta
-    from knd.train import run
+    from knd.learning.checkpoint import load_meta
+    from knd.stages.train import run
 
     checkpoint = trained.result.checkpoint
     done = load_meta(checkpoint)["epoch"]
@@ -245,8 +245,8 @@ def spot(tiny_features, ray_session, tmp_path_factory):
     and name) run again in this process with hooks that record the epochs it trains."""
     from killing import kill_when, start_killable
 
-    from knd.report import read_history
-    from knd.train import RAY_RUN_SNAPSHOT, run
+    from knd.learning.report import read_history
+    from knd.stages.train import RAY_RUN_SNAPSHOT, run
 
     root = tmp_path_factory.mktemp("spot")
     runs, name, epochs = root / "runs", "spot", 2
@@ -282,9 +282,9 @@ def test_a_killed_driver_reruns_into_the_same_run_and_continues_its_epochs(spot)
 
 
 def test_resume_refuses_a_pickle_bearing_checkpoint(trained, tmp_path):
-    from knd.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
-    from knd.evaluate import run as evaluate
-    from knd.train import run
+    from knd.learning.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
+    from knd.stages.evaluate import run as evaluate
+    from knd.stages.train import run
 
     bad = tmp_path / "bad"
     shutil.copytree(trained.result.checkpoint, bad)
@@ -311,10 +311,10 @@ class RunsCode:
 
 
 def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(trained, tmp_path):
-    from knd.checkpoint import load_model
-    from knd.dataset import load_features
-    from knd.evaluate import run as evaluate
-    from knd.inference import predict
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import load_model
+    from knd.learning.inference import predict
+    from knd.stages.evaluate import run as evaluate
 
     results = {}
     for batch in (1, 7, 256):
@@ -348,9 +348,9 @@ def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(t
 
 
 def test_evaluate_refuses_features_made_with_other_parameters(trained, tmp_path):
+    from knd.audio.features import feature_hash
     from knd.config import FeatureConfig, build
-    from knd.evaluate import run as evaluate
-    from knd.features import feature_hash
+    from knd.stages.evaluate import run as evaluate
 
     other = tmp_path / "features"
     shutil.copytree(trained.features, other)
@@ -366,11 +366,11 @@ def test_evaluate_refuses_features_made_with_other_parameters(trained, tmp_path)
 
 def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
     """The engine's evaluation of this rank's share of the rows, as a training worker runs it."""
-    from knd.checkpoint import load_model
-    from knd.dataset import load_features
-    from knd.engine import evaluate, ordered_batches
-    from knd.ravdess import targets_of
-    from knd.train import rank_share
+    from knd.data.ravdess import targets_of
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import load_model
+    from knd.learning.engine import evaluate, ordered_batches
+    from knd.stages.train import rank_share
 
     torch.set_num_threads(1)
     model, meta = load_model(checkpoint)
@@ -410,7 +410,7 @@ def test_metrics_synced_over_two_gloo_ranks_equal_one_process(trained, tmp_path)
 def test_without_a_validation_group_every_non_test_actor_trains_and_the_last_epoch_is_kept(spot):
     """``split.val_actors=[]`` (the default recipe): no speaker is spent on model selection; the
     one-cycle schedule went on across the driver's death (the run above)."""
-    from knd.checkpoint import load_meta
+    from knd.learning.checkpoint import load_meta
 
     result = spot.result
     report = result.metrics

@@ -79,7 +79,7 @@ def snapshot(experiment: Path) -> dict[str, dict]:
 def resumed(tiny_features, ray_session, tmp_path_factory):
     """A search killed after its first finished trial, then the same command again (as a job
     retry runs it): it continues the search, as ``resume=PATH`` does (the same code path)."""
-    from knd.tune import run
+    from knd.stages.tune import run
 
     root = tmp_path_factory.mktemp("tune")
     space = write_space(root, **{"optim.lr": {"grid": [3.0e-3, 1.0e-3]}})
@@ -175,7 +175,7 @@ def test_best_configuration_is_retrained_and_tested_once(resumed):
 
 @pytest.fixture(scope="module")
 def analysis(resumed, tmp_path_factory):
-    from knd.analyse import run
+    from knd.stages.analyse import run
 
     out = tmp_path_factory.mktemp("analysis")
     return run(load_config("analyse", [f"experiment={resumed.experiment}", f"out={out}"]))
@@ -234,8 +234,8 @@ def test_best_config_is_the_train_config_of_the_best_trial(resumed, analysis, ti
 
 
 def test_asha_stops_a_hopeless_trial_on_s3(tiny_features, ray_session, s3_server, tmp_path):
-    from knd.experiment import load_experiment, trial_rows
-    from knd.tune import run
+    from knd.learning.experiment import load_experiment, trial_rows
+    from knd.stages.tune import run
 
     # The good configuration runs first (one trial at a time), so it sets every rung's cutoff.
     # The experiment lives on (moto's) S3: trials checkpoint there and the analysis reads it back.

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import soundfile as sf
 
-from knd.ravdess import EMOTIONS
+from knd.data.ravdess import EMOTIONS
 
 REQUIRED = {
     "synth": ["out=/tmp/x"],

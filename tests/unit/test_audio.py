@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from samples import encode, tone
 
-from knd.audio import AudioError, decode_audio, downmix, fit_length, resample, trim_silence, windows
+from knd.audio.waveform import (
+    AudioError,
+    decode_audio,
+    downmix,
+    fit_length,
+    resample,
+    trim_silence,
+    windows,
+)
 
 
 @pytest.mark.parametrize(

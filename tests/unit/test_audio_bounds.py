@@ -15,10 +15,10 @@ import torch
 import torchaudio
 from samples import encode, tone
 
-from knd import audio
-from knd.audio import AudioError, decode_audio, resample
+from knd.audio import waveform
+from knd.audio.features import clip_features, feature_shape, log_mel, mono_at_feature_rate
+from knd.audio.waveform import AudioError, decode_audio, resample
 from knd.config import load_config
-from knd.features import clip_features, feature_shape, log_mel, mono_at_feature_rate
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_common_rates_resample_exactly_as_torchaudio(rate):
 
 def test_odd_rate_resamples_with_bounded_memory():
     rate = 44101  # gcd(44101, 16000) = 1: torchaudio's kernel would be 16000 x 44135 (5.6 GB)
-    assert audio.sinc_kernel_elements(rate, 16000) > audio.MAX_KERNEL_ELEMENTS
+    assert waveform.sinc_kernel_elements(rate, 16000) > waveform.MAX_KERNEL_ELEMENTS
     x = tone(1.0, rate, freq=440.0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     y = resample(x, rate, 16000)

@@ -11,16 +11,16 @@ import soundfile as sf
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from knd import audio
-from knd.audio import AudioError, decode_audio
+from knd.audio import waveform
+from knd.audio.features import clip_features, feature_shape
+from knd.audio.waveform import AudioError, decode_audio
 from knd.config import load_config
-from knd.features import clip_features, feature_shape
 
 PARAMS = load_config("prepare", ["input=x", "output=y"]).features
 
 RATES = st.one_of(
     st.sampled_from([8000, 11025, 16000, 22050, 44100, 48000, 96000, 44101, 1009, 7, 999_999]),
-    st.integers(min_value=audio.MIN_SAMPLE_RATE, max_value=audio.MAX_SAMPLE_RATE),
+    st.integers(min_value=waveform.MIN_SAMPLE_RATE, max_value=waveform.MAX_SAMPLE_RATE),
     st.integers(min_value=1, max_value=700_000),
 )
 AMPLITUDES = st.one_of(
@@ -72,10 +72,10 @@ def test_front_end_gives_finite_fixed_shape_features_or_one_line(data):
         )  # --hypothesis-show-statistics shows the mix of reasons
         return
     event("kept")
-    assert audio.MIN_SAMPLE_RATE <= rate <= audio.MAX_SAMPLE_RATE
-    assert 1 <= samples.shape[1] <= audio.MAX_CHANNELS
-    assert samples.shape[0] >= audio.MIN_SECONDS * rate
-    assert np.isfinite(samples).all() and np.abs(samples).max() <= audio.FLOAT_PEAK_LIMIT
+    assert waveform.MIN_SAMPLE_RATE <= rate <= waveform.MAX_SAMPLE_RATE
+    assert 1 <= samples.shape[1] <= waveform.MAX_CHANNELS
+    assert samples.shape[0] >= waveform.MIN_SECONDS * rate
+    assert np.isfinite(samples).all() and np.abs(samples).max() <= waveform.FLOAT_PEAK_LIMIT
     assert feats.shape == feature_shape(PARAMS) and np.isfinite(feats).all()
     assert duration > 0
 

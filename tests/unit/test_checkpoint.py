@@ -10,7 +10,7 @@ import torch
 from samples import checkpoint_meta
 from torch import nn
 
-from knd.checkpoint import (
+from knd.learning.checkpoint import (
     MODEL_FILE,
     TRAIN_STATE_FILE,
     load_meta,
@@ -18,7 +18,7 @@ from knd.checkpoint import (
     load_train_state,
     save_checkpoint,
 )
-from knd.models import build_model
+from knd.learning.models import build_model
 
 
 def _meta(width: int = 8) -> dict:

@@ -7,8 +7,8 @@ import json
 import pytest
 from samples import checkpoint_meta
 
-from knd.checkpoint import MAX_META_BYTES, load_meta, load_model, save_checkpoint
-from knd.models import build_model
+from knd.learning.checkpoint import MAX_META_BYTES, load_meta, load_model, save_checkpoint
+from knd.learning.models import build_model
 
 
 def _with(path: list[str], value) -> dict:

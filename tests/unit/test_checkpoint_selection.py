@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from knd.config import load_config
-from knd.ravdess import split_actors
-from knd.train import kept_checkpoint, model_selection
+from knd.data.ravdess import split_actors
+from knd.stages.train import kept_checkpoint, model_selection
 
 # Shaped like the end of a cosine schedule: UAR peaks by one clip mid-way, loss keeps falling.
 REPORTS = [

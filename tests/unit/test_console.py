@@ -9,9 +9,9 @@ import pickle
 import time
 from dataclasses import dataclass, field
 
-from knd import console
 from knd.cli import run_command
 from knd.config import load_config
+from knd.runtime import console
 
 
 def test_header_says_what_is_read_and_where_it_goes():

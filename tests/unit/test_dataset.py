@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from knd.dataset import (
+from knd.data.shards import (
     LEASE,
     MANIFEST,
     OutputBusyError,
@@ -23,7 +23,7 @@ from knd.dataset import (
     missing_shards,
     remove_superseded,
 )
-from knd.prepare import run_tasks, serial_map
+from knd.stages.prepare import run_tasks, serial_map
 
 
 def test_a_second_lease_on_one_output_is_refused_until_the_first_is_released(tmp_path):
@@ -129,7 +129,7 @@ def test_a_failed_task_is_retried_one_file_at_a_time_and_the_culprit_reported():
 
 
 def test_manifest_actors_lists_actors_in_order_without_unknown():
-    from knd.dataset import manifest_actors
+    from knd.data.shards import manifest_actors
 
     counts = {"1": 60, "12": 60, "3": 60, "unknown": 7}
     assert manifest_actors({"rows_per_actor": counts}) == [1, 3, 12]

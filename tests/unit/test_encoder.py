@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import write_tiny_encoder
 
-from knd import encoder, features
-from knd.checkpoint import make_meta, meta_problem
+from knd.audio import encoder, features
 from knd.config import load_config
-from knd.engine import Learner, make_optimizer
-from knd.heads import EmbeddingHead, EncoderClassifier, LayerWeights
+from knd.learning.checkpoint import make_meta, meta_problem
+from knd.learning.engine import Learner, make_optimizer
+from knd.learning.heads import EmbeddingHead, EncoderClassifier, LayerWeights
 
 KINDS = ("wav2vec2", "hubert", "wavlm")
 
@@ -193,7 +193,7 @@ def test_embedding_statistics_are_a_table_in_the_meta():
 
 
 def test_prepare_refuses_an_unusable_encoder_before_any_work(tmp_path):
-    from knd.prepare import run
+    from knd.stages.prepare import run
 
     args = [f"input={tmp_path}", f"output={tmp_path / 'out'}", "features.groups=[logmel,embedding]"]
     (tmp_path / "weightless").mkdir()

@@ -10,9 +10,8 @@ import pyarrow.compute as pc
 import pytest
 from samples import checkpoint_meta, encode, tone
 
-from knd.checkpoint import meta_problem, model_groups
 from knd.config import ConfigError, load_config
-from knd.dataset import (
+from knd.data.shards import (
     check_groups,
     load_features,
     manifest_groups,
@@ -20,8 +19,9 @@ from knd.dataset import (
     shard_rows_table,
     write_shard,
 )
-from knd.prepare import process_files
-from knd.storage import resolve
+from knd.data.storage import resolve
+from knd.learning.checkpoint import meta_problem, model_groups
+from knd.stages.prepare import process_files
 
 EVERY = ("logmel", "prosody", "egemaps")
 
@@ -52,7 +52,7 @@ def _files(tmp_path) -> dict[str, bytes]:
 
 def _prepare(tmp_path, params, name: str) -> str:
     """A minimal prepared feature set (one shard), written as knd prepare writes it."""
-    from knd.prepare import build_manifest
+    from knd.stages.prepare import build_manifest
 
     folder = tmp_path / name
     (folder / "shards").mkdir(parents=True)
@@ -157,7 +157,7 @@ def test_prepare_refuses_groups_without_the_log_mel():
 
 
 def test_score_refuses_to_compute_a_group_another_version_of_the_code_made(params):
-    from knd.features import check_computes, group_hash
+    from knd.audio.features import check_computes, group_hash
 
     every = dataclasses.replace(params, groups=EVERY)
     current = {g: group_hash(g, every) for g in EVERY}

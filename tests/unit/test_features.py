@@ -7,8 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from knd.config import load_config
-from knd.features import (
+from knd.audio.features import (
     clip_features,
     feature_hash,
     feature_shape,
@@ -16,6 +15,7 @@ from knd.features import (
     log_mel,
     normalise,
 )
+from knd.config import load_config
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def test_runtime_env_forwards_every_variable_storage_reads():
     import re
 
     runtime_env = runpy.run_path(str(REPO / "jobs" / "runtime_env.py"))
-    read = set(re.findall(r"AWS_[A-Z0-9_]+", (REPO / "knd" / "storage.py").read_text()))
+    read = set(re.findall(r"AWS_[A-Z0-9_]+", (REPO / "knd" / "data" / "storage.py").read_text()))
     assert read <= set(runtime_env["PASSED"])
 
 

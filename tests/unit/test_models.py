@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knd.models import MODEL_NAMES, build_model
+from knd.learning.models import MODEL_NAMES, build_model
 
 LOGMEL_MODELS = [
     n for n in MODEL_NAMES if n not in ("egemaps_mlp", "embedding_head", "encoder_finetune")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knd import egemaps, prosody
+from knd.audio import egemaps, prosody
 
 RATE, WIN, HOP = 16000, 400, 160
 

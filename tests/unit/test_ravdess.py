@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from knd.ravdess import (
+from knd.data.ravdess import (
     ACTORS,
     EMOBOX_FOLDS,
     EMOTIONS,

@@ -6,8 +6,8 @@ import base64
 import json
 import re
 
-from knd.metrics import metrics_report, split_metrics
-from knd.report import (
+from knd.learning.metrics import metrics_report, split_metrics
+from knd.learning.report import (
     CONFUSION_FILE,
     CURVES_FILE,
     METRICS_FILE,

@@ -1,11 +1,11 @@
-"""The learning-rate schedules of ``knd.engine.lr_at`` (``optim.schedule``)."""
+"""The learning-rate schedules of ``knd.learning.engine.lr_at`` (``optim.schedule``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from knd.engine import lr_at
+from knd.learning.engine import lr_at
 
 
 @pytest.mark.parametrize(("total", "warmup"), [(100, 30), (57, 11), (20, 0)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from knd.score import aggregate
+from knd.stages.score import aggregate
 
 
 def test_non_finite_probabilities_become_an_error_not_a_label():

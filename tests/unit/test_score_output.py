@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from knd.score import StagedTable, _complete_files
+from knd.stages.score import StagedTable, _complete_files
 
 
 def part(rows):

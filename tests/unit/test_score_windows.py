@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from knd.audio.features import clip_features, feature_shape
 from knd.config import load_config
-from knd.features import clip_features, feature_shape
-from knd.score import aggregate, file_windows, stage_cpus
+from knd.stages.score import aggregate, file_windows, stage_cpus
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from knd import storage
+from knd.data import storage
 
 
 def test_listing_never_follows_a_directory_symlink_into_a_loop(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from knd.tracking import MASK, is_secret_name, scrub
+from knd.runtime.tracking import MASK, is_secret_name, scrub
 
 
 @pytest.mark.parametrize(

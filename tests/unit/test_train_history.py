@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from knd.report import append_history, read_history
+from knd.learning.report import append_history, read_history
 
 
 def test_a_recovered_run_does_not_repeat_epochs(tmp_path):

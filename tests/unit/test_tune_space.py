@@ -14,12 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from knd.analyse import summary_md, trials_csv
 from knd.config import ConfigError, config_dir, load_config, load_yaml, replace, to_dict
-from knd.experiment import best_config_text, best_row, best_train_config, trial_train_config
-from knd.metrics import fold_summary
-from knd.search_space import param_space, space_path, space_recipes
-from knd.tune import CrossValidation
+from knd.learning.experiment import (
+    best_config_text,
+    best_row,
+    best_train_config,
+    trial_train_config,
+)
+from knd.learning.metrics import fold_summary
+from knd.learning.search_space import param_space, space_path, space_recipes
+from knd.stages.analyse import summary_md, trials_csv
+from knd.stages.tune import CrossValidation
 
 SPACES = sorted(p.name for p in (config_dir() / "tune").glob("*.yaml"))
 
@@ -200,7 +205,7 @@ def test_trials_csv_ranks_and_summary_counts():
 
 
 def test_optuna_samples_the_shipped_space_and_refuses_grids():
-    from knd.tune import search_algorithm
+    from knd.stages.tune import search_algorithm
 
     path = space_path("cpu_small")
     cfg = load_config("tune", ["data=/tmp/f", "search=optuna", "max_concurrent=3"])
@@ -220,7 +225,7 @@ def test_optuna_samples_the_shipped_space_and_refuses_grids():
 
 
 def test_the_fused_space_searches_feature_groups_and_names_every_group_it_may_read():
-    from knd.search_space import space_groups
+    from knd.learning.search_space import space_groups
 
     path = space_path("fused_cnn")
     space = load_yaml(path)

@@ -58,11 +58,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from knd import audio, features, storage
+from knd.audio import features, waveform
 from knd.config import FeatureConfig, ScoreConfig
-from knd.console import file_progress
-from knd.dataset import group_column
-from knd.retry import AttemptLedger, bounded_retry
+from knd.data import storage
+from knd.data.shards import group_column
+from knd.runtime.console import file_progress
+from knd.runtime.retry import AttemptLedger, bounded_retry
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,10 @@ def file_windows(
 ) -> list[Window]:
     """Decoded audio -> the windows that score it, each with every group of ``params.groups``.
 
-    A file no longer than one clip after trimming takes exactly :func:`knd.features.clip_groups`'
-    steps (downmix, resample, trim, pad to ``clip_seconds``, features), so it matches its
-    prepared features. A longer one is cut into clip-long windows every ``hop_seconds`` (the last
-    aligned to the end) over the trimmed signal.
+    A file no longer than one clip after trimming takes exactly
+    :func:`knd.audio.features.clip_groups`' steps (downmix, resample, trim, pad to
+    ``clip_seconds``, features), so it matches its prepared features. A longer one is cut into
+    clip-long windows every ``hop_seconds`` (the last aligned to the end) over the trimmed signal.
 
     Args:
         samples: ``[frames, channels]`` or ``[frames]`` float32.
@@ -109,7 +110,7 @@ def file_windows(
         Windows in time order; ``start``/``end`` are seconds in the original file.
     """
     wave = features.mono_at_feature_rate(samples, sample_rate, params)
-    trimmed = audio.trim_silence(wave, params.trim_db)
+    trimmed = waveform.trim_silence(wave, params.trim_db)
     offset = _view_offset(trimmed, wave)
     clip = features.clip_samples(params)
     rate = float(params.sample_rate)
@@ -123,7 +124,7 @@ def file_windows(
             (offset + e) / rate,
             features.segment_groups(trimmed[s:e], params, device),
         )
-        for s, e in audio.windows(len(trimmed), clip, hop)
+        for s, e in waveform.windows(len(trimmed), clip, hop)
     ]
 
 
@@ -164,10 +165,10 @@ def featurize_batch(
 def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float, device: str):
     """``(duration, error, windows)`` of one file; any failure is its ``error``, never raised."""
     try:
-        samples, rate = audio.decode_audio(storage.read_bytes(path, fs))
+        samples, rate = waveform.decode_audio(storage.read_bytes(path, fs))
         wins = file_windows(samples, rate, params, hop_seconds, device)
         return len(samples) / float(rate), "", wins
-    except audio.AudioError as e:
+    except waveform.AudioError as e:
         error = str(e)
     except OSError as e:
         error = f"unreadable ({e.strerror or str(e) or type(e).__name__})"
@@ -226,8 +227,8 @@ class Scorer:
     def __init__(self, checkpoint: str, use_gpu: bool):
         import torch
 
-        from knd.checkpoint import load_model
-        from knd.inference import norm_stats, norm_tensors
+        from knd.learning.checkpoint import load_model
+        from knd.learning.inference import norm_stats, norm_tensors
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model, meta = load_model(checkpoint, device=self.device)
@@ -237,7 +238,7 @@ class Scorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from knd.inference import probabilities
+        from knd.learning.inference import probabilities
 
         values = {g: batch.pop(group_column(g)) for g in self.norm}
         ok = np.asarray(batch["error"] == "", dtype=bool)
@@ -329,7 +330,7 @@ def scoring_params(meta: dict, checkpoint: str, encoder: str = "") -> FeatureCon
         ValueError: this knd would compute a group differently from the features it trained on
             (another version of an algorithm, or an encoder whose files differ).
     """
-    from knd.checkpoint import model_groups
+    from knd.learning.checkpoint import model_groups
 
     trained_on = model_groups(meta)
     stored = features.stored_params(meta["feature_params"])
@@ -349,8 +350,8 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     """
     import ray
 
-    from knd.checkpoint import load_meta
-    from knd.runtime import init_ray
+    from knd.learning.checkpoint import load_meta
+    from knd.runtime.cluster import init_ray
 
     output = str(cfg.output)
     if not output.lower().endswith(OUTPUT_SUFFIXES):
@@ -598,8 +599,8 @@ class StagedTable:
     """An output table staged as whole chunk files beside the output, committed in one step.
 
     The chunks live in a hidden folder named by ``key`` (a hash of what defines the rows), each
-    written atomically (:func:`knd.storage.write_bytes`) once ``chunk_files`` files are buffered,
-    so a killed run leaves only whole chunks. A rerun with the same key finds them
+    written atomically (:func:`knd.data.storage.write_bytes`) once ``chunk_files`` files are
+    buffered, so a killed run leaves only whole chunks. A rerun with the same key finds them
     (:meth:`staged_rows`) and scores only the other files. The commit concatenates the chunks in
     the order they were written into a temporary file, renamed over the output (locally) or
     copied to its key (S3): a reader sees the old output or the whole new one, never a part. On

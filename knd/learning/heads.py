@@ -149,7 +149,7 @@ def encoder_spec(folder: str) -> dict:
 
     The config rebuilds the architecture when scoring; the weights are in the checkpoint.
     """
-    from knd import encoder
+    from knd.audio import encoder
 
     info = encoder.describe(folder)
     return {
@@ -181,7 +181,7 @@ def build_head(name: str, num_classes: int, spec: dict, shapes: dict) -> nn.Modu
         return EmbeddingHead(
             num_classes, shapes["embedding"], int(spec.get("layer", -1)), width, dropout
         )
-    from knd import encoder
+    from knd.audio import encoder
 
     if "encoder_config" in spec:  # a checkpoint: the architecture here, the weights in model.pt
         module = encoder.build_encoder(spec["encoder_config"])

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from knd import storage
-from knd.checkpoint import load_model
 from knd.config import EvaluateConfig, to_dict
-from knd.inference import score_actors
-from knd.metrics import metrics_report, split_metrics
-from knd.report import read_history, write_report
+from knd.data import storage
+from knd.learning.checkpoint import load_model
+from knd.learning.inference import score_actors
+from knd.learning.metrics import metrics_report, split_metrics
+from knd.learning.report import read_history, write_report
 
 log = logging.getLogger(__name__)
 

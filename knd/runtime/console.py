@@ -433,7 +433,8 @@ def _trial_lines_class() -> type:
         def on_trial_error(self, iteration, trials, trial, **info):
             self.emit(f"  trial {trial.trial_id} failed; its error is in {trial.path}")
 
-    # Picklable by reference (Tune saves its callbacks with the experiment): knd.console.TrialLines
+    # Picklable by reference (Tune saves its callbacks with the experiment):
+    # knd.runtime.console.TrialLines
     TrialLines.__module__, TrialLines.__qualname__ = __name__, "TrialLines"
     return TrialLines
 

@@ -3,7 +3,7 @@
 Every model takes the normalised log-mel ``[batch, 1, n_mels, frames]`` as its first argument and
 the other feature groups it reads as keyword tensors (``prosody=[batch, 4, frames]``,
 ``egemaps=[batch, 88]``), and returns ``[batch, num_classes]`` logits (the pretrained-encoder
-models are in :mod:`knd.heads`). All of them end in global
+models are in :mod:`knd.learning.heads`). All of them end in global
 pooling, so the clip length (frames) is free; weights are always random (``weights=None``):
 nothing is downloaded.
 """
@@ -249,14 +249,14 @@ def build_model(
             (``fused_cnn`` and ``egemaps_mlp``; the others read the log-mel alone).
         fusion_width: width of each non-log-mel branch (``fused_cnn``; ``egemaps_mlp``'s hidden
             layer is twice it).
-        spec: the whole model spec, for the encoder models (:func:`knd.heads.build_head`).
+        spec: the whole model spec, for the encoder models (:func:`knd.learning.heads.build_head`).
 
     Raises:
         ValueError: an unknown model name, or a group the model needs is missing.
     """
     groups = groups or {}
     if name in ("embedding_head", "encoder_finetune"):
-        from knd.heads import build_head
+        from knd.learning.heads import build_head
 
         return build_head(name, num_classes, spec or {}, groups)
     if name == "fused_cnn":

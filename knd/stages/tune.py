@@ -4,7 +4,7 @@ How the pieces fit (see docs/guides/tuning.md for the reasoning):
 
 - The test actors (``test_actors``) are removed before anything else: their clips are never loaded
   while the search runs, so no trial (and no normalisation statistic) can see them.
-- The remaining actors form K actor-disjoint folds (:func:`knd.ravdess.actor_folds`).
+- The remaining actors form K actor-disjoint folds (:func:`knd.data.ravdess.actor_folds`).
 - One Tune trial is one configuration. Inside it, K models (one per fold) train side by side:
   each epoch trains every fold's model one more epoch, scores it on its held-out actors, and
   reports the mean validation UAR over the folds (``uar``), its standard deviation over the folds
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from knd import storage
 from knd.config import TrainConfig, TuneConfig, to_dict
-from knd.console import is_verbose, tune_callback
-from knd.dataset import group_column
-from knd.engine import ArrayBatches, Learner, ordered_batches, row_stats
-from knd.experiment import (
+from knd.data import storage
+from knd.data.ravdess import emotion_to_label_table, label_names
+from knd.data.shards import group_column
+from knd.learning.engine import ArrayBatches, Learner, ordered_batches, row_stats
+from knd.learning.experiment import (
     BEST_DIR,
     best_row,
     experiment_groups,
@@ -46,10 +46,10 @@ from knd.experiment import (
     trial_train_config,
     write_best,
 )
-from knd.metrics import fold_summary
-from knd.ravdess import emotion_to_label_table, label_names
-from knd.search_space import check_search, param_space
-from knd.tracking import wandb_callbacks
+from knd.learning.metrics import fold_summary
+from knd.learning.search_space import check_search, param_space
+from knd.runtime.console import is_verbose, tune_callback
+from knd.runtime.tracking import wandb_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def cross_validation_trial(config: dict, data: dict[str, np.ndarray], meta: dict
     """
     from ray import tune
 
-    from knd.checkpoint import load_tensors
+    from knd.learning.checkpoint import load_tensors
 
     cfg = trial_train_config(config, meta)
     device = _trial_device(meta["cpus_per_trial"])
@@ -262,7 +262,7 @@ def load_columns(data: str, actors: list[int], groups: dict[str, str]) -> dict[s
     """The columns trials train on (every feature group of ``groups``, a ``{group: hash}``,
     under its shard column, plus ``emotion, actor, path``) of ``actors`` only: a trial whose
     configuration reads fewer groups takes what it needs."""
-    from knd.dataset import load_features
+    from knd.data.shards import load_features
 
     table = load_features(data, actors=actors, expected_hash=groups["logmel"], groups=groups)
     if len(table) == 0:
@@ -341,7 +341,9 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
             # checkpoint elsewhere, a bounded number of times, instead of ending in ERROR.
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             callbacks=callbacks,
-            verbose=2 if is_verbose(cfg.ray.verbose) else 0,  # knd's lines (knd.console) instead
+            verbose=2
+            if is_verbose(cfg.ray.verbose)
+            else 0,  # knd's lines (knd.runtime.console) instead
         ),
     )
     tuner.fit()
@@ -355,11 +357,11 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     """
     import ray
 
-    from knd.checkpoint import load_model, make_meta, save_checkpoint
-    from knd.inference import score_actors
-    from knd.metrics import metrics_report
-    from knd.models import build_from_spec
-    from knd.report import write_report
+    from knd.learning.checkpoint import load_model, make_meta, save_checkpoint
+    from knd.learning.inference import score_actors
+    from knd.learning.metrics import metrics_report
+    from knd.learning.models import build_from_spec
+    from knd.learning.report import write_report
 
     params = best["params"]
     train_cfg = trial_train_config(params, meta)
@@ -410,7 +412,7 @@ def run(cfg: TuneConfig) -> TuneResult:
     """
     import ray
 
-    from knd.runtime import init_ray
+    from knd.runtime.cluster import init_ray
 
     cfg, meta, experiment = open_experiment(cfg)
     log.info(

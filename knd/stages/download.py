@@ -38,8 +38,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from knd import storage
 from knd.config import DownloadConfig
+from knd.data import storage
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import yaml
 
-from knd import storage
 from knd.config import (
     ConfigError,
     TrainConfig,
@@ -34,9 +33,10 @@ from knd.config import (
     replace,
     to_dict,
 )
-from knd.dataset import check_groups, manifest_actors, manifest_groups, read_manifest
-from knd.ravdess import actor_folds
-from knd.search_space import (
+from knd.data import storage
+from knd.data.ravdess import actor_folds
+from knd.data.shards import check_groups, manifest_actors, manifest_groups, read_manifest
+from knd.learning.search_space import (
     check_search,
     param_space,
     space_groups,

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from knd import storage
 from knd.config import TrainConfig
+from knd.data import storage
 
 if TYPE_CHECKING:
     import torch
@@ -55,8 +55,8 @@ def make_meta(
         run: the run's name.
         extra: more keys (``epoch``, ``metrics``...).
     """
-    from knd.dataset import manifest_groups
-    from knd.ravdess import label_names
+    from knd.data.ravdess import label_names
+    from knd.data.shards import manifest_groups
 
     specs = manifest_groups(features)
     groups = list(cfg.model.groups)
@@ -97,7 +97,7 @@ def _encoder_model_keys(model) -> dict:
         return {"layer": model.layer}
     if model.name != "encoder_finetune":
         return {}
-    from knd.heads import encoder_spec
+    from knd.learning.heads import encoder_spec
 
     return {
         "finetune_layers": model.finetune_layers,
@@ -138,7 +138,7 @@ def save_checkpoint(
         meta: JSON-serialisable description (see the module docstring).
         train_state: optimiser state, epoch, step... (tensors, numbers, strings, lists, dicts).
     """
-    from knd.models import unwrap
+    from knd.learning.models import unwrap
 
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     storage.write_bytes(storage.join(folder, MODEL_FILE), _tensor_bytes(state))
@@ -335,7 +335,9 @@ def _encoder_problem(model: dict) -> str | None:
     if not (_is_int(layer) and -1 <= layer <= 1000):
         return f"model.layer: expected an integer in -1..1000, got {layer!r}"
     if model["name"] == "encoder_finetune":
-        from knd.heads import encoder_config_problem  # torch: only for a fine-tuned encoder
+        from knd.learning.heads import (
+            encoder_config_problem,  # torch: only for a fine-tuned encoder
+        )
 
         return encoder_config_problem(model.get("encoder_config"))
     return None
@@ -351,7 +353,7 @@ def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
         FileNotFoundError: the folder lacks ``meta.json`` or ``model.pt``.
         ValueError: ``model.pt`` is not a plain state dict or does not fit the described model.
     """
-    from knd.models import build_from_spec
+    from knd.learning.models import build_from_spec
 
     meta = load_meta(folder)
     spec = meta["model"]

@@ -6,7 +6,7 @@ neutral clips as other emotions, so plain accuracy rewards a bias towards the bi
 Inside a DDP worker group the torchmetrics collection syncs its states over ``torch.distributed``
 when ``compute()`` is called, so every rank gets the metrics of all ranks' rows together. The pure
 functions (``split_metrics``, ``per_class_metrics``, ``metrics_report``) never sync. Nothing
-here writes a file: :mod:`knd.report` turns these numbers into files and reports.
+here writes a file: :mod:`knd.learning.report` turns these numbers into files and reports.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def metric_collection(num_classes: int, sync: bool = True) -> MetricCollection:
     """
     # Imported here, not at module level: `import torchmetrics` loads every metric family
     # (text, image, audio: transformers, torchvision, scipy.signal), ~5 s on 2 cores, which
-    # every Ray worker importing knd.train and every `knd` command paid before doing anything.
+    # every Ray worker importing knd.stages.train and every `knd` command paid before doing
+    # anything.
     from torchmetrics import MetricCollection
     from torchmetrics.classification import (
         MulticlassAccuracy,

@@ -16,8 +16,8 @@ import re
 import tempfile
 from typing import Any
 
-from knd import storage
 from knd.config import WandbConfig
+from knd.data import storage
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from functools import lru_cache
 import numpy as np
 from scipy.signal import butter, lfilter, resample_poly, sosfilt
 
-from knd import storage
-from knd.console import file_progress
-from knd.ravdess import ACTORS, EMOTIONS, Clip
+from knd.data import storage
+from knd.data.ravdess import ACTORS, EMOTIONS, Clip
+from knd.runtime.console import file_progress
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from knd.audio.features import normalise, stat_axes
 from knd.config import TrainConfig, to_dict
-from knd.features import normalise, stat_axes
-from knd.inference import Inputs, Norm, logits_of, norm_tensors, normalised_side
-from knd.metrics import metric_collection, summarise
-from knd.models import build_from_spec, unwrap
+from knd.learning.inference import Inputs, Norm, logits_of, norm_tensors, normalised_side
+from knd.learning.metrics import metric_collection, summarise
+from knd.learning.models import build_from_spec, unwrap
 
 Batch = tuple[Inputs, torch.Tensor]
 """Raw feature groups ``{"logmel": [B, n_mels, frames], ...}`` and label ids ``[B]``."""
@@ -127,7 +127,7 @@ def mixup(
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; biases and normalisation weights get no weight decay,
     and a pretrained encoder's layers learn at ``model.encoder_lr_scale`` times the head's rate."""
-    from knd.heads import encoder_param_names
+    from knd.learning.heads import encoder_param_names
 
     slow = encoder_param_names(model)
     groups = []
@@ -151,7 +151,7 @@ def band_stats(
     features: Iterable[np.ndarray], group: str = "logmel"
 ) -> tuple[list[float], list[float]]:
     """Mean and standard deviation of one group over every clip (and frame): per channel for
-    frame-level groups, per value for the others (:func:`knd.features.stat_axes`).
+    frame-level groups, per value for the others (:func:`knd.audio.features.stat_axes`).
 
     Args:
         features: batches of one raw group: log-mel ``[B, n_mels, frames]``, prosody

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from knd import storage
 from knd.config import AnalyseConfig
-from knd.experiment import (
+from knd.data import storage
+from knd.learning.experiment import (
     BEST_CONFIG_FILE,
     BEST_RESULT_FILE,
     SCORES,
@@ -36,7 +36,7 @@ from knd.experiment import (
     read_meta,
     trial_rows,
 )
-from knd.report import write_analysis_report
+from knd.learning.report import write_analysis_report
 
 log = logging.getLogger(__name__)
 

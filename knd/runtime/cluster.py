@@ -6,7 +6,7 @@ import logging
 import os
 
 from knd.config import RayConfig
-from knd.console import is_verbose, out, quiet_ray, ray_init_options
+from knd.runtime.console import is_verbose, out, quiet_ray, ray_init_options
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ def init_ray(cfg: RayConfig) -> None:
 
     Inside ``ray job submit`` Ray sets ``RAY_ADDRESS``, so ``ray.init()`` joins that cluster.
     Ray's own logs stay in its log files unless ``cfg.verbose`` or ``KND_VERBOSE=1``
-    (:mod:`knd.console`).
+    (:mod:`knd.runtime.console`).
     """
     import ray
 

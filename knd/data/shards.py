@@ -36,9 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from knd import storage
+from knd.audio.features import feature_shape, group_specs
 from knd.config import FEATURE_GROUPS, FeatureConfig
-from knd.features import feature_shape, group_specs
+from knd.data import storage
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ def check_groups(
 _GROUP_ORDER = FEATURE_GROUPS
 
 
-def _checked_manifest(
+def checked_manifest(
     path: str, expected: dict[str, str | None]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The manifest of ``path`` and the specs of the ``expected`` groups."""
@@ -427,7 +427,7 @@ def _checked_manifest(
     return manifest, check_groups(path, manifest, expected)
 
 
-def _expected(
+def expected_groups(
     groups: Iterable[str] | dict[str, str | None] | None, expected_hash: str | None
 ) -> dict[str, str | None]:
     wanted: dict[str, str | None] = {"logmel": expected_hash}
@@ -438,12 +438,12 @@ def _expected(
     return wanted
 
 
-def _shard_paths(path: str, manifest: dict[str, Any]) -> tuple[pafs.FileSystem, list[str]]:
+def shard_paths(path: str, manifest: dict[str, Any]) -> tuple[pafs.FileSystem, list[str]]:
     fs, root = storage.resolve(path)
     return fs, [f"{root}/{shard}" for shard in manifest["shards"]]
 
 
-def _to_numpy_batch(
+def to_numpy_batch(
     table: pa.Table, specs: dict[str, dict[str, Any]], actors: tuple[int, ...] | None
 ) -> dict[str, np.ndarray]:
     if actors is not None:
@@ -459,61 +459,25 @@ def _to_numpy_batch(
     return out
 
 
-def read_features(
-    path: str,
-    actors: Iterable[int] | None = None,
-    expected_hash: str | None = None,
-    groups: Iterable[str] | dict[str, str | None] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """A Ray Dataset over the committed shards of a prepared feature set, and its manifest.
-
-    Args:
-        path: the ``output`` of ``knd prepare`` (folder or ``s3://``).
-        actors: keep only these actors (None: all).
-        expected_hash: refuse features whose log-mel ``feature_hash`` differs.
-        groups: feature groups to read besides the log-mel, as names or ``{name: hash}`` (a
-            hash refuses the group when it differs).
-
-    Returns:
-        ``(dataset, manifest)``; the dataset's ``features`` column holds float32 arrays
-        ``[n_mels, n_frames]``, and each other group a float32 column named after it.
-
-    Raises:
-        ValueError: no manifest, a missing group, or features made with other parameters.
-    """
-    import ray
-
-    manifest, specs = _checked_manifest(path, _expected(groups, expected_hash))
-    fs, files = _shard_paths(path, manifest)
-    wanted = None if actors is None else tuple(int(a) for a in actors)
-    ds = ray.data.read_parquet(files, filesystem=fs)
-    ds = ds.map_batches(
-        _to_numpy_batch,
-        batch_format="pyarrow",
-        batch_size=None,
-        fn_kwargs={"specs": specs, "actors": wanted},
-    )
-    return ds, manifest
-
-
 def load_features(
     path: str,
     actors: Iterable[int] | None = None,
     expected_hash: str | None = None,
     groups: Iterable[str] | dict[str, str | None] | None = None,
 ) -> FeatureTable:
-    """The same data as :func:`read_features`, in memory and without Ray.
+    """A prepared feature set in memory (:func:`knd.learning.feed.read_features` streams it with Ray
+    Data).
 
     Raises:
         ValueError: no manifest, a missing group, or features made with other parameters.
     """
-    manifest, specs = _checked_manifest(path, _expected(groups, expected_hash))
-    fs, files = _shard_paths(path, manifest)
+    manifest, specs = checked_manifest(path, expected_groups(groups, expected_hash))
+    fs, files = shard_paths(path, manifest)
     columns = [c for c in pq.read_schema(files[0], filesystem=fs).names if c not in _GROUP_ORDER]
     columns += [group_column(g) for g in specs if g != "logmel"]
     table = pa.concat_tables([pq.read_table(f, filesystem=fs, columns=columns) for f in files])
     wanted = None if actors is None else tuple(int(a) for a in actors)
-    cols = _to_numpy_batch(table, specs, wanted)
+    cols = to_numpy_batch(table, specs, wanted)
     return FeatureTable(
         features=cols["features"],
         label=cols["label"].astype(np.int64),

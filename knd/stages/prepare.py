@@ -6,15 +6,15 @@ runs two passes of Ray tasks over *paths* (audio bytes never cross the object st
 1. **hash**: each task reads its files and returns ``(path, sha256, size)``. The driver then
    rejects duplicate clips (same bytes; the shortest path wins) and names that are not RAVDESS
    names, so a duplicate is never decoded.
-2. **featurise**: each task decodes, featurises (:func:`knd.features.clip_groups`) and writes
+2. **featurise**: each task decodes, featurises (:func:`knd.audio.features.clip_groups`) and writes
    its kept clips as one Parquet shard into the run's staging folder itself, returning only small
    per-file rows (path, hash, labels, duration, error, shard) to the driver.
 
 Every per-file failure, whatever its exception, is a row with a reason. Retries are bounded: a
 task whose worker dies (out of memory, a crash) is not retried as a whole; its files are retried
 one per task, and a file whose own task fails again is rejected with the reason. The driver
-writes ``rejected.csv`` and the manifest last (see :mod:`knd.dataset` for the layout), under an
-exclusive lease on the output (:class:`knd.dataset.OutputLease`), so two runs into one output
+writes ``rejected.csv`` and the manifest last (see :mod:`knd.data.shards` for the layout), under an
+exclusive lease on the output (:class:`knd.data.shards.OutputLease`), so two runs into one output
 cannot interleave their commits. Only shard folders older than the committed manifest are removed.
 
 A rerun over the same input listing (relative paths, sizes, modification times) with the same
@@ -54,11 +54,18 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 import knd
-from knd import storage
-from knd.audio import AudioError, decode_audio
+from knd.audio.features import (
+    FEATURE_ALGORITHM,
+    clip_groups,
+    feature_hash,
+    feature_shape,
+    group_specs,
+)
+from knd.audio.waveform import AudioError, decode_audio
 from knd.config import FeatureConfig, PrepareConfig, to_dict
-from knd.console import file_progress
-from knd.dataset import (
+from knd.data import storage
+from knd.data.ravdess import EMOTIONS, parse_name
+from knd.data.shards import (
     LABEL_COLUMNS,
     MANIFEST,
     REJECTED,
@@ -74,14 +81,7 @@ from knd.dataset import (
     shard_rows_table,
     write_shard,
 )
-from knd.features import (
-    FEATURE_ALGORITHM,
-    clip_groups,
-    feature_hash,
-    feature_shape,
-    group_specs,
-)
-from knd.ravdess import EMOTIONS, parse_name
+from knd.runtime.console import file_progress
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def process_files(
         hashes: each file's sha256 when already known (the hash pass), else computed here.
 
     Returns:
-        One row per file with the columns of :func:`knd.dataset.row_schema`.
+        One row per file with the columns of :func:`knd.data.shards.row_schema`.
     """
     schema = row_schema(params)
     cols: dict[str, list] = {name: [] for name in schema.names}
@@ -747,7 +747,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
 
     Raises:
         FileNotFoundError: the input does not exist or holds no audio file.
-        knd.dataset.OutputBusyError: another ``knd prepare`` is writing the output.
+        knd.data.shards.OutputBusyError: another ``knd prepare`` is writing the output.
     """
     started = time.perf_counter()
     wanted = feature_hash(cfg.features)
@@ -767,7 +767,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         return PrepareResult(cfg.output, current, rows, rejected, skipped=True, exit_code=0)
     import ray
 
-    from knd.runtime import init_ray
+    from knd.runtime.cluster import init_ray
 
     # A job retried on a new cluster finds the lease of the run it replaces, held from another
     # host: it waits for that lease to go stale rather than failing the retry at once.

@@ -1,6 +1,6 @@
 """The files a person reads after a run: metrics.json, figures, report.md and report.html.
 
-:mod:`knd.metrics` computes numbers; this module turns them into files. ``knd train`` and
+:mod:`knd.learning.metrics` computes numbers; this module turns them into files. ``knd train`` and
 ``knd evaluate`` call :func:`write_report`, which writes beside ``metrics.json``:
 
 - ``confusion.png``: the confusion matrix, rows normalised to recall, counts in each cell;
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
-from knd import storage
-from knd.metrics import per_class_metrics
+from knd.data import storage
+from knd.learning.metrics import per_class_metrics
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
     from matplotlib.figure import Figure
@@ -307,7 +307,7 @@ def run_blocks(
     """The blocks of a run's report and the figures it links, ``{file name: png}``.
 
     Args:
-        report: the ``metrics.json`` document (:func:`knd.metrics.metrics_report`).
+        report: the ``metrics.json`` document (:func:`knd.learning.metrics.metrics_report`).
         split: the part whose confusion matrix and tables are shown (the other is summarised).
         config: the exact config of the run, shown as YAML.
         history: one record per epoch; gives ``curves.png`` when it has any.

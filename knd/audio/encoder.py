@@ -11,7 +11,7 @@ Two uses:
 - frozen: :func:`layer_stats` turns a stretch of speech into per-layer pooled statistics (mean
   and standard deviation over frames of every hidden state), the ``embedding`` feature group;
 - fine-tuned: :func:`build_encoder` gives the bare module, trained end to end by
-  :class:`knd.models.EncoderClassifier` on the ``waveform`` group.
+  :class:`knd.learning.models.EncoderClassifier` on the ``waveform`` group.
 
 ``transformers`` is imported on first use only, so importing knd stays fast.
 """
@@ -236,10 +236,10 @@ def layer_stats(wave: np.ndarray, sample_rate: int, name: str, device: str = "cp
     """
     import torch
 
-    from knd import audio
+    from knd.audio import waveform
 
     model, info = _frozen(resolve(name), device)
-    wave = audio.resample(np.asarray(wave, dtype=np.float32), sample_rate, info.sample_rate)
+    wave = waveform.resample(np.asarray(wave, dtype=np.float32), sample_rate, info.sample_rate)
     if len(wave) < MIN_SAMPLES:  # shorter input gives no frame at all
         wave = np.pad(wave, (0, MIN_SAMPLES - len(wave)))
     x = standardise(torch.from_numpy(np.ascontiguousarray(wave))[None].to(device), info)
@@ -249,5 +249,5 @@ def layer_stats(wave: np.ndarray, sample_rate: int, name: str, device: str = "cp
     pooled = torch.cat([stacked.mean(dim=1), stacked.std(dim=1, unbiased=False)], dim=1)
     out = pooled.cpu().numpy()
     if not np.isfinite(out).all():
-        raise audio.AudioError(f"non-finite encoder states from {info.folder}")
+        raise waveform.AudioError(f"non-finite encoder states from {info.folder}")
     return out

@@ -5,8 +5,8 @@ normalisation statistics on the training actors only, and hands Ray Train the Da
 ``train_<rank>`` (one fixed, equal share of the training rows per worker) and ``val`` (every
 worker reads it whole and scores its own share of rows). Each worker runs
 :func:`train_loop_per_worker`, whose shape is fixed: dataset shard -> learner (model, DDP,
-optimiser; :mod:`knd.engine`) -> resume from the last checkpoint if any -> epochs -> validation
-metrics synced across ranks -> ``ray.train.report(metrics, checkpoint)``.
+optimiser; :mod:`knd.learning.engine`) -> resume from the last checkpoint if any -> epochs ->
+validation metrics synced across ranks -> ``ray.train.report(metrics, checkpoint)``.
 
 Model selection never uses the test actors. With validation actors (``split.val_actors``) the
 kept checkpoint is the best epoch by ``train.checkpoint_metric``; with none
@@ -40,8 +40,11 @@ import numpy as np
 import torch
 import yaml
 
-from knd import storage
-from knd.checkpoint import (
+from knd.config import TrainConfig, build, to_dict
+from knd.data import storage
+from knd.data.ravdess import ActorSplit, emotion_to_label_table, split_actors
+from knd.data.shards import check_groups, group_column, manifest_groups
+from knd.learning.checkpoint import (
     META_FILE,
     MODEL_FILE,
     load_meta,
@@ -52,16 +55,13 @@ from knd.checkpoint import (
     model_groups,
     save_checkpoint,
 )
-from knd.config import TrainConfig, build, to_dict
-from knd.console import follow_epochs
-from knd.dataset import check_groups, group_column, manifest_groups
-from knd.engine import ArrayBatches, Learner, group_stats, ordered_batches
-from knd.inference import norm_stats, score_actors
-from knd.metrics import metrics_report
-from knd.models import unwrap
-from knd.ravdess import ActorSplit, emotion_to_label_table, split_actors
-from knd.report import append_history, read_history, write_report
-from knd.tracking import scrub, start_tracking
+from knd.learning.engine import ArrayBatches, Learner, group_stats, ordered_batches
+from knd.learning.inference import norm_stats, score_actors
+from knd.learning.metrics import metrics_report
+from knd.learning.models import unwrap
+from knd.learning.report import append_history, read_history, write_report
+from knd.runtime.console import follow_epochs
+from knd.runtime.tracking import scrub, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> Spli
     made by Ray Data's tasks (a materialised read) lived on the worker nodes, and rebuilding
     them needs a CPU that the restarted training workers hold: it waited for ever.
     """
-    from knd.dataset import load_features
+    from knd.data.shards import load_features
 
     groups, world = cfg.model.inputs, cfg.train.num_workers
 
@@ -430,7 +430,7 @@ def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> Spli
 
 def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
     """Shares too large for memory: materialised by Ray Data once, split equally, streamed."""
-    from knd.dataset import read_features
+    from knd.learning.feed import read_features
 
     groups, world = cfg.model.inputs, cfg.train.num_workers
     columns = [*(group_column(g) for g in groups), "emotion", "actor"]
@@ -457,7 +457,8 @@ def load_split(cfg: TrainConfig) -> SplitData:
     Raises:
         ValueError: no prepared features, or a split that does not fit the corpus.
     """
-    from knd.dataset import manifest_actors, read_features
+    from knd.data.shards import manifest_actors
+    from knd.learning.feed import read_features
 
     _, manifest = read_features(cfg.data, groups=cfg.model.inputs)
     split = split_actors(
@@ -672,7 +673,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             resume from that does not fit.
         ray.train.TrainingFailedError: training failed more often than ``train.max_failures``.
     """
-    from knd.runtime import init_ray
+    from knd.runtime.cluster import init_ray
 
     init_ray(cfg.ray)
     name = cfg.name or f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from knd.features import normalise_group
+from knd.audio.features import normalise_group
 
 Inputs = dict[str, torch.Tensor]
 """Raw feature groups of a batch: ``{"logmel": [B, n_mels, frames], "prosody": ..., ...}``."""
@@ -110,12 +110,12 @@ class ActorScores:
     """A checkpoint's predictions on the clips of some actors of a prepared feature set."""
 
     table: Any
-    """The :class:`knd.dataset.FeatureTable` scored (paths, actors, emotions...)."""
+    """The :class:`knd.data.shards.FeatureTable` scored (paths, actors, emotions...)."""
     targets: np.ndarray
     preds: np.ndarray
     probs: np.ndarray
     metrics: dict
-    """:func:`knd.metrics.split_metrics` of ``preds`` against ``targets``."""
+    """:func:`knd.learning.metrics.split_metrics` of ``preds`` against ``targets``."""
 
 
 def score_actors(
@@ -137,10 +137,10 @@ def score_actors(
         ValueError: no clip of these actors, features missing a group the model reads, or
             made with other parameters.
     """
-    from knd.checkpoint import model_groups
-    from knd.dataset import load_features
-    from knd.metrics import split_metrics
-    from knd.ravdess import targets_of
+    from knd.data.ravdess import targets_of
+    from knd.data.shards import load_features
+    from knd.learning.checkpoint import model_groups
+    from knd.learning.metrics import split_metrics
 
     groups = model_groups(meta)
     table = load_features(data, actors=actors, expected_hash=groups["logmel"], groups=groups)

@@ -4,10 +4,10 @@ A clip's features are a set of named groups, each with its own parameters and ha
 
 - ``logmel``: the log-mel spectrogram ``[n_mels, frames]`` in dB (always computed);
 - ``prosody``: frame-level F0, voicing, periodicity and energy ``[4, frames]`` on the log-mel's
-  frame grid (:mod:`knd.prosody`);
-- ``egemaps``: 88 utterance-level eGeMAPSv02 functionals (:mod:`knd.egemaps`);
+  frame grid (:mod:`knd.audio.prosody`);
+- ``egemaps``: 88 utterance-level eGeMAPSv02 functionals (:mod:`knd.audio.egemaps`);
 - ``embedding``: per-layer pooled statistics of a pretrained speech encoder
-  ``[num_states, 2 * hidden]`` (:mod:`knd.encoder`), identified by the hash of its files;
+  ``[num_states, 2 * hidden]`` (:mod:`knd.audio.encoder`), identified by the hash of its files;
 - ``waveform``: the trimmed clip itself ``[1, samples]``, for fine-tuning an encoder end to end.
 
 Training and scoring both go through :func:`clip_groups`, and every stored feature set carries
@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from knd import audio, egemaps, encoder, prosody
+from knd.audio import egemaps, encoder, prosody, waveform
 from knd.config import FeatureConfig
 
 FEATURE_ALGORITHM = "logmel-db-v1"
@@ -204,7 +204,7 @@ def log_mel(wave: np.ndarray, params: FeatureConfig) -> np.ndarray:
         out = 10.0 * torch.log10(torch.clamp(mel, min=LOG_FLOOR))
     out = out.numpy()
     if not np.isfinite(out).all():  # never store or score NaN/inf: it poisons the statistics
-        raise audio.AudioError("non-finite features (NaN or inf in the log-mel)")
+        raise waveform.AudioError("non-finite features (NaN or inf in the log-mel)")
     return out
 
 
@@ -216,9 +216,9 @@ def mono_at_feature_rate(
     Raises:
         AudioError: the channels cancel out in the downmix (e.g. antiphase stereo).
     """
-    wave = audio.downmix(np.asarray(samples, dtype=np.float32))
-    audio.check_not_silent(wave, "silent after the downmix to mono")
-    return audio.resample(wave, sample_rate, params.sample_rate)
+    wave = waveform.downmix(np.asarray(samples, dtype=np.float32))
+    waveform.check_not_silent(wave, "silent after the downmix to mono")
+    return waveform.resample(wave, sample_rate, params.sample_rate)
 
 
 def segment_groups(
@@ -234,7 +234,7 @@ def segment_groups(
         ``{group: float32 array of group_shape(group, params)}``.
     """
     clip = clip_samples(params)
-    fitted = audio.fit_length(segment, clip)
+    fitted = waveform.fit_length(segment, clip)
     out = {"logmel": log_mel(fitted, params)}
     if "prosody" in params.groups:
         out["prosody"] = prosody.frame_prosody(
@@ -266,7 +266,7 @@ def clip_groups(
         ``(groups, duration_s)``: see :func:`segment_groups`, and the input's duration.
     """
     duration = len(samples) / float(sample_rate)
-    wave = audio.trim_silence(mono_at_feature_rate(samples, sample_rate, params), params.trim_db)
+    wave = waveform.trim_silence(mono_at_feature_rate(samples, sample_rate, params), params.trim_db)
     return segment_groups(wave, params, device), duration
 
 
