@@ -175,7 +175,7 @@ def prepare_outcome(ref_out: str, out: str) -> dict:
 
 def bench_prepare(cluster, audio: str, prefix: str, kill_at: float, groups: str) -> dict:
     """``knd prepare`` uninterrupted, then with a worker node lost at about ``kill_at``."""
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.data import storage
     from knd.stages.prepare import files_per_task, list_inputs, run, staging_folders
 
@@ -254,7 +254,7 @@ def score_outcome(ref_out: str, out: str, num_files: int) -> dict:
 
 def bench_score(cluster, audio: str, prefix: str, kill_at: float) -> dict:
     """``knd score`` uninterrupted, then with a worker node lost at about ``kill_at``."""
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.data import storage
     from knd.stages.score import FILES_PER_TASK, run
 
@@ -318,7 +318,7 @@ class EpochLog:
 
 def prepare_logmel(audio: str, prefix: str) -> str:
     """The log-mel features of ``audio`` that the train and tune stages share."""
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.data import storage
     from knd.stages.prepare import run as prepare
 
@@ -334,7 +334,7 @@ def score_trained(checkpoint: str, audio: str, out: str) -> dict:
 
     import pandas as pd
 
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.data import storage
     from knd.stages.score import run as score
 
@@ -359,7 +359,7 @@ def bench_train(
     recorded a checkpoint and a replacement node added (the run must go on from that
     checkpoint), or uninterrupted (``lose_node=False``: the pipeline across nodes). Its
     checkpoint (on the run's storage) then scores the test actor's audio on the cluster."""
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.data import storage
     from knd.learning.report import read_history
     from knd.stages.train import RAY_RUN_SNAPSHOT, run
@@ -404,7 +404,7 @@ def bench_tune(cluster, features: str, prefix: str) -> dict:
     the finished experiment."""
     import yaml
 
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.data import storage
     from knd.learning.experiment import load_experiment
     from knd.stages.analyse import run as analyse

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import TreeMemory, _copy_subset, corpus_dir, measure, run_loop  # noqa: E402
 
 from knd import storage  # noqa: E402
-from knd.config import RayConfig, load_config  # noqa: E402
+from knd.config.loading import load_config  # noqa: E402
+from knd.config.schema import RayConfig
 from knd.stages.prepare import list_inputs, run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.json"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from knd import storage  # noqa: E402
 from knd.audio import egemaps, features, prosody, waveform
-from knd.config import load_config  # noqa: E402
+from knd.config.loading import load_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "feature_groups.json"
 

@@ -39,7 +39,8 @@ import threading
 import time
 from pathlib import Path
 
-from knd.config import RayConfig, load_config
+from knd.config.loading import load_config
+from knd.config.schema import RayConfig
 from knd.data import storage
 from knd.stages.prepare import list_inputs, prepare_files, run, serial_map
 

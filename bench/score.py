@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from knd.audio.waveform import decode_audio
-from knd.config import FeatureConfig, build, config_dir, load_config, load_yaml
+from knd.config.loading import build, config_dir, load_config, load_yaml
+from knd.config.schema import FeatureConfig
 from knd.data import storage
 from knd.data.ravdess import EMOTIONS
 
@@ -138,7 +139,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULTS), help="results JSON")
     args = parser.parse_args()
 
-    from knd.config import RayConfig
+    from knd.config.schema import RayConfig
     from knd.runtime.cluster import init_ray
     from knd.stages.score import run
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.data import storage
 from knd.data.ravdess import EMOBOX_FOLDS, EMOTIONS
 from knd.learning.report import read_history

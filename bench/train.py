@@ -34,7 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from knd.config import load_config, replace, to_dict  # noqa: E402
+from knd.config.loading import (
+    load_config,
+    replace,
+    to_dict,  # noqa: E402
+)
 from knd.data.ravdess import label_names, split_actors, targets_of  # noqa: E402
 from knd.learning.checkpoint import make_meta  # noqa: E402
 from knd.learning.engine import ArrayBatches, Learner, row_stats  # noqa: E402

@@ -42,7 +42,7 @@ TEST_ACTORS = [1, 2]
 def prepared_features(args: argparse.Namespace, scratch: str) -> str:
     if args.data:
         return args.data
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.stages.prepare import run as prepare
     from knd.stages.synth import write_corpus
 
@@ -64,7 +64,7 @@ def space(args: argparse.Namespace) -> dict:
 
 
 def tune_config(args, data: str, space_file: str, storage: str, name: str, cpus: int):
-    from knd.config import load_config
+    from knd.config.loading import load_config
 
     return load_config(
         "tune",
@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=16, help="cpu_small width")
     args = parser.parse_args()
 
-    from knd.config import RayConfig
+    from knd.config.schema import RayConfig
     from knd.learning.experiment import experiment_meta
     from knd.runtime.cluster import init_ray
 

@@ -1,4 +1,5 @@
-"""The ``knd`` command: ``knd <command> key=value ...``; each command calls ``<stage>.run(cfg)``."""
+"""The ``knd`` command: ``knd <command> key=value ...``; each command calls ``<stage>.run(cfg)``
+(the stages and their schemas: :data:`knd.config.commands.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -7,37 +8,23 @@ import os
 import sys
 import time
 
-from knd.config import SCHEMAS, ConfigError, config_dir, describe, load_config
+from knd.config.commands import COMMANDS
+from knd.config.keys import describe
+from knd.config.loading import config_dir, load_config
+from knd.config.schema import ConfigError
 from knd.runtime import console
-
-COMMANDS = {
-    "synth": ("knd.stages.synth", "make a deterministic synthetic RAVDESS-format corpus"),
-    "download": ("knd.stages.download", "download and extract the official RAVDESS speech set"),
-    "prepare": (
-        "knd.stages.prepare",
-        "audio -> feature-group Parquet shards + manifest (Ray tasks)",
-    ),
-    "train": ("knd.stages.train", "train a model with Ray Train (DDP)"),
-    "evaluate": ("knd.stages.evaluate", "metrics of a checkpoint on prepared features"),
-    "tune": ("knd.stages.tune", "cross-actor-fold hyperparameter search (Ray Tune)"),
-    "analyse": ("knd.stages.analyse", "tables, plots and best config of a Tune experiment"),
-    "score": (
-        "knd.stages.score",
-        "emotion probabilities for every audio file in a folder (Ray Data)",
-    ),
-}
 
 
 def usage() -> str:
     lines = ["usage: knd <command> [key=value ...]   (knd <command> --help lists the keys)", ""]
-    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<10} {command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def command_help(command: str) -> str:
     return (
         f"usage: knd {command} [key=value ...] [config=FILE.yaml]\n\n"
-        f"{COMMANDS[command][1]}\n"
+        f"{COMMANDS[command].help}\n"
         f"defaults from {config_dir() / (command + '.yaml')}; "
         "nested keys with dots, lists as [a,b]\n\n"
         f"{describe(command)}"
@@ -73,7 +60,6 @@ def _dispatch(argv: list[str]) -> int:
     if command not in COMMANDS:
         print(f"knd: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    assert command in SCHEMAS
     if any(a in ("-h", "--help") for a in args):
         print(command_help(command))
         return 0
@@ -96,9 +82,9 @@ def run_command(command: str, args: list[str]) -> int:
         return 2
     # Ray's logs and knd's INFO lines go to the console only when asked for (knd.runtime.console).
     console.configure_logging(console.is_verbose(getattr(cfg, "ray", None) and cfg.ray.verbose))
-    for line in console.header(command, COMMANDS[command][1], cfg):
+    for line in console.header(command, COMMANDS[command].help, cfg):
         console.out(line)
-    stage = importlib.import_module(COMMANDS[command][0])
+    stage = importlib.import_module(COMMANDS[command].stage)
     started = time.perf_counter()
     try:
         result = stage.run(cfg)

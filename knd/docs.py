@@ -4,7 +4,7 @@
 
 - ``<!-- knd:cli-reference -->`` with :func:`cli_reference`: every command, and every key by its
   full dotted name as typed on the command line, with its type, range, default and help text, from
-  :func:`knd.config.command_keys` (what ``knd <command> --help`` prints);
+  :func:`knd.config.keys.command_keys` (what ``knd <command> --help`` prints);
 - ``<!-- knd:benchmarks -->`` with :func:`benchmarks_markdown`: every ``bench/results/*.json``
   as tables, with the machine it was measured on;
 - ``<!-- knd:default COMMAND KEY -->`` (e.g. ``<!-- knd:default train split.val_actors -->``)
@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from knd.config import SCHEMAS, Key, command_keys
+from knd.config.commands import COMMANDS
+from knd.config.keys import Key, command_keys
 
 CLI_MARKER = "<!-- knd:cli-reference -->"
 BENCH_MARKER = "<!-- knd:benchmarks -->"
@@ -40,16 +41,15 @@ def _type(key: Key) -> str:
 
 
 def cli_reference() -> str:
-    """Markdown: one section per command, one table row per key (:func:`knd.config.command_keys`,
-    the same keys and defaults as ``knd <command> --help``)."""
-    from knd.cli import COMMANDS
-
+    """Markdown: one section per command, one table row per key
+    (:func:`knd.config.keys.command_keys`, the same keys and defaults as ``knd <command> --help``).
+    """
     out = []
-    for command, (_, summary) in COMMANDS.items():
+    for command, entry in COMMANDS.items():
         keys = command_keys(command)
-        out += [f"## `knd {command}`", "", summary[0].upper() + summary[1:] + ".", ""]
+        out += [f"## `knd {command}`", "", entry.help[0].upper() + entry.help[1:] + ".", ""]
         out += [f"Defaults: `configs/{command}.yaml`."]
-        if getattr(SCHEMAS[command], "applies_recipe", False):
+        if getattr(entry.schema, "applies_recipe", False):
             recipe = next(k.default for k in keys if k.name == "recipe")
             out[-1] += (
                 " A recipe (`configs/recipes/<recipe>.yaml`) is applied over them; the defaults"
@@ -70,7 +70,7 @@ def default_text(command: str, key: str) -> str:
     Raises:
         KeyError: no such command or key (a page that names a removed key fails the build).
     """
-    if command not in SCHEMAS:
+    if command not in COMMANDS:
         raise KeyError(f"docs: no command {command!r}")
     keys = {k.name: k for k in command_keys(command)}
     if key not in keys:

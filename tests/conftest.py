@@ -88,7 +88,7 @@ def tiny_features(tiny_corpus, ray_session, tmp_path_factory):
     """``tiny_corpus`` prepared by ``knd.stages.prepare.run``: the shipped log-mel parameters, and
     the log-mel group alone (what every model its users train reads; the prosody and eGeMAPS groups
     are prepared and checked by test_feature_groups and test_prepare)."""
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.stages.prepare import run
 
     out = tmp_path_factory.mktemp("tiny_features")

@@ -24,7 +24,7 @@ import json
 import numpy as np
 
 from knd.audio import egemaps, encoder, prosody, waveform
-from knd.config import FeatureConfig
+from knd.config.schema import FeatureConfig
 
 FEATURE_ALGORITHM = "logmel-db-v1"
 """Bumped whenever the computation changes for the same parameters, so old hashes stop matching."""
@@ -155,7 +155,7 @@ def stored_params(values: dict) -> FeatureConfig:
 
     Parameters stored before feature groups existed describe the log-mel alone.
     """
-    from knd.config import build
+    from knd.config.loading import build
 
     return build(FeatureConfig, {"groups": ["logmel"], "encoder": "", **values}, "feature_params.")
 

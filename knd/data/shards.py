@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from knd.audio.features import feature_shape, group_specs
-from knd.config import FEATURE_GROUPS, FeatureConfig
+from knd.config.schema import FEATURE_GROUPS, FeatureConfig
 from knd.data import storage
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from knd.config import TrainConfig
+from knd.config.schema import TrainConfig
 from knd.data import storage
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def _stats_problem(key: str, stats: Any) -> str | None:
 
 def _groups_problem(meta: dict) -> str | None:
     """What is wrong with the feature-group keys (all optional: older metas lack them)."""
-    from knd.config import FEATURE_GROUPS
+    from knd.config.schema import FEATURE_GROUPS
 
     model_groups = meta["model"].get("groups", ["logmel"])
     if not isinstance(model_groups, list) or not all(g in FEATURE_GROUPS for g in model_groups):

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from knd.audio.features import normalise, stat_axes
-from knd.config import TrainConfig, to_dict
+from knd.config.loading import to_dict
+from knd.config.schema import TrainConfig
 from knd.learning.inference import Inputs, Norm, logits_of, norm_tensors, normalised_side
 from knd.learning.metrics import metric_collection, summarise
 from knd.learning.models import build_from_spec, unwrap

@@ -22,17 +22,8 @@ from typing import Any
 
 import yaml
 
-from knd.config import (
-    ConfigError,
-    TrainConfig,
-    TuneConfig,
-    build,
-    load_config,
-    load_yaml,
-    merge,
-    replace,
-    to_dict,
-)
+from knd.config.loading import build, load_config, load_yaml, merge, replace, to_dict
+from knd.config.schema import ConfigError, TrainConfig, TuneConfig
 from knd.data import storage
 from knd.data.ravdess import actor_folds
 from knd.data.shards import check_groups, manifest_actors, manifest_groups, read_manifest

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from knd.config import MODEL_NAMES
+from knd.config.schema import MODEL_NAMES
 
 
 class SmallCNN(nn.Module):

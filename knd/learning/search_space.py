@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from knd.config import FEATURE_GROUPS, ConfigError, TrainConfig, config_dir, replace
+from knd.config.loading import config_dir, replace
+from knd.config.schema import FEATURE_GROUPS, ConfigError, TrainConfig
 
 SPACE_SECTIONS = ("model.", "optim.", "augment.")
 SPACE_KEYS = ("recipe", "train.seed")

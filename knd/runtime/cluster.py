@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from knd.config import RayConfig
+from knd.config.schema import RayConfig
 from knd.runtime.console import is_verbose, out, quiet_ray, ray_init_options
 
 log = logging.getLogger(__name__)

@@ -22,28 +22,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TextIO
 
+from knd.config.commands import COMMANDS
+
 VERBOSE_ENV = "KND_VERBOSE"
 
-# What each command reads and writes, by config key: the header names them.
-READS = {
-    "prepare": ("input",),
-    "train": ("data", "recipe"),
-    "evaluate": ("checkpoint", "data"),
-    "tune": ("data", "space"),
-    "analyse": ("experiment",),
-    "score": ("checkpoint", "input"),
-    "download": ("url",),
-}
-WRITES = {
-    "synth": ("out",),
-    "download": ("out",),
-    "prepare": ("output",),
-    "train": ("run_dir",),
-    "evaluate": ("out",),
-    "tune": ("storage_path",),
-    "analyse": ("out",),
-    "score": ("output",),
-}
 # Python loggers of Ray that print on the driver; kept at WARNING unless verbose.
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "ray.util")
 # Warnings of Ray's that ask nothing of a knd user: knd chose this on purpose.
@@ -171,16 +153,13 @@ def _value(cfg: Any, key: str) -> Any:
 def header(command: str, description: str, cfg: Any) -> list[str]:
     """The lines printed before a command runs: what it does, reads and writes."""
     lines = [f"knd {command}: {description}"]
-    reads = [f"{k}={_value(cfg, k)}" for k in READS.get(command, ()) if _value(cfg, k)]
+    entry = COMMANDS[command]
+    reads = [f"{k}={_value(cfg, k)}" for k in entry.reads if _value(cfg, k)]
     if reads:
         lines.append(f"  reads   {' '.join(reads)}")
-    writes = [str(_value(cfg, k)) for k in WRITES.get(command, ()) if _value(cfg, k)]
-    if command == "evaluate" and not writes:
-        writes = ["an evaluation/ folder beside the checkpoint"]
-    if command == "analyse" and not writes:
-        writes = [f"{cfg.experiment}/analysis"]
-    if command == "train":
-        writes = [f"{cfg.run_dir}/{cfg.name or '<recipe>-<time>'}"]
+    writes = [str(_value(cfg, k)) for k in entry.writes if _value(cfg, k)]
+    if entry.output and not writes:
+        writes = [entry.output(cfg)]
     if writes:
         lines.append(f"  writes  {' '.join(writes)}")
     ray_cfg = getattr(cfg, "ray", None)
@@ -232,7 +211,7 @@ def summary(command: str, result: Any, seconds: float) -> list[str]:
     for path in fields.get("files") if isinstance(fields.get("files"), list) else []:
         rows.append(("wrote", path))
     folder = fields.get("run_dir") or fields.get("out")
-    if command in ("train", "evaluate", "analyse") and isinstance(folder, str):
+    if COMMANDS[command].report and isinstance(folder, str):
         rows.append(("report", f"{folder.rstrip('/')}/report.md (and report.html)"))
     width = max((len(k) for k, _ in rows), default=0) + 2
     return lines + [f"  {k + ':':<{width}}{v}" for k, v in rows]

@@ -16,7 +16,7 @@ import re
 import tempfile
 from typing import Any
 
-from knd.config import WandbConfig
+from knd.config.schema import WandbConfig
 from knd.data import storage
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from knd.config import AnalyseConfig
+from knd.config.schema import AnalyseConfig
 from knd.data import storage
 from knd.learning.experiment import (
     BEST_CONFIG_FILE,

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from knd.config import DownloadConfig
+from knd.config.schema import DownloadConfig
 from knd.data import storage
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from knd.config import EvaluateConfig, to_dict
+from knd.config.loading import to_dict
+from knd.config.schema import EvaluateConfig
 from knd.data import storage
 from knd.learning.checkpoint import load_model
 from knd.learning.inference import score_actors

@@ -62,7 +62,8 @@ from knd.audio.features import (
     group_specs,
 )
 from knd.audio.waveform import AudioError, decode_audio
-from knd.config import FeatureConfig, PrepareConfig, to_dict
+from knd.config.loading import to_dict
+from knd.config.schema import FeatureConfig, PrepareConfig
 from knd.data import storage
 from knd.data.ravdess import EMOTIONS, parse_name
 from knd.data.shards import (

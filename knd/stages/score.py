@@ -59,7 +59,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from knd.audio import features, waveform
-from knd.config import FeatureConfig, ScoreConfig
+from knd.config.schema import FeatureConfig, ScoreConfig
 from knd.data import storage
 from knd.data.shards import group_column
 from knd.runtime.console import file_progress

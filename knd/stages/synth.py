@@ -814,7 +814,7 @@ class SynthResult:
 
 
 def run(cfg) -> SynthResult:
-    """Write the synthetic corpus described by a :class:`knd.config.SynthConfig`."""
+    """Write the synthetic corpus described by a :class:`knd.config.schema.SynthConfig`."""
     if not 1 <= cfg.actors <= len(ACTORS):
         raise ValueError(f"actors must be 1..{len(ACTORS)}, got {cfg.actors}")
     if cfg.workers < 0:

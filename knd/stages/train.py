@@ -40,7 +40,8 @@ import numpy as np
 import torch
 import yaml
 
-from knd.config import TrainConfig, build, to_dict
+from knd.config.loading import build, to_dict
+from knd.config.schema import TrainConfig
 from knd.data import storage
 from knd.data.ravdess import ActorSplit, emotion_to_label_table, split_actors
 from knd.data.shards import check_groups, group_column, manifest_groups

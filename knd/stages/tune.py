@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from knd.config import TrainConfig, TuneConfig, to_dict
+from knd.config.loading import to_dict
+from knd.config.schema import TrainConfig, TuneConfig
 from knd.data import storage
 from knd.data.ravdess import emotion_to_label_table, label_names
 from knd.data.shards import group_column

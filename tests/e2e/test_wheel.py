@@ -65,8 +65,8 @@ def clean_env() -> dict[str, str]:
 
 
 def test_installed_knd_is_the_wheel_not_the_clone(installed, tmp_path):
-    out = run(str(installed / "python"), "-c", "import knd, knd.config; "
-              "print(knd.__file__); print(knd.config.config_dir())",
+    out = run(str(installed / "python"), "-c", "import knd, knd.config.loading; "
+              "print(knd.__file__); print(knd.config.loading.config_dir())",
               cwd=tmp_path, env=clean_env()).stdout.split()  # fmt: skip
     venv = str(installed.parent)
     assert out[0].startswith(venv) and out[1].startswith(venv), out

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.stages import download
 
 ARCHIVE = "Audio_Speech_Actors_01-24.zip"
@@ -321,7 +321,7 @@ def test_an_archive_over_the_size_cap_is_refused(serve, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["/abs/path.zip", "../x.zip", "a/b.zip", ".."])
 def test_archive_name_must_be_a_plain_file_name(tmp_path, name):
-    from knd.config import ConfigError
+    from knd.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="archive_name: must be a plain name"):
         config(tmp_path, "http://127.0.0.1:1/x.zip", "0" * 32, f"archive_name={name}")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import write_tiny_encoder
 
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.data.ravdess import EMOTIONS
 
 pytestmark = pytest.mark.ray

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.data import storage
 from knd.data.ravdess import EMOTIONS
 

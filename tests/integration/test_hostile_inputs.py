@@ -172,7 +172,7 @@ def test_prepare_and_score_turn_every_hostile_file_into_a_row_or_a_reason(
 ):
     import torch
 
-    from knd.config import load_config
+    from knd.config.loading import load_config
     from knd.data.ravdess import EMOTIONS
     from knd.data.shards import load_features
     from knd.learning.checkpoint import make_meta, save_checkpoint

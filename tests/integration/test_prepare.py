@@ -17,7 +17,7 @@ import soundfile as sf
 from killing import kill_when, start_killable
 
 from knd.audio.features import feature_hash
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.data import storage
 from knd.data.ravdess import parse_name
 from knd.data.shards import MANIFEST, REJECTED, load_features

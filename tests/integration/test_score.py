@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.data import storage
 from knd.data.ravdess import EMOTIONS
 
@@ -278,7 +278,8 @@ def test_mixed_folder_scores_what_it_can_and_reports_the_rest(checkpoint, tmp_pa
 def plain_scores(checkpoint: str, path: Path) -> np.ndarray:
     """Mean window probabilities of one file without Ray, through the same functions."""
     from knd.audio.waveform import decode_audio
-    from knd.config import FeatureConfig, build
+    from knd.config.loading import build
+    from knd.config.schema import FeatureConfig
     from knd.learning.checkpoint import load_meta
     from knd.stages.score import Scorer, file_windows
 

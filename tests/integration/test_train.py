@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.stages.train import TrainHooks
 
 pytestmark = pytest.mark.ray
@@ -349,7 +349,8 @@ def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(t
 
 def test_evaluate_refuses_features_made_with_other_parameters(trained, tmp_path):
     from knd.audio.features import feature_hash
-    from knd.config import FeatureConfig, build
+    from knd.config.loading import build
+    from knd.config.schema import FeatureConfig
     from knd.stages.evaluate import run as evaluate
 
     other = tmp_path / "features"

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from knd.config import load_config
+from knd.config.loading import load_config
 
 pytestmark = pytest.mark.ray
 

@@ -18,7 +18,7 @@ from samples import encode, tone
 from knd.audio import waveform
 from knd.audio.features import clip_features, feature_shape, log_mel, mono_at_feature_rate
 from knd.audio.waveform import AudioError, decode_audio, resample
-from knd.config import load_config
+from knd.config.loading import load_config
 
 
 @pytest.fixture(scope="module")

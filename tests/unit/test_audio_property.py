@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from knd.audio import waveform
 from knd.audio.features import clip_features, feature_shape
 from knd.audio.waveform import AudioError, decode_audio
-from knd.config import load_config
+from knd.config.loading import load_config
 
 PARAMS = load_config("prepare", ["input=x", "output=y"]).features
 

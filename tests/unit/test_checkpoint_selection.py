@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.data.ravdess import split_actors
 from knd.stages.train import kept_checkpoint, model_selection
 

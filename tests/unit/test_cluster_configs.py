@@ -128,7 +128,7 @@ def test_rayjobs_are_kuberay_jobs_that_retry_on_a_new_cluster_and_clean_up():
 
 
 def test_every_rayjob_entry_point_exists_and_takes_its_keys():
-    from knd.config import load_config
+    from knd.config.loading import load_config
 
     for job in rayjobs():
         module, args = entry_point(job["spec"]["entrypoint"])

@@ -9,19 +9,13 @@ import pytest
 import yaml
 from samples import REQUIRED
 
-from knd.config import (
-    SCHEMAS,
-    ConfigError,
-    config_dir,
-    describe,
-    load_config,
-    parse_overrides,
-    replace,
-    to_dict,
-)
+from knd.config.commands import COMMANDS
+from knd.config.keys import describe
+from knd.config.loading import config_dir, load_config, parse_overrides, replace, to_dict
+from knd.config.schema import ConfigError
 
 
-@pytest.mark.parametrize("command", sorted(SCHEMAS))
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_config_loads(command):
     cfg = load_config(command, REQUIRED[command])
     assert dataclasses.is_dataclass(cfg)
@@ -34,7 +28,7 @@ def test_every_shipped_yaml_parses_and_is_used():
     for path in files:
         assert isinstance(yaml.safe_load(path.read_text()) or {}, dict), path
     top_level = {p.stem for p in config_dir().glob("*.yaml")}
-    assert top_level == set(SCHEMAS)
+    assert top_level == set(COMMANDS)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from samples import REQUIRED
 
-from knd.config import SCHEMAS, ConfigError, load_config
+from knd.config.commands import COMMANDS
+from knd.config.loading import load_config
+from knd.config.schema import ConfigError
 
 # The values of the hardening report, each of which used to be accepted and fail later.
 REPORTED = [
@@ -86,7 +88,7 @@ def _numeric_fields(schema, prefix=""):
 def test_every_numeric_field_has_a_bound():
     unbounded = [
         f"{command}:{key}"
-        for command, schema in SCHEMAS.items()
+        for command, schema in ((c, k.schema) for c, k in COMMANDS.items())
         for key, _, meta in _numeric_fields(schema)
         if not {"ge", "gt", "le", "lt"} & set(meta)
     ]
@@ -94,7 +96,7 @@ def test_every_numeric_field_has_a_bound():
 
 
 NUMERIC = sorted(
-    {(command, key, kind) for command, schema in SCHEMAS.items()
+    {(command, key, kind) for command, schema in ((c, k.schema) for c, k in COMMANDS.items())
      for key, kind, _ in _numeric_fields(schema) if command in ("prepare", "train", "score")}
 )  # fmt: skip
 
@@ -129,7 +131,7 @@ def test_generated_numbers_load_in_range_or_fail_in_one_line(field, raw):
 
 
 def _bounds_of(command, key):
-    for k, _, meta in _numeric_fields(SCHEMAS[command]):
+    for k, _, meta in _numeric_fields(COMMANDS[command].schema):
         if k == key:
             return {r: meta[r] for r in ("ge", "gt", "le", "lt") if r in meta}
     raise KeyError(key)

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from knd.cli import run_command
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.runtime import console
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import write_tiny_encoder
 
 from knd.audio import encoder, features
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.learning.checkpoint import make_meta, meta_problem
 from knd.learning.engine import Learner, make_optimizer
 from knd.learning.heads import EmbeddingHead, EncoderClassifier, LayerWeights

@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 import pytest
 from samples import checkpoint_meta, encode, tone
 
-from knd.config import ConfigError, load_config
+from knd.config.loading import load_config
+from knd.config.schema import ConfigError
 from knd.data.shards import (
     check_groups,
     load_features,

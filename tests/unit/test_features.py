@@ -15,7 +15,7 @@ from knd.audio.features import (
     log_mel,
     normalise,
 )
-from knd.config import load_config
+from knd.config.loading import load_config
 
 
 @pytest.fixture(scope="module")

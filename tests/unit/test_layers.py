@@ -13,10 +13,10 @@ import ast
 from pathlib import Path
 
 import knd
-from knd.cli import COMMANDS
+from knd.config.commands import COMMANDS
 
 PACKAGE = Path(knd.__file__).parent
-STAGES = {module for module, _ in COMMANDS.values()}
+STAGES = {command.stage for command in COMMANDS.values()}
 ENTRY_POINTS = {"knd.cli", "knd.docs"}
 RAY_FREE = ("knd.audio.", "knd.data.", "knd.config.")
 

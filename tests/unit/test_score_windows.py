@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from knd.audio.features import clip_features, feature_shape
-from knd.config import load_config
+from knd.config.loading import load_config
 from knd.stages.score import aggregate, file_windows, stage_cpus
 
 

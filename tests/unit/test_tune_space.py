@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from knd.config import ConfigError, config_dir, load_config, load_yaml, replace, to_dict
+from knd.config.loading import config_dir, load_config, load_yaml, replace, to_dict
+from knd.config.schema import ConfigError
 from knd.learning.experiment import (
     best_config_text,
     best_row,

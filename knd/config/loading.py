@@ -1,0 +1,282 @@
+"""Loading a command's config: its YAML, a recipe, a config file and key=value overrides,
+layered and checked against the schema (an unknown key or a bad value names the key)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from knd.config.commands import COMMANDS
+from knd.config.schema import ConfigError
+
+
+def config_dir() -> Path:
+    """The folder of shipped YAML configs (``KND_CONFIG_DIR`` overrides it).
+
+    The configs ship inside the package (``knd/configs``, in the clone a link to the top-level
+    ``configs/``), so an installed knd finds them anywhere; a copy of the clone that lost the
+    link (e.g. an archive that drops symlinks) still finds ``configs/`` beside ``knd/``.
+    """
+    if os.environ.get("KND_CONFIG_DIR"):
+        return Path(os.environ["KND_CONFIG_DIR"])
+    package = Path(__file__).resolve().parent.parent
+    inside = package / "configs"
+    return inside if inside.is_dir() else package.parent / "configs"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+class _Typed(str):
+    """A ``key=value`` value as typed, with its YAML reading in ``parsed``.
+
+    A field declared as a string takes the text as typed (``name=no`` is "no", not False;
+    ``md5=0123...`` keeps its leading zero); any other field takes the YAML reading.
+    """
+
+    parsed: Any
+
+
+def _typed(raw: str, parsed: Any) -> _Typed:
+    out = _Typed(raw)
+    out.parsed = parsed
+    return out
+
+
+def parse_overrides(overrides: list[str], keep_text: bool = False) -> dict[str, Any]:
+    """``["a.b=1", "c=[1,2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML).
+
+    With ``keep_text`` each value also keeps the text as typed, for fields declared as strings.
+    """
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if keep_text and not isinstance(value, dict):
+            value = _typed(raw, value)
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is both a value and a section")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(command: str, overrides: list[str] | None = None, **values: Any):
+    """Build the frozen config of ``command`` from its YAML, recipe, config file and overrides.
+
+    Args:
+        command: one of ``COMMANDS``.
+        overrides: ``key=value`` strings as typed on the command line.
+        **values: overrides given as Python values (nested sections as dicts), applied last.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or a missing required key.
+    """
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command {command!r}; expected one of {sorted(COMMANDS)}")
+    schema = COMMANDS[command].schema
+    tree = load_yaml(config_dir() / f"{command}.yaml")
+    cli = merge(parse_overrides(list(overrides or []), keep_text=True), values)
+    config_file = cli.pop("config", None)
+    from_file = load_yaml(config_file) if config_file else {}
+    if getattr(schema, "applies_recipe", False):
+        recipe = cli.get("recipe", from_file.get("recipe", tree.get("recipe")))
+        tree = merge(tree, {"recipe": recipe})
+        tree = merge(tree, load_recipe(recipe))
+    tree = merge(merge(tree, from_file), cli)
+    cfg = build(schema, tree)
+    missing = [k for k in schema.required if getattr(cfg, k) in (None, "")]
+    if missing:
+        example = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"missing required key {missing[0]!r} (knd {command} {example})")
+    return cfg
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The YAML of ``configs/recipes/<name>.yaml``."""
+    path = config_dir() / "recipes" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown recipe {name!r}; expected one of {known}")
+    return load_yaml(path)
+
+
+def build(schema: type, tree: dict[str, Any], prefix: str = ""):
+    """Instantiate ``schema`` from a nested dict, checking every key and coercing every value."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section of keys")
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in tree:
+        if key not in fields:
+            close = [n for n in fields if n.startswith(key[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {prefix + key!r}{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in tree:
+            raise ConfigError(f"key {prefix + name!r} has no value (add it to the YAML)")
+        kwargs[name] = coerce(tree[name], hints[name], prefix + name)
+        check_value(kwargs[name], f.metadata, prefix + name)
+    cfg = schema(**kwargs)
+    for name, problem in getattr(schema, "cross_checks", lambda c: [])(cfg):
+        raise ConfigError(f"{prefix + name}: {problem}")
+    return cfg
+
+
+_BOUNDS = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
+
+
+def check_value(value: Any, rules: Any, key: str) -> None:
+    """Check a coerced value against its field's rules; raise a ConfigError naming ``key``.
+
+    Floats must be finite; ``ge``/``gt``/``le``/``lt`` bound numbers (each element of a tuple);
+    ``plain_name`` asks for one file or folder name.
+    """
+    if value is None:
+        return
+    if isinstance(value, tuple):
+        for v in value:
+            check_value(v, rules, key)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for rule, (ok, sign) in _BOUNDS.items():
+            if rule in rules and not ok(value, rules[rule]):
+                raise ConfigError(f"{key}: must be {sign} {rules[rule]:g}, got {value!r}")
+    if rules.get("plain_name") and not _is_plain_name(str(value)):
+        raise ConfigError(
+            f"{key}: must be a plain name (no '/', '\\', '..', not empty), got {value!r}"
+        )
+
+
+def _is_plain_name(value: str) -> bool:
+    return value not in ("", ".", "..") and not any(c in value for c in "/\\\0")
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if isinstance(value, _Typed):
+        if kind is str:
+            return str(value)  # the text as typed: ``name=no`` stays "no"
+        if origin in (typing.Union, types.UnionType) and str in args and value.parsed is not None:
+            return str(value)
+        value = value.parsed
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list like [1,2], got {value!r}")
+        return tuple(coerce(v, args[0], key) for v in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = kind(value) if not isinstance(value, str) else kind(float(value))
+            if kind is int and float(value) != number:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        except (TypeError, ValueError, OverflowError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+        return number
+    if kind is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML read yes/no/on/off as a boolean
+            raise ConfigError(f"{key}: expected a string, got {value!r} (quote it)")
+        return str(value)
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain nested dicts and lists (for YAML, JSON and Ray's ``train_loop_config``)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def replace(cfg: Any, **values: Any):
+    """A copy of ``cfg`` with dotted keys replaced and re-validated: ``**{"optim.lr": 1e-3}``."""
+    tree = to_dict(cfg)
+    for dotted, value in values.items():
+        tree = merge(tree, _nest(dotted, value))
+    return build(type(cfg), tree)
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
