@@ -126,7 +126,8 @@ def corpus_dir(requested: str | None, actors: int) -> str:
     """``--corpus``, or the synthetic corpus of ``actors`` actors, written once to scratch."""
     if requested:
         return requested
-    from knd.stages.synth import actor_clips, write_corpus
+    from knd.data.ravdess import actor_clips
+    from knd.stages.synth import write_corpus
 
     folder = Path(tempfile.gettempdir()) / f"knd_bench_corpus_{actors}actors_seed0"
     expected = sum(len(actor_clips(a)) for a in range(1, actors + 1))

@@ -46,7 +46,8 @@ CORES_PER_NODE = 8
 
 def corpus(work: Path, actors: int, seeds: int) -> str:
     """``seeds`` synthetic corpora of ``actors`` actors side by side, written once."""
-    from knd.stages.synth import actor_clips, write_corpus
+    from knd.data.ravdess import actor_clips
+    from knd.stages.synth import write_corpus
 
     root = work / f"corpus-{actors}a-{seeds}x"
     per_seed = sum(len(actor_clips(a)) for a in range(1, actors + 1))

@@ -72,6 +72,21 @@ class Clip:
         return "-".join(f"{p:02d}" for p in parts) + suffix
 
 
+def actor_clips(actor: int) -> list[Clip]:
+    """RAVDESS's 60 speech clips of one actor (neutral has normal intensity only)."""
+    return [
+        Clip(3, 1, emotion, intensity, statement, repetition, actor)
+        for emotion in range(1, len(EMOTIONS) + 1)
+        for intensity in ((1,) if emotion == 1 else (1, 2))
+        for statement in (1, 2)
+        for repetition in (1, 2)
+    ]
+
+
+CLIPS_PER_ACTOR = len(actor_clips(1))
+"""Speech clips each actor recorded (60)."""
+
+
 def parse_name(path: str) -> Clip:
     """Parse a RAVDESS file name (any folder, any audio extension).
 

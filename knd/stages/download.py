@@ -40,14 +40,13 @@ from tqdm import tqdm
 
 from knd.config.schema import DownloadConfig
 from knd.data import storage
+from knd.data.ravdess import ACTORS, CLIPS_PER_ACTOR
 
 log = logging.getLogger(__name__)
 
 MARKER = ".knd_download.json"
 """Written after a successful extraction; records the archive's MD5 and what it held."""
 
-RAVDESS_ACTORS = 24
-RAVDESS_CLIPS_PER_ACTOR = 60
 
 MAX_EXTRACTED_BYTES = 8 << 30
 """The speech set unpacks to about 0.2 GB; more than this is not RAVDESS (or is a zip bomb)."""
@@ -162,7 +161,8 @@ def complete_files(out: Path, md5: str) -> int:
     """Number of WAVs in a complete tree under ``out``, or 0 when it is incomplete.
 
     Complete means: the marker of an extraction of an archive with this ``md5`` and still as many
-    WAV files as it recorded, or (extracted by hand) all 24 actors with 60 WAV files each.
+    WAV files as it recorded, or (extracted by hand) every RAVDESS actor with all their speech
+    clips.
     """
     counts = _wav_counts(out)
     total = sum(counts.values())
@@ -172,9 +172,7 @@ def complete_files(out: Path, md5: str) -> int:
         marker = {}
     if isinstance(marker, dict) and marker.get("md5") == md5 and marker.get("files") == total > 0:
         return total
-    full = len(counts) == RAVDESS_ACTORS and all(
-        n == RAVDESS_CLIPS_PER_ACTOR for n in counts.values()
-    )
+    full = len(counts) == len(ACTORS) and all(n == CLIPS_PER_ACTOR for n in counts.values())
     return total if full else 0
 
 

@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from knd.audio import voice
 from knd.cli import main
-from knd.stages import synth
+from knd.data.ravdess import actor_clips
 
 pytestmark = pytest.mark.ray
 
@@ -66,7 +67,7 @@ def hostile_files() -> dict[str, tuple[bytes, str | None]]:
     nan[::100] = np.nan
     inf = one_second.copy()
     inf[5] = np.inf
-    speech = synth.synthesize(synth.actor_clips(2)[7]).astype(np.float32)
+    speech = voice.synthesize(actor_clips(2)[7]).astype(np.float32)
     return {
         "rate_44101": (wav(speech, 44101), None),  # odd but legitimate: kept, bounded memory
         "rate_1009": (wav(tone(1.0, 1009), 1009), "unsupported sample rate 1009 Hz"),
@@ -100,10 +101,10 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     expected: dict[str, str | None] = {}
     for actor in (1, 2):
-        for clip in synth.actor_clips(actor)[:5]:
+        for clip in actor_clips(actor)[:5]:
             rel = f"Actor_{actor:02d}/{clip.file_name()}"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(synth.encode_wav(synth.synthesize(clip)))
+            (root / rel).write_bytes(voice.encode_wav(voice.synthesize(clip)))
             expected[rel] = None
     (root / "Actor_03").mkdir()
     for i, (_, (data, reason)) in enumerate(hostile_files().items()):

@@ -19,11 +19,10 @@ from killing import kill_when, start_killable
 from knd.audio.features import feature_hash
 from knd.config.loading import load_config
 from knd.data import storage
-from knd.data.ravdess import parse_name
+from knd.data.ravdess import actor_clips, parse_name
 from knd.data.shards import MANIFEST, REJECTED, load_features
 from knd.learning.feed import read_features
 from knd.stages.prepare import DONE_SUFFIX, run
-from knd.stages.synth import actor_clips
 
 pytestmark = pytest.mark.ray
 

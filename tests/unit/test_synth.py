@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from knd.data.ravdess import EMOTIONS, parse_name
-from knd.stages.synth import (
-    MAX_SECONDS,
-    MIN_SECONDS,
-    actor_clips,
-    encode_wav,
-    synthesize,
-    write_corpus,
-)
+from knd.audio.voice import MAX_SECONDS, MIN_SECONDS, encode_wav, synthesize
+from knd.data.ravdess import EMOTIONS, actor_clips, parse_name
+from knd.stages.synth import write_corpus
 
 ACTORS = (8,)  # one actor keeps this a unit test; the corpus is per actor anyway
 
@@ -176,7 +170,7 @@ def test_speech_style_has_voiced_stretches_and_fricatives_inside_a_clip():
 
 
 def test_speech_style_speakers_differ_in_their_own_formants():
-    from knd.stages.synth import actor_idiolect
+    from knd.audio.voice import actor_idiolect
 
     a, b = actor_idiolect(3), actor_idiolect(4)
     assert a == actor_idiolect(3)  # a pure function of (actor, seed)
@@ -197,7 +191,7 @@ def test_speech_style_emotions_differ_where_acted_speech_does():
 
 
 def test_speech_style_places_the_focus_accent_differently_across_clips():
-    from knd.stages.synth import _focus_stress, clip_rng
+    from knd.audio.voice import _focus_stress, clip_rng
 
     patterns = {_focus_stress(clip_rng(c, 0)).index(1.0) for c in actor_clips(2)}
     assert len(patterns) >= 3  # lexical prominence varies between an actor's clips
