@@ -14,7 +14,7 @@ Every per-file failure, whatever its exception, is a row with a reason. Retries 
 task whose worker dies (out of memory, a crash) is not retried as a whole; its files are retried
 one per task, and a file whose own task fails again is rejected with the reason. The driver
 writes ``rejected.csv`` and the manifest last (see :mod:`knd.data.shards` for the layout), under an
-exclusive lease on the output (:class:`knd.data.shards.OutputLease`), so two runs into one output
+exclusive lease on the output (:class:`knd.data.lease.OutputLease`), so two runs into one output
 cannot interleave their commits. Only shard folders older than the committed manifest are removed.
 
 A rerun over the same input listing (relative paths, sizes, modification times) with the same
@@ -65,13 +65,13 @@ from knd.audio.waveform import AudioError, decode_audio
 from knd.config.loading import to_dict
 from knd.config.schema import FeatureConfig, PrepareConfig
 from knd.data import storage
+from knd.data.lease import OutputLease
 from knd.data.ravdess import EMOTIONS, parse_name
 from knd.data.shards import (
     LABEL_COLUMNS,
     MANIFEST,
     REJECTED,
     UNKNOWN,
-    OutputLease,
     encode_features,
     group_column,
     manifest_groups,
@@ -748,7 +748,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
 
     Raises:
         FileNotFoundError: the input does not exist or holds no audio file.
-        knd.data.shards.OutputBusyError: another ``knd prepare`` is writing the output.
+        knd.data.lease.OutputBusyError: another ``knd prepare`` is writing the output.
     """
     started = time.perf_counter()
     wanted = feature_hash(cfg.features)

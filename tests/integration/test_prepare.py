@@ -284,7 +284,7 @@ def test_s3_round_trip_through_moto(s3_server, ray_session, tmp_path, caplog):
 def test_a_rerun_prepares_again_when_a_listed_shard_is_gone_and_a_held_output_is_refused(
     ray_session, tmp_path
 ):
-    from knd.data.shards import OutputBusyError, OutputLease
+    from knd.data.lease import OutputBusyError, OutputLease
 
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(3):

@@ -15,14 +15,8 @@ import time
 
 import pytest
 
-from knd.data.shards import (
-    LEASE,
-    MANIFEST,
-    OutputBusyError,
-    OutputLease,
-    missing_shards,
-    remove_superseded,
-)
+from knd.data.lease import LEASE, OutputBusyError, OutputLease
+from knd.data.shards import MANIFEST, missing_shards, remove_superseded
 from knd.stages.prepare import run_tasks, serial_map
 
 
