@@ -29,6 +29,7 @@ import yaml
 
 from knd.data import storage
 from knd.learning.metrics import per_class_metrics
+from knd.runtime.console import metrics_headline
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
     from matplotlib.figure import Figure
@@ -45,7 +46,8 @@ HISTORY_FILE = "history.jsonl"
 # Figures (matplotlib's Agg canvas, without pyplot's global backend state)
 
 
-def _figure(width: float, height: float, dpi: int = 120):
+def figure(width: float, height: float, dpi: int = 120):
+    """A Matplotlib figure on the Agg canvas (no display, no global pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -54,7 +56,8 @@ def _figure(width: float, height: float, dpi: int = 120):
     return fig
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
+    """The PNG bytes of ``fig``, laid out tight."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -68,7 +71,7 @@ def confusion_figure(
     counts = np.asarray(confusion, dtype=np.int64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     k = len(labels)
-    fig = _figure(1.0 + 0.85 * k, 0.6 + 0.75 * k)
+    fig = figure(1.0 + 0.85 * k, 0.6 + 0.75 * k)
     ax = fig.add_subplot()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     for i in range(k):
@@ -82,12 +85,12 @@ def confusion_figure(
     ax.set_ylabel("true (row-normalised)")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    return _png(fig)
+    return png(fig)
 
 
 def curves_figure(history: Sequence[dict], best_epoch: int | None = None) -> bytes:
     """A PNG of :func:`learning_curves`."""
-    return _png(learning_curves(history, best_epoch))
+    return png(learning_curves(history, best_epoch))
 
 
 def learning_curves(history: Sequence[dict], best_epoch: int | None = None) -> Figure:
@@ -112,7 +115,7 @@ def learning_curves(history: Sequence[dict], best_epoch: int | None = None) -> F
     panels = [(("train_loss", "val_loss"), "loss")]
     if any(by_epoch[e].get("val_uar") is not None for e in epochs):
         panels.append((("val_uar",), "validation UAR"))
-    fig = _figure(4.5 * len(panels), 3.4, dpi=110)
+    fig = figure(4.5 * len(panels), 3.4, dpi=110)
     for i, (keys, title) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), i)
         for key in keys:
@@ -291,13 +294,6 @@ def _markdown_to_html(source: str) -> str:
 # The run report (train, evaluate)
 
 
-def _headline(part: dict) -> str:
-    return (
-        f"n={part['n']}  accuracy={part['accuracy']:.3f}  "
-        f"UAR={part['uar']:.3f}  macro-F1={part['macro_f1']:.3f}"
-    )
-
-
 def run_blocks(
     report: dict,
     split: str = "test",
@@ -316,14 +312,16 @@ def run_blocks(
     figures: dict[str, bytes] = {}
     part = report.get(split)
     if part:
-        png = confusion_figure(part["confusion"], report["labels"], f"{split}: {_headline(part)}")
-        figures[CONFUSION_FILE] = png
-        blocks += [heading("Confusion matrix"), image(CONFUSION_FILE, png, f"{split} confusion")]
+        title = f"{split}: {metrics_headline(part)}"
+        picture = confusion_figure(part["confusion"], report["labels"], title)
+        figures[CONFUSION_FILE] = picture
+        alt = f"{split} confusion"
+        blocks += [heading("Confusion matrix"), image(CONFUSION_FILE, picture, alt)]
         blocks += _breakdown_blocks(part, report["labels"])
     if history:
-        png = curves_figure(history, report.get("best_epoch"))
-        figures[CURVES_FILE] = png
-        blocks += [heading("Learning curves"), image(CURVES_FILE, png, "loss and val UAR")]
+        picture = curves_figure(history, report.get("best_epoch"))
+        figures[CURVES_FILE] = picture
+        blocks += [heading("Learning curves"), image(CURVES_FILE, picture, "loss and val UAR")]
         blocks.append(
             table(
                 ["epoch", "train loss", "val loss", "val UAR", "epoch s"],

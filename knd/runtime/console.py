@@ -174,7 +174,8 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _headline(part: dict | None) -> str | None:
+def metrics_headline(part: dict | None) -> str | None:
+    """One split's figures in one line (``None`` without them): the summary's and the figures'."""
     if not part or "uar" not in part:
         return None
     return (
@@ -192,12 +193,12 @@ def summary(command: str, result: Any, seconds: float) -> list[str]:
     rows: list[tuple[str, str]] = []
     metrics = fields.get("metrics") or {}
     for name in ("val", "test"):
-        text = _headline(metrics.get(name) if isinstance(metrics, dict) else None)
+        text = metrics_headline(metrics.get(name) if isinstance(metrics, dict) else None)
         if text:
             rows.append((name, text))
     test = fields.get("test")
-    if isinstance(test, dict) and _headline(test):
-        rows.append(("test", _headline(test)))
+    if isinstance(test, dict) and metrics_headline(test):
+        rows.append(("test", metrics_headline(test)))
     best = fields.get("best")
     if isinstance(best, dict) and best.get("trial_id"):
         rows.append(("best", f"trial {best['trial_id']}"))

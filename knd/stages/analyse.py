@@ -36,7 +36,7 @@ from knd.learning.experiment import (
     read_meta,
     trial_rows,
 )
-from knd.learning.report import write_analysis_report
+from knd.learning.report import figure, png, write_analysis_report
 
 log = logging.getLogger(__name__)
 
@@ -168,22 +168,6 @@ def summary_md(
 # Plots (matplotlib's Agg canvas, no pyplot state)
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def params_plot(rows: list[dict], metric: str, space: dict | None) -> bytes:
     """The score of every trial against each hyperparameter that varied (error bar: fold std)."""
     scored = [r for r in rows if number(r.get(metric)) is not None]
@@ -191,7 +175,7 @@ def params_plot(rows: list[dict], metric: str, space: dict | None) -> bytes:
     keys = keys or ["trial"]
     cols = min(3, len(keys))
     nrows = math.ceil(len(keys) / cols)
-    fig = _figure(4.2 * cols, 3.2 * nrows)
+    fig = figure(4.2 * cols, 3.2 * nrows, dpi=110)
     for i, key in enumerate(keys):
         ax = fig.add_subplot(nrows, cols, i + 1)
         y = np.array([r[metric] for r in scored], dtype=float)
@@ -219,12 +203,12 @@ def params_plot(rows: list[dict], metric: str, space: dict | None) -> bytes:
         ax.set_ylabel(f"mean fold {metric}")
         if i == 0:
             ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def curves_plot(rows: list[dict], metric: str, top: int) -> bytes:
     """Mean fold UAR against epoch for the top trials, shaded by the fold standard deviation."""
-    fig = _figure(6.5, 4.2)
+    fig = figure(6.5, 4.2, dpi=110)
     ax = fig.add_subplot()
     for row in ranked(rows, metric)[:top]:
         history = [h for h in row["history"] if number(h.get("uar")) is not None]
@@ -239,13 +223,13 @@ def curves_plot(rows: list[dict], metric: str, top: int) -> bytes:
     ax.set_ylabel("mean validation UAR over folds")
     ax.set_title(f"learning curves of the top {top} trials", fontsize=10)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def spread_plot(rows: list[dict], metric: str, limit: int = 20) -> bytes:
     """Every fold's UAR of each trial (best first): how much the score depends on the actors."""
     shown = [r for r in ranked(rows, metric) if any(k.startswith("uar_fold_") for k in r)][:limit]
-    fig = _figure(max(5.0, 0.5 * len(shown) + 2), 4.0)
+    fig = figure(max(5.0, 0.5 * len(shown) + 2), 4.0, dpi=110)
     ax = fig.add_subplot()
     for i, row in enumerate(shown):
         folds = [row[k] for k in row if k.startswith("uar_fold_")]
@@ -255,7 +239,7 @@ def spread_plot(rows: list[dict], metric: str, limit: int = 20) -> bytes:
                   fontsize=7)  # fmt: skip
     ax.set_ylabel("validation UAR (grey: folds, red: mean)")
     ax.set_title("fold spread per trial, best first", fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 # ----------------------------------------------------------------------------------------------
