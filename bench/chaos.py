@@ -26,12 +26,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from common import Machine
 
 os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
 
@@ -460,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "--groups", default="", help="prepare's feature groups, e.g. logmel (default: shipped)"
     )
     args = parser.parse_args(argv)
+    machine = Machine()
 
     import ray
     from ray.cluster_utils import Cluster
@@ -487,7 +489,6 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "command": "python bench/chaos.py " + " ".join(argv or sys.argv[1:]),
             "nodes": "head (0 CPU, driver) + 2 workers (1 CPU each); one worker killed, one added",
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }
         if "prepare" in stages:
             results["prepare"], prepare_driver = bench_prepare(
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    results["machine"]["load_average"] = os.getloadavg()
+    results["machine"] = machine.record()
     print(json.dumps(results), flush=True)
     if args.out != "-":
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,11 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import Machine  # noqa: E402
 from prepare import TreeMemory, _copy_subset, corpus_dir, measure, run_loop  # noqa: E402
 
-from knd import storage  # noqa: E402
 from knd.config.loading import load_config  # noqa: E402
 from knd.config.schema import RayConfig
+from knd.data import storage  # noqa: E402
 from knd.stages.prepare import list_inputs, run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.json"
@@ -191,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = corpus_dir(args.corpus, args.actors)
     scratch = Path(args.out or tempfile.mkdtemp(prefix="knd_bench_embed_"))
     encoder = write_encoder(scratch / f"wav2vec2-{args.size}", args.size)
-    load_before = os.getloadavg()
-    print(f"{corpus}; {args.num_cpus} CPUs; load average {load_before}", flush=True)
+    machine = Machine()
+    print(f"{corpus}; {args.num_cpus} CPUs; load average {machine.load_before}", flush=True)
     with TreeMemory() as memory:
         rows = extraction(args, corpus, encoder, scratch, memory)
     features = str(scratch / "ray")
@@ -216,12 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": corpus,
         "encoder": {"size": args.size, "architecture": "wav2vec2", "weights": "random"},
         "num_cpus": args.num_cpus,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine.record(),
         "extraction": rows,
         "peak_pss_gb": round(memory.overall_pss / 2**30, 2),
         "epoch_seconds": {"embedding_head": round(head, 4), "plain_cnn": round(cnn, 3)},

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,9 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from knd import storage  # noqa: E402
+from common import Machine  # noqa: E402
+
 from knd.audio import egemaps, features, prosody, waveform
 from knd.config.loading import load_config  # noqa: E402
+from knd.data import storage  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "feature_groups.json"
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=120, help="clips to measure")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    machine = Machine()
 
     import torch
 
@@ -102,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     result = {
         "command": "python bench/feature_groups.py " + " ".join(argv or sys.argv[1:]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "python": platform.python_version(),
-        },
+        "machine": machine.record(),
         "clips": len(paths),
         "median_ms_per_clip": {s: {k: 1000 * v for k, v in m.items()} for s, m in median.items()},
         "cpu_ratio_to_logmel": {s: m["cpu"] / base for s, m in median.items()},

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
-import platform
 import sys
 import time
 import types
 from pathlib import Path
 
 import numpy as np
+from common import Machine
 from scipy.signal import lfilter
 
 from knd.audio import prosody
@@ -220,7 +219,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULTS), help="results JSON")
     args = parser.parse_args()
 
-    load_before = os.getloadavg()
+    machine = Machine()
     signals = [speech_signal(i) for i in range(args.signals)]
     raw, report = {}, {}
     for name, fn in trackers().items():
@@ -250,12 +249,7 @@ def main() -> int:
             )
     result = {
         "command": " ".join(["python bench/pitch.py", *sys.argv[1:]]),
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine.record(),
         "signals": {"count": args.signals, "rate": RATE, "seconds": SECONDS, "hop": HOP},
         "scoring": {"guard_frames": GUARD_FRAMES, "gross_cents": GROSS_CENTS},
         "trackers": report,

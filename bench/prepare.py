@@ -31,13 +31,14 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from common import Machine
 
 from knd.config.loading import load_config
 from knd.config.schema import RayConfig
@@ -214,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
 
     uris, paths, listing = list_inputs(corpus)
     n, warm = len(uris), min(args.warmup, len(uris))
-    load_before = os.getloadavg()
-    print(f"{n} files from {corpus}; {args.num_cpus} CPUs; load average {load_before}", flush=True)
+    machine = Machine()
+    print(
+        f"{n} files from {corpus}; {args.num_cpus} CPUs; load average {machine.load_before}",
+        flush=True,
+    )
     results: dict = {}
     with TreeMemory() as memory:
         # loop: warm-up imports torch and builds the filterbank in this process.
@@ -280,12 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "files": n,
         "num_cpus": args.num_cpus,
         "batch_size": load_config("prepare", [*overrides, "output=x"]).batch_size,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine.record(),
         "results": results,
         "ratios": ratios,
         "peak_rss_gb": peak,

@@ -32,10 +32,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Machine  # noqa: E402
 from prepare import TreeMemory  # noqa: E402 - bench/prepare.py, this folder's sibling
 from score import feature_params, make_checkpoint  # noqa: E402
 
-from knd import storage  # noqa: E402
+from knd.data import storage  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 TARGETS = {"time_ratio_max": 11.0, "memory_ratio_max": 1.3}
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         make_checkpoint(
             checkpoint, "cpu_small", feature_params(), paths[:: max(1, len(paths) // 32)]
         )
-    load_before = os.getloadavg()
+    machine = Machine()
     with TreeMemory() as memory:
         one = measure("1x", small, work, checkpoint, args, memory)
         many = measure(f"{args.copies}x", large, work, checkpoint, args, memory)
@@ -212,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "num_cpus": args.num_cpus,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine.record(),
         "1x": one,
         f"{args.copies}x": many,
         "ratios": ratios,

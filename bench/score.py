@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import Machine
 
 from knd.audio.waveform import decode_audio
 from knd.config.loading import build, config_dir, load_config, load_yaml
@@ -138,6 +138,7 @@ def main() -> int:
     parser.add_argument("--work", help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", default=str(RESULTS), help="results JSON")
     args = parser.parse_args()
+    machine = Machine()
 
     from knd.config.schema import RayConfig
     from knd.runtime.cluster import init_ray
@@ -190,8 +191,7 @@ def main() -> int:
         "checkpoint": args.checkpoint or f"untrained {args.recipe} (random weights)",
         "device": "gpu" if args.use_gpu else "cpu",
         "num_cpus": args.num_cpus,
-        "machine_cpus": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
+        "machine": machine.record(),
         "files": len(paths),
         "audio_seconds": round(audio_seconds, 1),
         "num_actors": num_actors,

@@ -34,6 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import Machine  # noqa: E402
+
 from knd.config.loading import (
     load_config,
     replace,
@@ -189,6 +191,7 @@ def main() -> None:
         "threads": args.threads,
         "config": {k: to_dict(cfg)[k] for k in ("model", "optim", "augment")},
     }
+    machine = Machine()
     if args.device == "cuda":
         result["gpu"] = torch.cuda.get_device_name(0)
     if args.mode in ("both", "plain"):
@@ -216,6 +219,7 @@ def main() -> None:
         if "gpu_utilisation_pct" in plain:
             line += f", GPU utilisation {plain['gpu_utilisation_pct']:.0f}%"
         print(line)
+    result["machine"] = machine.record()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

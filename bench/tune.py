@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from common import Machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tune.json"
 TEST_ACTORS = [1, 2]
@@ -136,6 +137,7 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=2, help="actor folds per configuration")
     parser.add_argument("--width", type=int, default=16, help="cpu_small width")
     args = parser.parse_args()
+    machine = Machine()
 
     from knd.config.schema import RayConfig
     from knd.learning.experiment import experiment_meta
@@ -173,8 +175,8 @@ def main() -> int:
         )
     report = {
         "command": "python " + " ".join(sys.argv),
-        "settings": vars(args) | {"test_actors": TEST_ACTORS, "cpus": os.cpu_count()},
-        "load_average": os.getloadavg(),
+        "settings": vars(args) | {"test_actors": TEST_ACTORS},
+        "machine": machine.record(),
         "figures": figures,
         "ratios_vs_plain": {
             m: f["trials_per_hour"] / plain["trials_per_hour"] for m, f in figures.items()
