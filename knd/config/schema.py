@@ -315,7 +315,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    # ``data`` is required unless ``resume`` names an experiment (checked by knd.stages.tune.run).
+    # ``data`` is required unless ``resume`` names an experiment (checked when the experiment opens,
+    # :func:`knd.learning.experiment.open_experiment`).
     required: typing.ClassVar[tuple[str, ...]] = ()
     data: str | None = _help("features written by knd prepare")
     space: str = _help("search space YAML (configs/tune/*.yaml)")
