@@ -258,7 +258,6 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type != "cuda":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + 1000 * rank)
-    np.random.seed(cfg.train.seed + 1000 * rank)  # mixup draws from numpy's global generator
     label_table = torch.tensor(emotion_to_label_table(cfg.labels), device=device)
 
     loading = time.perf_counter()
@@ -271,7 +270,7 @@ def train_loop_per_worker(config: dict) -> None:
         val_batches = _validation_batches(val_shard, label_table, config, rank, world)
     load_s = time.perf_counter() - loading
 
-    learner, start_epoch = _worker_learner(cfg, meta, config, device)
+    learner, start_epoch = _worker_learner(cfg, meta, config, device, rank)
     tracker = start_tracking(
         cfg.wandb, config["run_path"], config["name"], scrub(to_dict(cfg)), rank=rank
     )
@@ -284,9 +283,10 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _worker_learner(
-    cfg: TrainConfig, meta: dict, config: dict, device: torch.device
+    cfg: TrainConfig, meta: dict, config: dict, device: torch.device, rank: int
 ) -> tuple[Learner, int]:
-    """The DDP-wrapped learner of this worker and the first epoch to train (after a restore)."""
+    """The DDP-wrapped learner of this worker and the first epoch to train (after a restore);
+    each rank draws its augmentation from its own seeded generator."""
     import ray.train.torch
 
     learner = Learner(
@@ -296,6 +296,7 @@ def _worker_learner(
         steps_per_epoch=config["rows_per_worker"] // config["local_batch"],
         device=device,
         wrap=ray.train.torch.prepare_model,
+        seed=cfg.train.seed + 1000 * rank,
     )
     restored = _restore(config.get("resume"))
     if restored is None:
