@@ -29,7 +29,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,7 +76,6 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
     manifest = read_manifest(data)
     if manifest is None:
         raise SystemExit(f"no prepared features at {data} (run knd prepare)")

@@ -10,19 +10,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MODEL_NAMES = (
-    "cpu_small",
-    "plain_cnn",
-    "fused_cnn",
-    "egemaps_mlp",
-    "embedding_head",
-    "encoder_finetune",
-    "resnet18",
-    "resnet34",
-    "vgg11_bn",
-    "vgg16_bn",
-)
-"""Every architecture :func:`knd.learning.models.build_model` builds (the one list of them)."""
+from knd.config.architectures import ARCHITECTURES, group_problem
+
+MODEL_NAMES = tuple(ARCHITECTURES)
+"""Every architecture :func:`knd.learning.models.build_model` builds: the model table's names
+(:data:`knd.config.architectures.ARCHITECTURES`)."""
 
 FEATURE_GROUPS = ("logmel", "prosody", "egemaps", "embedding", "waveform")
 """Every feature group ``knd prepare`` can compute (:mod:`knd.audio.features` describes each)."""
@@ -167,23 +159,15 @@ class ModelConfig:
 
     @staticmethod
     def cross_checks(cfg: ModelConfig) -> list[tuple[str, str]]:
-        """Which groups each architecture reads."""
+        """Which groups each architecture reads, and whether it needs an encoder (the model
+        table, :data:`knd.config.architectures.ARCHITECTURES`)."""
         groups = list(cfg.groups)
         if len(set(groups)) != len(groups):
             return [("groups", f"names a group twice: {groups}")]
-        only = {"egemaps_mlp": "egemaps", "embedding_head": "embedding"}
-        only["encoder_finetune"] = "waveform"
-        if cfg.name == "encoder_finetune" and not cfg.encoder:
-            return [("encoder", "encoder_finetune needs model.encoder (a model folder)")]
-        if cfg.name in only:
-            if groups != [only[cfg.name]]:
-                return [("groups", f"{cfg.name} reads [{only[cfg.name]}] only, got {groups}")]
-        elif cfg.name == "fused_cnn":
-            if "logmel" not in groups:
-                return [("groups", f"fused_cnn needs logmel among its groups, got {groups}")]
-        elif groups != ["logmel"]:
-            return [("groups", f"{cfg.name} reads [logmel] only, got {groups}")]
-        return []
+        if ARCHITECTURES[cfg.name].encoder and not cfg.encoder:
+            return [("encoder", f"{cfg.name} needs model.encoder (a model folder)")]
+        problem = group_problem(cfg.name, groups)
+        return [("groups", problem)] if problem else []
 
 
 @dataclass(frozen=True)

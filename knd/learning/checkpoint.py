@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from knd.config.architectures import ARCHITECTURES
 from knd.config.schema import TrainConfig
 from knd.data import storage
 
@@ -79,7 +80,7 @@ def make_meta(
             "dropout": cfg.model.dropout,
             "groups": groups,
             "fusion_width": cfg.model.fusion_width,
-            **_encoder_model_keys(cfg.model),
+            **_own_model_keys(cfg.model),
         },
         "norm": plain(norm["logmel"]),
         "group_norm": {g: plain(norm[g]) for g in groups if g != "logmel"},
@@ -90,20 +91,17 @@ def make_meta(
     }
 
 
-def _encoder_model_keys(model) -> dict:
-    """The keys only the pretrained-encoder models have (and the encoder a fine-tune started
-    from: its config rebuilds the architecture when scoring, its hash says which it was)."""
-    if model.name == "embedding_head":
-        return {"layer": model.layer}
-    if model.name != "encoder_finetune":
-        return {}
+def _own_model_keys(model) -> dict:
+    """The ``model.*`` keys the model table records for this architecture (``meta_keys``), and
+    the encoder a fine-tune started from (its config rebuilds the architecture when scoring,
+    its hash says which it was)."""
+    arch = ARCHITECTURES[model.name]
+    keys = {key: getattr(model, key) for key in arch.meta_keys}
+    if not arch.encoder:
+        return keys
     from knd.learning.heads import encoder_spec
 
-    return {
-        "finetune_layers": model.finetune_layers,
-        "encoder": model.encoder,
-        **encoder_spec(model.encoder),
-    }
+    return keys | encoder_spec(model.encoder)
 
 
 def model_groups(meta: dict) -> dict[str, str | None]:
@@ -334,7 +332,8 @@ def _encoder_problem(model: dict) -> str | None:
     layer = model.get("layer", -1)
     if not (_is_int(layer) and -1 <= layer <= 1000):
         return f"model.layer: expected an integer in -1..1000, got {layer!r}"
-    if model["name"] == "encoder_finetune":
+    arch = ARCHITECTURES.get(model["name"])
+    if arch is not None and arch.encoder:
         from knd.learning.heads import (
             encoder_config_problem,  # torch: only for a fine-tuned encoder
         )

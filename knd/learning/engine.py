@@ -109,16 +109,21 @@ def shift_and_gain(x: torch.Tensor, max_shift: int, gain_db: float) -> torch.Ten
 
 
 def mixup(
-    x: torch.Tensor, y: torch.Tensor, alpha: float, side: Inputs | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float,
+    rng: np.random.Generator,
+    side: Inputs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, Inputs]:
     """Mix each example with a random partner: ``(x_mixed, y, y_partner, weight_of_y, side)``.
 
-    Every tensor of ``side`` (the other groups) is mixed with the same partner and weight.
+    Every tensor of ``side`` (the other groups) is mixed with the same partner and weight; the
+    weight is drawn from ``rng`` (the learner's own generator).
     """
     side = side or {}
     if alpha <= 0:
         return x, y, y, 1.0, side
-    lam = float(np.random.beta(alpha, alpha))
+    lam = float(rng.beta(alpha, alpha))
     lam = max(lam, 1.0 - lam)  # keep the first example dominant so its label stays meaningful
     perm = torch.randperm(x.shape[0], device=x.device)
     mixed = {k: lam * v + (1.0 - lam) * v[perm] for k, v in side.items()}
@@ -289,6 +294,9 @@ class Learner:
         device: where the model runs.
         wrap: applied to the model before the optimiser is built (Ray Train's ``prepare_model``
             for DDP); the identity by default.
+        seed: seeds the learner's own ``np.random.Generator`` (mixup's weights); by default
+            ``cfg.train.seed``. Give each rank and each fold its own: nothing draws from numpy's
+            global generator.
     """
 
     def __init__(
@@ -299,8 +307,10 @@ class Learner:
         steps_per_epoch: int,
         device: torch.device,
         wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        seed: int | None = None,
     ) -> None:
         self.cfg, self.device, self.gpu = cfg, device, device.type == "cuda"
+        self.rng = np.random.default_rng(cfg.train.seed if seed is None else seed)
         self.num_classes = num_classes
         missing = set(cfg.model.inputs) - set(norm)
         if missing:
@@ -333,7 +343,9 @@ class Learner:
         x = normalise(x, *self.norm["logmel"])
         x = spec_augment(x, aug.freq_mask, aug.time_mask, aug.num_masks)
         side = normalised_side(inputs, self.norm)
-        x, y_a, y_b, lam, side = mixup(x[:, None], labels.to(self.device), aug.mixup_alpha, side)
+        x, y_a, y_b, lam, side = mixup(
+            x[:, None], labels.to(self.device), aug.mixup_alpha, self.rng, side
+        )
         logits = logits_of(self.model, x, side)
         smooth = cfg.optim.label_smoothing
         loss = lam * F.cross_entropy(logits, y_a, label_smoothing=smooth)

@@ -170,20 +170,24 @@ def encoder_config_problem(config) -> str | None:
     return None
 
 
-def build_head(name: str, num_classes: int, spec: dict, shapes: dict) -> nn.Module:
-    """``embedding_head`` or ``encoder_finetune`` from a model spec (a ModelConfig as a dict,
-    or a checkpoint's ``meta["model"]``) and the shapes of the groups it reads."""
-    width = int(spec.get("fusion_width", 32))
-    dropout = float(spec.get("dropout", 0.0))
-    if name == "embedding_head":
-        if "embedding" not in shapes or len(shapes["embedding"]) != 2:
-            raise ValueError("embedding_head reads the embedding group [layers, dims]")
-        return EmbeddingHead(
-            num_classes, shapes["embedding"], int(spec.get("layer", -1)), width, dropout
-        )
+def embedding_head(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    """``embedding_head`` from a model spec (a ModelConfig as a dict, or a checkpoint's
+    ``meta["model"]``) and the shapes of the groups it reads (the model table's builder)."""
+    if "embedding" not in shapes or len(shapes["embedding"]) != 2:
+        raise ValueError("embedding_head reads the embedding group [layers, dims]")
+    width, dropout = int(spec.get("fusion_width", 32)), float(spec.get("dropout", 0.0))
+    return EmbeddingHead(
+        num_classes, shapes["embedding"], int(spec.get("layer", -1)), width, dropout
+    )
+
+
+def encoder_classifier(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    """``encoder_finetune`` from a model spec: a checkpoint's rebuilds the architecture its
+    ``encoder_config`` records (the weights come from ``model.pt``), a config's loads the
+    pretrained encoder ``spec["encoder"]`` (the model table's builder)."""
     from knd.audio import encoder
 
-    if "encoder_config" in spec:  # a checkpoint: the architecture here, the weights in model.pt
+    if "encoder_config" in spec:
         module = encoder.build_encoder(spec["encoder_config"])
         normalize = bool(spec.get("encoder_normalize", True))
     else:
@@ -193,8 +197,8 @@ def build_head(name: str, num_classes: int, spec: dict, shapes: dict) -> nn.Modu
         num_classes,
         module,
         int(spec.get("finetune_layers", 2)),
-        width,
-        dropout,
+        int(spec.get("fusion_width", 32)),
+        float(spec.get("dropout", 0.0)),
         normalize,
         bool(spec.get("gradient_checkpointing", False)),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from knd.config.architectures import ARCHITECTURES
 from knd.config.schema import MODEL_NAMES
 
 
@@ -182,12 +183,15 @@ class FunctionalsMLP(nn.Module):
         return self.classifier(self.body(egemaps))
 
 
-def _resnet(name: str, num_classes: int, dropout: float) -> nn.Module:
+def resnet(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    """torchvision's ResNet (``spec["name"]``: resnet18, resnet34) on 1-channel input."""
     import torchvision
 
-    model = getattr(torchvision.models, name)(weights=None)
+    model = getattr(torchvision.models, spec["name"])(weights=None)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_classes))
+    model.fc = nn.Sequential(
+        nn.Dropout(spec["dropout"]), nn.Linear(model.fc.in_features, num_classes)
+    )
     return model  # torchvision's ResNet already ends in AdaptiveAvgPool2d(1)
 
 
@@ -228,6 +232,40 @@ class SpectrogramVGG(nn.Module):
 _VGG_LAYOUTS = {"vgg11_bn": "A", "vgg16_bn": "D"}
 
 
+# ----------------------------------------------------------------------------------------------
+# Builders named by the model table (knd.config.architectures): (num_classes, spec, shapes)
+
+
+def spectrogram_vgg(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    return SpectrogramVGG(_VGG_LAYOUTS[spec["name"]], num_classes, spec["dropout"])
+
+
+def small_cnn(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    return SmallCNN(num_classes, width=spec["width"], dropout=spec["dropout"])
+
+
+def plain_cnn(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    return PlainCNN(num_classes, width=spec["width"], dropout=spec["dropout"])
+
+
+def fused_cnn(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    return FusedCNN(
+        num_classes,
+        width=spec["width"],
+        dropout=spec["dropout"],
+        prosody_channels=shapes["prosody"][0] if "prosody" in shapes else 0,
+        functionals=shapes["egemaps"][0] if "egemaps" in shapes else 0,
+        fusion_width=spec["fusion_width"],
+    )
+
+
+def functionals_mlp(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    if "egemaps" not in shapes:
+        raise ValueError("egemaps_mlp reads the egemaps group; model.groups must be [egemaps]")
+    width = 2 * spec["fusion_width"]
+    return FunctionalsMLP(num_classes, shapes["egemaps"][0], width, spec["dropout"])
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -237,7 +275,8 @@ def build_model(
     fusion_width: int = 32,
     spec: dict | None = None,
 ) -> nn.Module:
-    """A freshly initialised classifier (an encoder's pretrained weights for encoder_finetune).
+    """A freshly initialised classifier (an encoder's pretrained weights for encoder_finetune),
+    built by the model table's builder for ``name``.
 
     Args:
         name: one of ``MODEL_NAMES``.
@@ -249,38 +288,19 @@ def build_model(
             (``fused_cnn`` and ``egemaps_mlp``; the others read the log-mel alone).
         fusion_width: width of each non-log-mel branch (``fused_cnn``; ``egemaps_mlp``'s hidden
             layer is twice it).
-        spec: the whole model spec, for the encoder models (:func:`knd.learning.heads.build_head`).
+        spec: the whole model spec, for the encoder models' own keys (``layer``, ``encoder``...).
 
     Raises:
         ValueError: an unknown model name, or a group the model needs is missing.
     """
-    groups = groups or {}
-    if name in ("embedding_head", "encoder_finetune"):
-        from knd.learning.heads import build_head
+    import importlib
 
-        return build_head(name, num_classes, spec or {}, groups)
-    if name == "fused_cnn":
-        return FusedCNN(
-            num_classes,
-            width=width,
-            dropout=dropout,
-            prosody_channels=groups["prosody"][0] if "prosody" in groups else 0,
-            functionals=groups["egemaps"][0] if "egemaps" in groups else 0,
-            fusion_width=fusion_width,
-        )
-    if name == "egemaps_mlp":
-        if "egemaps" not in groups:
-            raise ValueError("egemaps_mlp reads the egemaps group; model.groups must be [egemaps]")
-        return FunctionalsMLP(num_classes, groups["egemaps"][0], 2 * fusion_width, dropout)
-    if name == "cpu_small":
-        return SmallCNN(num_classes, width=width, dropout=dropout)
-    if name == "plain_cnn":
-        return PlainCNN(num_classes, width=width, dropout=dropout)
-    if name in ("resnet18", "resnet34"):
-        return _resnet(name, num_classes, dropout)
-    if name in ("vgg11_bn", "vgg16_bn"):
-        return SpectrogramVGG(_VGG_LAYOUTS[name], num_classes, dropout)
-    raise ValueError(f"unknown model {name!r}; expected one of {list(MODEL_NAMES)}")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; expected one of {list(MODEL_NAMES)}")
+    module, function = ARCHITECTURES[name].builder.split(":")
+    builder = getattr(importlib.import_module(module), function)
+    settings = {"width": width, "dropout": dropout, "fusion_width": fusion_width}
+    return builder(num_classes, (spec or {}) | {"name": name} | settings, groups or {})
 
 
 def unwrap(model: nn.Module) -> nn.Module:

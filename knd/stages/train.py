@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import yaml
 
-from knd.config.loading import build, to_dict
+from knd.config.loading import to_dict
 from knd.config.schema import TrainConfig
 from knd.data import storage
 from knd.data.ravdess import ActorSplit, emotion_to_label_table, split_actors
@@ -101,6 +101,37 @@ class TrainHooks:
         """After ``ray.train.report`` of each epoch."""
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the driver hands every Ray Train worker: one typed, picklable object.
+
+    Ray Train (V2) wants ``train_loop_config`` to be a dict (it records it as JSON with the run),
+    so the trainer gets ``{"loop": LoopConfig(...)}`` and the worker reads this one object.
+    """
+
+    cfg: TrainConfig
+    meta: dict = field(repr=False)
+    """The checkpoint meta without ``epoch`` and ``metrics`` (:func:`_run_meta`)."""
+    rows_per_worker: int
+    """Rows of each rank's fixed, equal training share (dataset ``train_<rank>``)."""
+    local_batch: int
+    in_memory: bool
+    """Whether a worker's share fits in memory (it then reads it once, not every epoch)."""
+    has_val: bool
+    run_path: str
+    name: str
+    hooks: TrainHooks = field(default_factory=TrainHooks, repr=False, compare=False)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The feature groups a batch carries (``cfg.model.inputs``)."""
+        return self.cfg.model.inputs
+
+    @property
+    def resume(self) -> str | None:
+        return self.cfg.resume
+
+
 # ----------------------------------------------------------------------------------------------
 # Feeding the engine inside a worker
 
@@ -142,11 +173,11 @@ def _inputs(cols: dict[str, np.ndarray], groups: tuple[str, ...], device) -> dic
     return {g: torch.from_numpy(np.asarray(cols[group_column(g)])).to(device) for g in groups}
 
 
-def _training_batches(shard: Any, label_table: torch.Tensor, config: dict, seed: int):
+def _training_batches(shard: Any, label_table: torch.Tensor, loop: LoopConfig, seed: int):
     """This rank's training batches: from memory when the shard fits, else streamed."""
-    batch, groups = config["local_batch"], tuple(config["groups"])
-    if not config["in_memory"]:
-        return StreamedBatches(shard, label_table, batch, config["rows_per_worker"], groups)
+    batch, groups = loop.local_batch, loop.groups
+    if not loop.in_memory:
+        return StreamedBatches(shard, label_table, batch, loop.rows_per_worker, groups)
     cols = _shard_columns(shard, [*(group_column(g) for g in groups), "emotion", "actor"])
     device = label_table.device
     inputs = _inputs(cols, groups, device)
@@ -159,9 +190,11 @@ def rank_share(paths: np.ndarray, rank: int, world: int) -> np.ndarray:
     return np.array([zlib.crc32(str(p).encode()) % world == rank for p in paths], dtype=bool)
 
 
-def _validation_batches(val: Any, label_table: torch.Tensor, config: dict, rank: int, world: int):
+def _validation_batches(
+    val: Any, label_table: torch.Tensor, loop: LoopConfig, rank: int, world: int
+):
     """A function giving this rank's share of the validation rows as engine batches."""
-    device, groups = label_table.device, tuple(config["groups"])
+    device, groups = label_table.device, loop.groups
 
     def share(batch: dict) -> tuple[dict, torch.Tensor] | None:
         mine = rank_share(batch["path"], rank, world)
@@ -171,7 +204,7 @@ def _validation_batches(val: Any, label_table: torch.Tensor, config: dict, rank:
         labels = label_table[torch.from_numpy(np.asarray(batch["emotion"])[mine]).to(device).long()]
         return inputs, labels
 
-    if config["in_memory"]:
+    if loop.in_memory:
         columns = [*(group_column(g) for g in groups), "emotion", "path"]
         kept = share(_shard_columns(val, columns))
         empty = ({g: torch.zeros(0) for g in groups}, torch.zeros(0))
@@ -221,7 +254,7 @@ def _restore(resume: str | None) -> dict | None:
     return {"model": weights} | (state or {})
 
 
-def _report_epoch(learner: Learner, meta: dict, config: dict, tracker: Any, rank: int) -> None:
+def _report_epoch(learner: Learner, meta: dict, loop: LoopConfig, tracker: Any, rank: int) -> None:
     """``ray.train.report`` of one epoch; rank 0 also writes the checkpoint and the history."""
     import ray.train
     from ray.train import Checkpoint
@@ -234,7 +267,7 @@ def _report_epoch(learner: Learner, meta: dict, config: dict, tracker: Any, rank
             train_state = {"epoch": epoch, "step": state["step"], "optimizer": state["optimizer"]}
             save_checkpoint(folder, learner.model, meta, train_state)
             checkpoint = Checkpoint.from_directory(folder)
-            append_history(config["run_path"], metrics)
+            append_history(loop.run_path, metrics)
             tracker.log(metrics, step=epoch)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -242,62 +275,58 @@ def _report_epoch(learner: Learner, meta: dict, config: dict, tracker: Any, rank
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker: shard -> learner (DDP) -> resume -> epochs -> report.
 
-    ``config`` (built by :func:`run`): ``cfg`` (the TrainConfig as a dict), ``meta`` (checkpoint
-    meta without epoch/metrics), ``rows_per_worker``, ``local_batch``, ``in_memory``, ``groups``,
-    ``has_val``, ``run_path``, ``name``, ``resume``, ``hooks``. Rank ``r`` trains on the dataset
-    ``train_<r>``, its fixed, equal share of the rows.
+    ``config`` is ``{"loop": LoopConfig}`` (built by :func:`run`). Rank ``r`` trains on the
+    dataset ``train_<r>``, its fixed, equal share of the rows.
     """
     import ray.train
     import ray.train.torch
 
-    cfg: TrainConfig = build(TrainConfig, config["cfg"])
-    meta, hooks = config["meta"], config.get("hooks") or TrainHooks()
+    loop: LoopConfig = config["loop"]
+    cfg, meta, hooks = loop.cfg, loop.meta, loop.hooks
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type != "cuda":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + 1000 * rank)
-    np.random.seed(cfg.train.seed + 1000 * rank)  # mixup draws from numpy's global generator
     label_table = torch.tensor(emotion_to_label_table(cfg.labels), device=device)
 
     loading = time.perf_counter()
     train_batches = _training_batches(
-        ray.train.get_dataset_shard(f"train_{rank}"), label_table, config, cfg.train.seed + rank
+        ray.train.get_dataset_shard(f"train_{rank}"), label_table, loop, cfg.train.seed + rank
     )
     val_batches = None
-    if config["has_val"]:
+    if loop.has_val:
         val_shard = ray.train.get_dataset_shard("val")
-        val_batches = _validation_batches(val_shard, label_table, config, rank, world)
+        val_batches = _validation_batches(val_shard, label_table, loop, rank, world)
     load_s = time.perf_counter() - loading
 
-    learner, start_epoch = _worker_learner(cfg, meta, config, device)
-    tracker = start_tracking(
-        cfg.wandb, config["run_path"], config["name"], scrub(to_dict(cfg)), rank=rank
-    )
+    learner, start_epoch = _worker_learner(loop, device, rank)
+    tracker = start_tracking(cfg.wandb, loop.run_path, loop.name, scrub(to_dict(cfg)), rank=rank)
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         metrics = _train_epoch(learner, train_batches, val_batches, epoch, hooks, (rank, world))
         metrics["load_s"] = load_s if epoch == start_epoch else 0.0
-        _report_epoch(learner, meta | {"epoch": epoch, "metrics": metrics}, config, tracker, rank)
+        _report_epoch(learner, meta | {"epoch": epoch, "metrics": metrics}, loop, tracker, rank)
         hooks.on_epoch_end(epoch, rank, metrics)
     tracker.finish()
 
 
-def _worker_learner(
-    cfg: TrainConfig, meta: dict, config: dict, device: torch.device
-) -> tuple[Learner, int]:
-    """The DDP-wrapped learner of this worker and the first epoch to train (after a restore)."""
+def _worker_learner(loop: LoopConfig, device: torch.device, rank: int) -> tuple[Learner, int]:
+    """The DDP-wrapped learner of this worker and the first epoch to train (after a restore);
+    each rank draws its augmentation from its own seeded generator."""
     import ray.train.torch
 
+    cfg = loop.cfg
     learner = Learner(
         cfg,
-        num_classes=len(meta["labels"]),
-        norm=norm_stats(meta),
-        steps_per_epoch=config["rows_per_worker"] // config["local_batch"],
+        num_classes=len(loop.meta["labels"]),
+        norm=norm_stats(loop.meta),
+        steps_per_epoch=loop.rows_per_worker // loop.local_batch,
         device=device,
         wrap=ray.train.torch.prepare_model,
+        seed=cfg.train.seed + 1000 * rank,
     )
-    restored = _restore(config.get("resume"))
+    restored = _restore(loop.resume)
     if restored is None:
         return learner, 1
     learner.load_state_dict(restored)
@@ -542,33 +571,21 @@ def kept_checkpoint(result: Any, cfg: TrainConfig, has_val: bool) -> tuple[Any, 
     return max(kept, key=rank)
 
 
-def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
+def _trainer(cfg: TrainConfig, data: SplitData, loop: LoopConfig, root: str) -> Any:
     """The TorchTrainer: equal training shards per rank, validation read whole by every rank."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    world = cfg.train.num_workers
-    rows_per_worker = data.rows_per_worker
-    local_batch = max(1, min(cfg.optim.batch_size // world, rows_per_worker))
     datasets = {f"train_{r}": shard for r, shard in enumerate(data.shards)}
     if data.val is not None:
         datasets["val"] = data.val
-    fs, storage_path = storage.resolve(run["root"])
-    has_val = data.val is not None
+    fs, storage_path = storage.resolve(root)
+    has_val = loop.has_val
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "cfg": to_dict(cfg),
-            "meta": meta,
-            "rows_per_worker": rows_per_worker,
-            "local_batch": local_batch,
-            "in_memory": data.in_memory,
-            "groups": list(cfg.model.inputs),
-            "has_val": has_val,
-            **run,
-        },
+        train_loop_config={"loop": loop},
         scaling_config=ScalingConfig(
-            num_workers=world,
+            num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
@@ -577,9 +594,9 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
         # every rank, which scores its share by path hash (equal splits would drop rows).
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
-            name=run["name"],
+            name=loop.name,
             storage_path=storage_path,
-            storage_filesystem=fs if storage.is_remote(run["root"]) else None,
+            storage_filesystem=fs if storage.is_remote(root) else None,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.num_to_keep,
                 checkpoint_score_attribute=cfg.train.checkpoint_metric if has_val else None,
@@ -587,6 +604,29 @@ def _trainer(cfg: TrainConfig, data: SplitData, meta: dict, run: dict) -> Any:
             ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
+    )
+
+
+def _loop_config(
+    cfg: TrainConfig,
+    data: SplitData,
+    meta: dict,
+    run_path: str,
+    name: str,
+    hooks: TrainHooks | None,
+) -> LoopConfig:
+    """What every worker gets: the config, the checkpoint meta, its share and batch size."""
+    local_batch = max(1, min(cfg.optim.batch_size // cfg.train.num_workers, data.rows_per_worker))
+    return LoopConfig(
+        cfg=cfg,
+        meta=meta,
+        rows_per_worker=data.rows_per_worker,
+        local_batch=local_batch,
+        in_memory=data.in_memory,
+        has_val=data.val is not None,
+        run_path=run_path,
+        name=name,
+        hooks=hooks or TrainHooks(),
     )
 
 
@@ -693,8 +733,8 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     )  # fmt: skip
 
     _log_continuation(run_path, cfg.resume)
-    run_info = {"root": root, "run_path": run_path, "name": name, "resume": cfg.resume}
-    trainer = _trainer(cfg, data, meta, run_info | {"hooks": hooks})
+    loop = _loop_config(cfg, data, meta, run_path, name, hooks)
+    trainer = _trainer(cfg, data, loop, root)
     # One console line per epoch, from history.jsonl (rank 0 appends to it every epoch).
     with follow_epochs(lambda: read_history(run_path), cfg.optim.epochs):
         result = trainer.fit()

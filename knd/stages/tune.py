@@ -106,7 +106,8 @@ class FoldModel:
         norm = row_stats(inputs, rows)
         torch.manual_seed(seed)
         self.batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, seed, rows=rows)
-        self.learner = Learner(cfg, len(label_names(cfg.labels)), norm, self.batches.steps, device)
+        num_classes = len(label_names(cfg.labels))
+        self.learner = Learner(cfg, num_classes, norm, self.batches.steps, device, seed=seed)
         val = torch.as_tensor(val_rows, device=labels.device, dtype=torch.long)
         self.val = ({g: v[val] for g, v in inputs.items()}, labels[val])
 
@@ -192,11 +193,6 @@ def _trial_device(cpus: float) -> torch.device:
     return torch.device("cpu")
 
 
-def _seed(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)  # mixup draws from numpy's global generator
-
-
 def cross_validation_trial(config: dict, data: dict[str, np.ndarray], meta: dict) -> None:
     """The Tune trainable: one configuration, K folds, one report (and checkpoint) per epoch.
 
@@ -211,7 +207,7 @@ def cross_validation_trial(config: dict, data: dict[str, np.ndarray], meta: dict
 
     cfg = trial_train_config(config, meta)
     device = _trial_device(meta["cpus_per_trial"])
-    _seed(cfg)
+    torch.manual_seed(cfg.train.seed)
     cv = CrossValidation(cfg, data, meta["folds"], device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -235,7 +231,7 @@ def retrain(params: dict, data: dict[str, np.ndarray], meta: dict, cpus: float) 
     """
     cfg = trial_train_config(params, meta)
     device = _trial_device(cpus)
-    _seed(cfg)
+    torch.manual_seed(cfg.train.seed)
     started = time.perf_counter()
     every_row = np.arange(len(data["actor"]))
     tensors = trial_tensors(data, cfg, device)

@@ -99,3 +99,27 @@ def test_egemaps_mlp_ignores_the_spectrogram_and_needs_the_functionals():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="egemaps"):
         build_model("egemaps_mlp", 8)
+
+
+def test_the_model_table_names_every_model_and_a_builder_that_exists():
+    import importlib
+
+    from knd.config.architectures import ARCHITECTURES
+
+    assert tuple(ARCHITECTURES) == MODEL_NAMES
+    for name, arch in ARCHITECTURES.items():
+        module, function = arch.builder.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_config_checks_each_model_against_the_table():
+    from knd.config.loading import load_config
+    from knd.config.schema import ConfigError
+
+    args = ["data=x", "model.name=fused_cnn", "model.groups=[prosody]"]
+    with pytest.raises(ConfigError, match="fused_cnn needs logmel among its groups"):
+        load_config("train", args)
+    with pytest.raises(ConfigError, match="encoder_finetune needs model.encoder"):
+        load_config("train", ["data=x", "model.name=encoder_finetune", "model.groups=[waveform]"])
+    cfg = load_config("train", ["data=x", "model.name=fused_cnn", "model.groups=[logmel,egemaps]"])
+    assert cfg.model.inputs == ("logmel", "egemaps")

@@ -166,6 +166,30 @@ def test_cross_validation_trains_each_fold_without_its_actors():
         CrossValidation(cfg, data, [[3], [9]], torch.device("cpu"))
 
 
+def test_a_seed_gives_the_same_folds_and_no_global_numpy_draw_changes_them():
+    rng = np.random.default_rng(1)
+    actors = np.repeat(np.arange(3, 9), 8)
+    data = {
+        "features": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
+        "emotion": rng.integers(1, 9, len(actors)).astype(np.int64),
+        "actor": actors,
+        "path": np.array([f"a{a}_{i}.wav" for i, a in enumerate(actors)]),
+    }
+    cfg = replace(
+        load_config("train", ["data=/tmp/f", "recipe=cpu_small"]),
+        **{"model.width": 4, "optim.batch_size": 8, "optim.epochs": 1, "augment.mixup_alpha": 0.4},
+    )
+
+    def scores(global_seed: int) -> list:
+        np.random.seed(global_seed)  # mixup draws from the learner's generator, not this one
+        torch.manual_seed(cfg.train.seed)
+        cv = CrossValidation(cfg, data, [[3, 5, 7], [4, 6, 8]], torch.device("cpu"))
+        out = cv.run_epoch()
+        return [out["uar_fold_1"], out["uar_fold_2"], out["train_loss"]]
+
+    assert scores(0) == scores(12345)
+
+
 def row(trial_id, uar, std, status="TERMINATED", epochs=3, planned=3, **params):
     return {
         "trial_id": trial_id,
