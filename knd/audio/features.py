@@ -311,23 +311,61 @@ def segment_groups(
     return {name: GROUPS[name].compute(stretch) for name in params.groups}
 
 
-def clip_groups(
-    samples: np.ndarray, sample_rate: int, params: FeatureConfig, device: str = "cpu"
-) -> tuple[dict[str, np.ndarray], float]:
-    """Decoded audio -> every feature group: downmix, resample, trim, fit to ``clip_seconds``.
+@dataclass(frozen=True)
+class Window:
+    """One featurised stretch of a file: its times in the original file and its groups."""
+
+    start: float
+    end: float
+    groups: dict[str, np.ndarray]
+
+
+def file_windows(
+    samples: np.ndarray,
+    sample_rate: int,
+    params: FeatureConfig,
+    hop_seconds: float | None = None,
+    device: str = "cpu",
+) -> list[Window]:
+    """Decoded audio -> its windows: downmix, resample, trim, window, every group of each.
+
+    The one front end of ``knd prepare`` (one window per clip: ``hop_seconds=None``) and
+    ``knd score``. A file no longer than one clip after trimming is one window fitted to
+    ``clip_seconds``, exactly a prepared clip; with ``hop_seconds`` a longer one is cut into
+    clip-long windows every ``hop_seconds`` (the last aligned to the end) over the trimmed
+    signal, and without it fitted (centre-cut) to one clip.
 
     Args:
         samples: ``[frames, channels]`` or ``[frames]`` float32.
         sample_rate: rate of ``samples`` in Hz.
         params: feature parameters (``params.groups`` says which groups).
-        device: where the encoder runs (the ``embedding`` group).
+        hop_seconds: hop between windows of a long file (None: one window per file).
+        device: where a pretrained encoder runs (the ``embedding`` group).
+
+    Returns:
+        Windows in time order; ``start``/``end`` are seconds in the original file.
+    """
+    wave = mono_at_feature_rate(samples, sample_rate, params)
+    start, end = waveform.trim_bounds(wave, params.trim_db)
+    clip, rate = clip_samples(params), float(params.sample_rate)
+    spans = [(start, end)]
+    if hop_seconds is not None and end - start > clip:
+        hop = max(1, int(round(hop_seconds * params.sample_rate)))
+        spans = [(start + s, start + e) for s, e in waveform.windows(end - start, clip, hop)]
+    return [Window(s / rate, e / rate, segment_groups(wave[s:e], params, device)) for s, e in spans]
+
+
+def clip_groups(
+    samples: np.ndarray, sample_rate: int, params: FeatureConfig, device: str = "cpu"
+) -> tuple[dict[str, np.ndarray], float]:
+    """Decoded audio -> every feature group of one clip (:func:`file_windows`' one window).
 
     Returns:
         ``(groups, duration_s)``: see :func:`segment_groups`, and the input's duration.
     """
     duration = len(samples) / float(sample_rate)
-    wave = waveform.trim_silence(mono_at_feature_rate(samples, sample_rate, params), params.trim_db)
-    return segment_groups(wave, params, device), duration
+    (window,) = file_windows(samples, sample_rate, params, None, device)
+    return window.groups, duration
 
 
 def clip_features(
