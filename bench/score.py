@@ -84,8 +84,9 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
 
 def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) -> dict:
     """The plain loop: the same per-file functions and the same model code, one process."""
+    from knd.audio.features import file_windows
     from knd.learning.checkpoint import load_meta
-    from knd.stages.score import Scorer, file_windows, scoring_params
+    from knd.stages.score import Scorer, scoring_params
 
     started = time.perf_counter()
     meta = load_meta(checkpoint)

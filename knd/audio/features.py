@@ -20,11 +20,14 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from knd.audio import egemaps, encoder, prosody, waveform
-from knd.config.schema import FeatureConfig
+from knd.config.schema import FEATURE_GROUPS, FeatureConfig
 
 FEATURE_ALGORITHM = "logmel-db-v1"
 """Bumped whenever the computation changes for the same parameters, so old hashes stop matching."""
@@ -33,14 +36,16 @@ LOG_FLOOR = 1e-10
 """Mel power floor before the log: -100 dB, far below 16-bit quantisation noise."""
 
 
-FRAME_GROUPS = ("logmel", "prosody", "waveform")
-"""Groups with a time axis (normalised per channel over frames); the others per value."""
-
 EMBEDDING_ALGORITHM = "encoder-layer-meanstd-v1"
 WAVEFORM_ALGORITHM = "trimmed-fitted-v1"
 
-NOT_LOGMEL_PARAMS = ("groups", "encoder")
-"""Parameters of other groups only: changing them leaves the log-mel and its hash alone."""
+LOGMEL_FIELDS = (
+    "sample_rate", "clip_seconds", "trim_db", "n_fft", "win_length", "hop_length", "n_mels",
+    "f_min", "f_max", "dtype",
+)  # fmt: skip
+"""The parameters the log-mel depends on (``groups`` and ``encoder`` are other groups')."""
+SHARED_FIELDS = ("sample_rate", "clip_seconds", "trim_db")
+"""The front end's parameters: every group sees audio resampled, trimmed and fitted by them."""
 
 
 def _hash(payload: dict) -> str:
@@ -52,65 +57,133 @@ def _hash(payload: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def feature_hash(params: FeatureConfig) -> str:
-    """A stable 16-hex-digit hash of the log-mel parameters and the algorithm version.
+@dataclass(frozen=True)
+class Stretch:
+    """One trimmed stretch of mono audio at the feature rate, as the groups see it."""
 
-    ``groups`` and ``encoder`` are not part of it: the log-mel of a feature set does not change
-    when other groups are added beside it (and manifests written before groups existed keep
-    their hash).
+    fitted: np.ndarray
+    """Padded or cut to ``clip_seconds``: the frame-level groups' input (one frame grid)."""
+    speech: np.ndarray
+    """The speech alone (never the padding), cut to the same length: the others' input."""
+    params: FeatureConfig
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    """One feature group: how it is hashed, stored and computed.
+
+    ``hash`` covers ``algorithm``, the ``fields`` of :class:`FeatureConfig` the group depends on
+    and ``extra(params)`` (constants, an encoder's file hash). ``level`` says how the group is
+    normalised: ``frame`` groups ``[channels, frames]`` per channel over frames, ``utterance``
+    groups per value.
     """
-    fields = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_LOGMEL_PARAMS}
-    return _hash({"algorithm": FEATURE_ALGORITHM, **fields})
+
+    name: str
+    level: Literal["frame", "utterance"]
+    algorithm: str
+    fields: tuple[str, ...]
+    shape: Callable[[FeatureConfig], tuple[int, ...]]
+    compute: Callable[[Stretch], np.ndarray]
+    large: bool = False
+    """Stored in ``params.dtype`` (the large groups); the others in float32."""
+    extra: Callable[[FeatureConfig], dict] = lambda params: {}
+
+    def hash(self, params: FeatureConfig) -> str:
+        fields = {name: getattr(params, name) for name in self.fields}
+        return _hash({"algorithm": self.algorithm, **fields, **self.extra(params)})
+
+    def dtype(self, params: FeatureConfig) -> str:
+        return params.dtype if self.large else "float32"
+
+
+def _table(*groups: FeatureGroup) -> dict[str, FeatureGroup]:
+    """The groups by name, in the order of :data:`knd.config.schema.FEATURE_GROUPS` (the one
+    list of names config validates against: a group missing on either side fails at import)."""
+    table = {group.name: group for group in groups}
+    if tuple(table) != FEATURE_GROUPS:
+        raise RuntimeError(f"feature groups {list(table)} differ from {list(FEATURE_GROUPS)}")
+    return table
+
+
+def _encoder_shape(params: FeatureConfig) -> tuple[int, int]:
+    info = encoder.describe(params.encoder)
+    return info.num_states, 2 * info.hidden_size
+
+
+GROUPS: dict[str, FeatureGroup] = _table(
+    FeatureGroup(
+        "logmel", "frame", FEATURE_ALGORITHM, LOGMEL_FIELDS,
+        shape=lambda p: feature_shape(p),
+        compute=lambda s: log_mel(s.fitted, s.params),
+        large=True,
+    ),
+    FeatureGroup(
+        "prosody", "frame", prosody.PROSODY_ALGORITHM,
+        (*SHARED_FIELDS, "win_length", "hop_length"),
+        shape=lambda p: (len(prosody.CHANNELS), feature_shape(p)[1]),
+        compute=lambda s: prosody.frame_prosody(
+            s.fitted, s.params.sample_rate, s.params.win_length, s.params.hop_length
+        ),
+        extra=lambda p: {
+            "pitch_floor": prosody.PITCH_FLOOR_HZ, "pitch_ceiling": prosody.PITCH_CEILING_HZ
+        },
+    ),
+    FeatureGroup(
+        "egemaps", "utterance", egemaps.EGEMAPS_ALGORITHM, SHARED_FIELDS,
+        shape=lambda p: (egemaps.NUM_FUNCTIONALS,),
+        compute=lambda s: egemaps.functionals(s.speech, s.params.sample_rate),
+    ),
+    FeatureGroup(
+        "embedding", "utterance", EMBEDDING_ALGORITHM, SHARED_FIELDS,
+        shape=_encoder_shape,
+        compute=lambda s: encoder.layer_stats(
+            s.speech, s.params.sample_rate, s.params.encoder, s.device
+        ),
+        # The encoder's files, not its name: another folder with the same weights is the same.
+        extra=lambda p: {"encoder": encoder.folder_hash(p.encoder)},
+    ),
+    FeatureGroup(
+        "waveform", "frame", WAVEFORM_ALGORITHM, SHARED_FIELDS,
+        shape=lambda p: (1, clip_samples(p)),
+        compute=lambda s: s.fitted[None].astype(np.float32),
+        large=True,
+    ),
+)  # fmt: skip
+"""Every feature group: adding one is one entry here and its name in ``FEATURE_GROUPS``."""
+
+
+def feature_group(name: str) -> FeatureGroup:
+    """The :class:`FeatureGroup` named ``name``.
+
+    Raises:
+        ValueError: no such group.
+    """
+    if name not in GROUPS:
+        raise ValueError(f"unknown feature group {name!r}")
+    return GROUPS[name]
+
+
+def feature_hash(params: FeatureConfig) -> str:
+    """The log-mel group's hash (:func:`group_hash` of ``logmel``), what v1 manifests call
+    ``feature_hash``; ``groups`` and ``encoder`` are not part of it."""
+    return GROUPS["logmel"].hash(params)
 
 
 def group_hash(name: str, params: FeatureConfig) -> str:
     """The hash of one group: its algorithm and every parameter it depends on."""
-    if name == "logmel":
-        return feature_hash(params)
-    shared = {"sample_rate": params.sample_rate, "clip_seconds": params.clip_seconds}
-    shared["trim_db"] = params.trim_db
-    if name == "prosody":
-        return _hash(
-            {
-                "algorithm": prosody.PROSODY_ALGORITHM,
-                **shared,
-                "win_length": params.win_length,
-                "hop_length": params.hop_length,
-                "pitch_floor": prosody.PITCH_FLOOR_HZ,
-                "pitch_ceiling": prosody.PITCH_CEILING_HZ,
-            }
-        )
-    if name == "egemaps":
-        return _hash({"algorithm": egemaps.EGEMAPS_ALGORITHM, **shared})
-    if name == "embedding":
-        # The encoder's files, not its name: another folder with the same weights is the same.
-        encoder_hash = encoder.folder_hash(params.encoder)
-        return _hash({"algorithm": EMBEDDING_ALGORITHM, **shared, "encoder": encoder_hash})
-    if name == "waveform":
-        return _hash({"algorithm": WAVEFORM_ALGORITHM, **shared})
-    raise ValueError(f"unknown feature group {name!r}")
+    return feature_group(name).hash(params)
 
 
 def group_shape(name: str, params: FeatureConfig) -> tuple[int, ...]:
     """The stored shape of one clip's ``name`` group."""
-    if name == "logmel":
-        return feature_shape(params)
-    if name == "prosody":
-        return len(prosody.CHANNELS), feature_shape(params)[1]
-    if name == "egemaps":
-        return (egemaps.NUM_FUNCTIONALS,)
-    if name == "embedding":
-        info = encoder.describe(params.encoder)
-        return info.num_states, 2 * info.hidden_size
-    if name == "waveform":
-        return 1, clip_samples(params)
-    raise ValueError(f"unknown feature group {name!r}")
+    return tuple(feature_group(name).shape(params))
 
 
 def group_dtype(name: str, params: FeatureConfig) -> str:
     """The stored dtype of a group: the log-mel's and the waveform's are configurable (they are
     the large ones), the small groups float32."""
-    return params.dtype if name in ("logmel", "waveform") else "float32"
+    return feature_group(name).dtype(params)
 
 
 def group_specs(params: FeatureConfig) -> dict[str, dict]:
@@ -228,53 +301,80 @@ def segment_groups(
 
     The frame-level groups see the stretch fitted to ``clip_seconds`` (padded or cut), so they
     share one frame grid; the functionals and the encoder's statistics see the speech alone
-    (never the padding), cut to the same length. ``device`` runs the encoder.
+    (never the padding), cut to the same length (:class:`Stretch`). ``device`` runs the encoder.
 
     Returns:
         ``{group: float32 array of group_shape(group, params)}``.
     """
     clip = clip_samples(params)
-    fitted = waveform.fit_length(segment, clip)
-    out = {"logmel": log_mel(fitted, params)}
-    if "prosody" in params.groups:
-        out["prosody"] = prosody.frame_prosody(
-            fitted, params.sample_rate, params.win_length, params.hop_length
-        )
-    if "egemaps" in params.groups:
-        out["egemaps"] = egemaps.functionals(segment[:clip], params.sample_rate)
-    if "embedding" in params.groups:
-        out["embedding"] = encoder.layer_stats(
-            segment[:clip], params.sample_rate, params.encoder, device
-        )
-    if "waveform" in params.groups:
-        out["waveform"] = fitted[None].astype(np.float32)
-    return out
+    stretch = Stretch(waveform.fit_length(segment, clip), segment[:clip], params, device)
+    return {name: GROUPS[name].compute(stretch) for name in params.groups}
 
 
-def clip_groups(
-    samples: np.ndarray, sample_rate: int, params: FeatureConfig, device: str = "cpu"
-) -> tuple[dict[str, np.ndarray], float]:
-    """Decoded audio -> every feature group: downmix, resample, trim, fit to ``clip_seconds``.
+@dataclass(frozen=True)
+class Window:
+    """One featurised stretch of a file: its times in the original file and its groups."""
+
+    start: float
+    end: float
+    groups: dict[str, np.ndarray]
+
+
+def file_windows(
+    samples: np.ndarray,
+    sample_rate: int,
+    params: FeatureConfig,
+    hop_seconds: float | None = None,
+    device: str = "cpu",
+) -> list[Window]:
+    """Decoded audio -> its windows: downmix, resample, trim, window, every group of each.
+
+    The one front end of ``knd prepare`` (one window per clip: ``hop_seconds=None``) and
+    ``knd score``. A file no longer than one clip after trimming is one window fitted to
+    ``clip_seconds``, exactly a prepared clip; with ``hop_seconds`` a longer one is cut into
+    clip-long windows every ``hop_seconds`` (the last aligned to the end) over the trimmed
+    signal, and without it fitted (centre-cut) to one clip.
 
     Args:
         samples: ``[frames, channels]`` or ``[frames]`` float32.
         sample_rate: rate of ``samples`` in Hz.
         params: feature parameters (``params.groups`` says which groups).
-        device: where the encoder runs (the ``embedding`` group).
+        hop_seconds: hop between windows of a long file (None: one window per file).
+        device: where a pretrained encoder runs (the ``embedding`` group).
+
+    Returns:
+        Windows in time order; ``start``/``end`` are seconds in the original file.
+    """
+    wave = mono_at_feature_rate(samples, sample_rate, params)
+    start, end = waveform.trim_bounds(wave, params.trim_db)
+    clip, rate = clip_samples(params), float(params.sample_rate)
+    spans = [(start, end)]
+    if hop_seconds is not None and end - start > clip:
+        hop = max(1, int(round(hop_seconds * params.sample_rate)))
+        spans = [(start + s, start + e) for s, e in waveform.windows(end - start, clip, hop)]
+    return [Window(s / rate, e / rate, segment_groups(wave[s:e], params, device)) for s, e in spans]
+
+
+def clip_groups(
+    samples: np.ndarray, sample_rate: int, params: FeatureConfig, device: str = "cpu"
+) -> tuple[dict[str, np.ndarray], float]:
+    """Decoded audio -> every feature group of one clip (:func:`file_windows`' one window).
 
     Returns:
         ``(groups, duration_s)``: see :func:`segment_groups`, and the input's duration.
     """
     duration = len(samples) / float(sample_rate)
-    wave = waveform.trim_silence(mono_at_feature_rate(samples, sample_rate, params), params.trim_db)
-    return segment_groups(wave, params, device), duration
+    (window,) = file_windows(samples, sample_rate, params, None, device)
+    return window.groups, duration
 
 
 def clip_features(
     samples: np.ndarray, sample_rate: int, params: FeatureConfig
 ) -> tuple[np.ndarray, float]:
     """The log-mel group of :func:`clip_groups` alone: float32 ``feature_shape(params)``."""
-    groups, duration = clip_groups(samples, sample_rate, dataclasses.replace(params, groups=()))
+    groups, duration = clip_groups(
+        samples, sample_rate, dataclasses.replace(params, groups=("logmel",))
+    )
     return groups["logmel"], duration
 
 
@@ -284,7 +384,7 @@ def stat_axes(name: str, ndim: int) -> tuple[int, ...]:
     Frame-level groups: the batch and time (one mean per channel); the others: the batch alone
     (one mean per value, e.g. per layer and dimension of an encoder's statistics).
     """
-    return (0, *range(2, ndim)) if name in FRAME_GROUPS else (0,)
+    return (0, *range(2, ndim)) if feature_group(name).level == "frame" else (0,)
 
 
 def normalise_group(name: str, values, mean, std):
@@ -293,7 +393,7 @@ def normalise_group(name: str, values, mean, std):
     Frame-level groups ``[B, channels, frames]`` per channel (:func:`normalise`); utterance-level
     groups ``[B, ...]`` per value (``mean`` has the shape of one clip's group).
     """
-    if name in FRAME_GROUPS:
+    if feature_group(name).level == "frame":
         return normalise(values, mean, std)
     if isinstance(values, np.ndarray):
         mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)

@@ -213,28 +213,36 @@ def resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
     return out.numpy()
 
 
-def trim_silence(x: np.ndarray, top_db: float, frame: int = 256) -> np.ndarray:
-    """Cut leading and trailing frames quieter than the loudest frame minus ``top_db``.
+def trim_bounds(x: np.ndarray, top_db: float, frame: int = 256) -> tuple[int, int]:
+    """``(start, end)`` of ``x`` from its first to its last frame no quieter than the loudest
+    frame minus ``top_db`` (``(0, len(x))`` when all is quiet).
 
     Args:
         x: mono signal.
         top_db: threshold below the loudest frame's RMS, in dB.
         frame: analysis frame in samples (16 ms at 16 kHz).
-
-    Returns:
-        A view of ``x`` from the first to the last loud frame (``x`` itself when all is quiet).
     """
     n = len(x) // frame
     if n == 0:
-        return x
+        return 0, len(x)
     power = np.square(x[: n * frame].reshape(n, frame), dtype=np.float32).mean(axis=1)
     peak = float(power.max())
     if peak <= 0:
-        return x
+        return 0, len(x)
     loud = np.flatnonzero(power >= peak * 10 ** (-top_db / 10))
     start = int(loud[0]) * frame
     # The last loud frame keeps the remainder after it when it is the final full frame.
     end = len(x) if loud[-1] == n - 1 else (int(loud[-1]) + 1) * frame
+    return start, end
+
+
+def trim_silence(x: np.ndarray, top_db: float, frame: int = 256) -> np.ndarray:
+    """Cut leading and trailing frames quieter than the loudest frame minus ``top_db``.
+
+    Returns:
+        ``x[start:end]`` of :func:`trim_bounds` (``x`` itself when all is quiet).
+    """
+    start, end = trim_bounds(x, top_db, frame)
     return x[start:end]
 
 

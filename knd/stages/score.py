@@ -76,66 +76,6 @@ OUTPUT_SUFFIXES = (".parquet", ".csv")
 MAX_FAILURES_SHOWN = 20
 
 
-@dataclass(frozen=True)
-class Window:
-    """One scored stretch of a file: its times in the original file and its feature groups."""
-
-    start: float
-    end: float
-    groups: dict[str, np.ndarray]
-
-
-def file_windows(
-    samples: np.ndarray,
-    sample_rate: int,
-    params: FeatureConfig,
-    hop_seconds: float,
-    device: str = "cpu",
-) -> list[Window]:
-    """Decoded audio -> the windows that score it, each with every group of ``params.groups``.
-
-    A file no longer than one clip after trimming takes exactly
-    :func:`knd.audio.features.clip_groups`' steps (downmix, resample, trim, pad to
-    ``clip_seconds``, features), so it matches its prepared features. A longer one is cut into
-    clip-long windows every ``hop_seconds`` (the last aligned to the end) over the trimmed signal.
-
-    Args:
-        samples: ``[frames, channels]`` or ``[frames]`` float32.
-        sample_rate: rate of ``samples`` in Hz.
-        params: the checkpoint's feature parameters.
-        hop_seconds: hop between windows of a long file.
-        device: where a pretrained encoder runs (the ``embedding`` group).
-
-    Returns:
-        Windows in time order; ``start``/``end`` are seconds in the original file.
-    """
-    wave = features.mono_at_feature_rate(samples, sample_rate, params)
-    trimmed = waveform.trim_silence(wave, params.trim_db)
-    offset = _view_offset(trimmed, wave)
-    clip = features.clip_samples(params)
-    rate = float(params.sample_rate)
-    if len(trimmed) <= clip:
-        groups = features.segment_groups(trimmed, params, device)
-        return [Window(offset / rate, (offset + len(trimmed)) / rate, groups)]
-    hop = max(1, int(round(hop_seconds * params.sample_rate)))
-    return [
-        Window(
-            (offset + s) / rate,
-            (offset + e) / rate,
-            features.segment_groups(trimmed[s:e], params, device),
-        )
-        for s, e in waveform.windows(len(trimmed), clip, hop)
-    ]
-
-
-def _view_offset(view: np.ndarray, base: np.ndarray) -> int:
-    """Index in ``base`` where ``view`` (a slice of it, as ``trim_silence`` returns) starts."""
-    if len(view) == 0 or not np.shares_memory(view, base):
-        return 0
-    delta = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-    return int(delta // base.strides[0])
-
-
 def featurize_batch(
     batch: dict[str, np.ndarray],
     params: FeatureConfig,
@@ -166,7 +106,7 @@ def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float, de
     """``(duration, error, windows)`` of one file; any failure is its ``error``, never raised."""
     try:
         samples, rate = waveform.decode_audio(storage.read_bytes(path, fs))
-        wins = file_windows(samples, rate, params, hop_seconds, device)
+        wins = features.file_windows(samples, rate, params, hop_seconds, device)
         return len(samples) / float(rate), "", wins
     except waveform.AudioError as e:
         error = str(e)
@@ -201,7 +141,7 @@ def _featurize_paths(
             duration, error, wins = _decode_windows(path, fs, params, hop_seconds, device)
         if error:
             empty = {g: np.zeros(spec["shape"], dtype=np.float32) for g, spec in specs.items()}
-            wins = [Window(math.nan, math.nan, empty)]
+            wins = [features.Window(math.nan, math.nan, empty)]
         for i, win in enumerate(wins):
             rows["path"].append(path)
             rows["window"].append(i)

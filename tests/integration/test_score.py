@@ -277,11 +277,12 @@ def test_mixed_folder_scores_what_it_can_and_reports_the_rest(checkpoint, tmp_pa
 
 def plain_scores(checkpoint: str, path: Path) -> np.ndarray:
     """Mean window probabilities of one file without Ray, through the same functions."""
+    from knd.audio.features import file_windows
     from knd.audio.waveform import decode_audio
     from knd.config.loading import build
     from knd.config.schema import FeatureConfig
     from knd.learning.checkpoint import load_meta
-    from knd.stages.score import Scorer, file_windows
+    from knd.stages.score import Scorer
 
     params = build(FeatureConfig, load_meta(checkpoint)["feature_params"])
     samples, rate = decode_audio(path.read_bytes())

@@ -125,3 +125,13 @@ def test_windows_cover_the_tail():
     assert windows(600, 300, 150)[-1] == (300, 600)
     with pytest.raises(ValueError):
         windows(10, 0, 1)
+
+
+def test_trim_bounds_are_where_trim_silence_cuts():
+    from knd.audio.waveform import trim_bounds
+
+    x = np.concatenate([np.zeros(1000), tone(0.5, 16000), np.zeros(3000)]).astype(np.float32)
+    start, end = trim_bounds(x, top_db=40)
+    np.testing.assert_array_equal(trim_silence(x, top_db=40), x[start:end])
+    assert 0 < start <= 1000 < end < len(x)
+    assert trim_bounds(np.zeros(4096, np.float32), 40) == (0, 4096)

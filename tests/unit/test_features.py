@@ -112,3 +112,19 @@ def test_normalise_standardises_each_band_numpy_and_torch(params):
     out_t = normalise(torch.from_numpy(feats), mean, std)
     np.testing.assert_allclose(out_t.numpy(), out, atol=1e-5)
     assert np.isfinite(normalise(np.ones((4, 3), np.float32), np.ones(4), np.zeros(4))).all()
+
+
+def test_the_group_table_has_every_configurable_group_and_keeps_the_v1_hashes():
+    import json
+    from pathlib import Path
+
+    from knd.audio.features import GROUPS, group_hash, stored_params
+    from knd.config.schema import FEATURE_GROUPS
+
+    assert tuple(GROUPS) == FEATURE_GROUPS
+    assert all(GROUPS[name].name == name for name in GROUPS)
+    v1 = Path(__file__).resolve().parents[1] / "fixtures" / "v1" / "features" / "manifest.json"
+    manifest = json.loads(v1.read_text())
+    params = stored_params(manifest["feature_params"])
+    for name, spec in manifest["feature_groups"].items():
+        assert group_hash(name, params) == spec["hash"]

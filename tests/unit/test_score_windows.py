@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from knd.audio.features import clip_features, feature_shape
+from knd.audio.features import clip_features, feature_shape, file_windows
 from knd.config.loading import load_config
-from knd.stages.score import aggregate, file_windows, stage_cpus
+from knd.stages.score import aggregate, stage_cpus
 
 
 @pytest.fixture(scope="module")
