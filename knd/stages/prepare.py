@@ -31,7 +31,6 @@ file it does not list (records, half-written or orphaned shards).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -43,7 +42,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +80,7 @@ from knd.data.shards import (
     shard_rows_table,
     write_shard,
 )
+from knd.data.staging import Staging, staging_key
 from knd.runtime.console import file_progress
 
 log = logging.getLogger(__name__)
@@ -242,15 +241,14 @@ def featurize_part(
     """
     table = process_files(uris, paths, params, require_labels, hashes)
     good = table.filter(pc.is_null(table["error"]))
-    shard = None
+    stage, shard = Staging(storage.join(output, staging)), None
     if good.num_rows:
-        fs, root = storage.resolve(output)
-        write_shard(shard_rows_table(good), fs, f"{root}/{staging}/{part}")
+        write_shard(shard_rows_table(good), stage.fs, stage.path_of(part))
         shard = f"{folder}/{part}"
     rows = table.drop_columns([group_column(g) for g in group_specs(params)]).to_pylist()
     for row in rows:
         row["shard"] = shard if row["error"] is None else None
-    storage.write_text(storage.join(output, staging, part + DONE_SUFFIX), json.dumps(rows))
+    stage.write(part + DONE_SUFFIX, json.dumps(rows).encode())  # the part is finished
     return rows
 
 
@@ -375,10 +373,8 @@ def _discard_part(task: dict, consts: dict) -> None:
     """
     if "part" not in task:
         return
-    fs, root = storage.resolve(consts["output"])
-    for name in (task["part"] + DONE_SUFFIX, task["part"]):
-        with contextlib.suppress(OSError):
-            fs.delete_file(f"{root}/{consts['staging']}/{name}")
+    stage = Staging(storage.join(consts["output"], consts["staging"]))
+    stage.discard(task["part"] + DONE_SUFFIX, task["part"])
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -563,51 +559,49 @@ def staging_folders(cfg: PrepareConfig, listing: str) -> tuple[str, str]:
     rename is a copy, so shards go straight to their folder and the manifest alone commits them.
     """
     groups = {g: spec["hash"] for g, spec in group_specs(cfg.features).items()}
-    identity = [listing, feature_hash(cfg.features), groups, cfg.require_labels]
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    key = staging_key([listing, feature_hash(cfg.features), groups, cfg.require_labels])
     folder = f"shards-{feature_hash(cfg.features)[:8]}-{key[:8]}"
     return (folder if storage.is_remote(cfg.output) else f".tmp-{folder}"), folder
 
 
-def finished_parts(output: str, staging: str, keep: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the parts an interrupted run finished in ``staging``, for files of ``keep``.
+def finished_parts(stage: Staging, keep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the parts an interrupted run finished in ``stage``, for files of ``keep``.
 
     A part counts when its record exists (written after its shard) and every one of its files is
     still to prepare with the same content and not in an earlier counted part (a task whose node
     died after its record was written had its files redone one per task).
     """
-    fs, root = storage.resolve(output)
-    selector = pafs.FileSelector(f"{root}/{staging}", allow_not_found=True)
-    names = {i.base_name for i in fs.get_file_info(selector) if i.type == pafs.FileType.File}
+    names = stage.names()
     records = sorted(n for n in names if n.endswith(DONE_SUFFIX))
     wanted = {r["path"]: r["sha256"] for r in keep}
     rows: list[dict[str, Any]] = []
     covered: set[str] = set()
-    with ThreadPoolExecutor(max_workers=16) as pool:  # one GET each on S3: overlap them
-        parts = pool.map(lambda n: _read_record(output, staging, n), records)
-        for name, part_rows in zip(records, parts, strict=True):
-            paths = [r.get("path") for r in part_rows]
-            has_shard = any(r.get("shard") for r in part_rows)
-            if (
-                not part_rows
-                or (has_shard and name.removesuffix(DONE_SUFFIX) not in names)
-                or any(p not in wanted or p in covered for p in paths)
-                or any(r.get("sha256") not in (None, wanted[r["path"]]) for r in part_rows)
-            ):
-                continue
-            covered.update(paths)
-            rows.extend(r | {"reused": True} for r in part_rows)
+    # Records are small, one GET each on S3: read many at a time.
+    for name, part_rows in stage.read_finished(records, _parse_record, workers=16):
+        paths = [r.get("path") for r in part_rows]
+        has_shard = any(r.get("shard") for r in part_rows)
+        if (
+            not part_rows
+            or (has_shard and name.removesuffix(DONE_SUFFIX) not in names)
+            or any(p not in wanted or p in covered for p in paths)
+            or any(r.get("sha256") not in (None, wanted[r["path"]]) for r in part_rows)
+        ):
+            continue
+        covered.update(paths)
+        rows.extend(r | {"reused": True} for r in part_rows)
     return rows
 
 
-def _read_record(output: str, staging: str, name: str) -> list[dict[str, Any]]:
-    """A part's record, or ``[]`` when it cannot be read (then the part is done again)."""
-    try:
-        rows = json.loads(storage.read_text(storage.join(output, staging, name)))
-    except (OSError, ValueError):
-        return []
-    ok = isinstance(rows, list) and all(isinstance(r, dict) and "path" in r for r in rows)
-    return rows if ok else []
+def _parse_record(data: bytes) -> list[dict[str, Any]]:
+    """A part's record: its per-file rows.
+
+    Raises:
+        ValueError: not a record (then the part is discarded and done again).
+    """
+    rows = json.loads(data)
+    if not (isinstance(rows, list) and all(isinstance(r, dict) and "path" in r for r in rows)):
+        raise ValueError("not a list of per-file rows")
+    return rows
 
 
 def _featurise(
@@ -624,9 +618,9 @@ def _featurise(
     Files of parts an interrupted run finished (:func:`finished_parts`) are not featurised again.
     """
     staging, folder = folders
-    fs, root = storage.resolve(cfg.output)
-    fs.create_dir(f"{root}/{staging}", recursive=True)
-    reused = finished_parts(cfg.output, staging, keep)
+    stage = Staging(storage.join(cfg.output, staging))
+    stage.create()
+    reused = finished_parts(stage, keep)
     done = {r["path"] for r in reused}
     todo = [r for r in keep if r["path"] not in done]
     if reused:
@@ -679,41 +673,30 @@ def _commit(
     then None. ``rejected.csv`` is written either way.
     """
     staging, folder = folders
-    fs, root = storage.resolve(cfg.output)
+    stage = Staging(storage.join(cfg.output, staging))
     if not kept:
-        fs.delete_dir(f"{root}/{staging}")
+        stage.remove()
         if lease:
             lease.check()
         storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
         return None
     counts = Counter(r["shard"] for r in kept)
     shards = sorted(counts)
-    if staging != folder:
-        # A folder of this very dataset is already there only when its commit lost a shard
-        # (else this run would have been skipped): it is replaced.
-        storage.delete_dir(storage.join(cfg.output, folder))
-        fs.move(f"{root}/{staging}", f"{root}/{folder}")
+    # A folder of this very dataset is already there only when its commit lost a shard (else
+    # this run would have been skipped): it is replaced.
+    committed = stage.commit_folder(storage.join(cfg.output, folder))
     manifest = build_manifest(kept, shards, [counts[s] for s in shards], rejected, cfg, listing)
     if lease:
         lease.check()  # a run that lost its lease must not commit over the winner's
     storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
     storage.write_text(storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=2) + "\n")
-    _drop_unlisted(cfg.output, folder, set(shards))
+    # Records, and shards of tasks that died (or were cut off with their node) before their
+    # result came back: never listed, so never read.
+    committed.keep_only({shard.rsplit("/", 1)[1] for shard in shards})
     removed = remove_superseded(cfg.output, folder)
     if removed:
         log.info("removed %d superseded or unfinished shard folder(s): %s", len(removed), removed)
     return manifest
-
-
-def _drop_unlisted(output: str, folder: str, shards: set[str]) -> None:
-    """Delete what the committed folder holds beside its listed shards: part records, and shards
-    of tasks that died (or were cut off with their node) before their result came back."""
-    fs, root = storage.resolve(output)
-    selector = pafs.FileSelector(f"{root}/{folder}", allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.type == pafs.FileType.File and f"{folder}/{info.base_name}" not in shards:
-            with contextlib.suppress(OSError):  # already gone: nothing to drop
-                fs.delete_file(info.path)
 
 
 def _already_prepared(cfg: PrepareConfig, listing: str) -> dict[str, Any] | None:

@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import logging
 import math
-import os
 import sys
 import time
 import uuid
@@ -56,11 +54,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 
 from knd.audio import features, waveform
 from knd.config.schema import FeatureConfig, ScoreConfig
-from knd.data import storage
+from knd.data import staging, storage
 from knd.data.shards import group_column
 from knd.runtime.console import file_progress
 from knd.runtime.retry import AttemptLedger, bounded_retry
@@ -353,15 +350,16 @@ def staging_key(cfg: ScoreConfig, meta: dict, paths: list[str]) -> str:
     """A hash of what defines the output's rows: the checkpoint (where and what), the input
     listing and the options that change a row (the encoder folder among them). A rerun with the
     same key resumes."""
-    identity = {
-        "checkpoint": storage.absolute(str(cfg.checkpoint)),
-        "meta": json.dumps(meta, sort_keys=True, default=str),
-        "paths": paths,
-        "per_window": cfg.per_window,
-        "window_hop_seconds": cfg.window_hop_seconds,
-        "encoder": cfg.encoder,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return staging.staging_key(
+        {
+            "checkpoint": storage.absolute(str(cfg.checkpoint)),
+            "meta": json.dumps(meta, sort_keys=True, default=str),
+            "paths": paths,
+            "per_window": cfg.per_window,
+            "window_hop_seconds": cfg.window_hop_seconds,
+            "encoder": cfg.encoder,
+        }
+    )
 
 
 def _resume(sink: StagedTable, tally: _Tally, paths: list[str]) -> list[str]:
@@ -375,7 +373,7 @@ def _resume(sink: StagedTable, tally: _Tally, paths: list[str]) -> list[str]:
     todo = [p for p in paths if p not in done]
     log.info(
         "resuming: %d file(s) already scored in %s; scoring the other %d",
-        len(done), sink.staging, len(todo),
+        len(done), sink.staging.uri, len(todo),
     )  # fmt: skip
     return todo
 
@@ -538,22 +536,20 @@ def _lost_rows(paths: list[str], labels: list[str], per_window: bool) -> pd.Data
 class StagedTable:
     """An output table staged as whole chunk files beside the output, committed in one step.
 
-    The chunks live in a hidden folder named by ``key`` (a hash of what defines the rows), each
-    written atomically (:func:`knd.data.storage.write_bytes`) once ``chunk_files`` files are
+    The chunks are the parts of a :class:`knd.data.staging.Staging` folder named by ``key`` (a
+    hash of what defines the rows), each written atomically once ``chunk_files`` files are
     buffered, so a killed run leaves only whole chunks. A rerun with the same key finds them
     (:meth:`staged_rows`) and scores only the other files. The commit concatenates the chunks in
-    the order they were written into a temporary file, renamed over the output (locally) or
-    copied to its key (S3): a reader sees the old output or the whole new one, never a part. On
-    error the buffered rows are staged, not lost.
+    the order they were written into the output (:meth:`knd.data.staging.Staging.commit_file`):
+    a reader sees the old output or the whole new one, never a part. On error the buffered rows
+    are staged, not lost.
     """
 
     def __init__(self, output: str, key: str, chunk_files: int = FILES_PER_TASK):
         self.output = storage.absolute(output)
         self.csv = output.lower().endswith(".csv")
-        self.fs, self.path = storage.resolve(self.output)
         head, name = self.output.rsplit("/", 1)
-        self.staging = f"{head}/.{name}.staged-{key[:16]}"
-        self.tmp = f"{self.path.rsplit('/', 1)[0]}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.staging = staging.Staging(f"{head}/.{name}.staged-{key[:16]}")
         self.chunk_files = max(1, chunk_files)
         self.buffer: list[pd.DataFrame] = []
         self.buffered = 0
@@ -564,14 +560,10 @@ class StagedTable:
         return self
 
     def _chunks(self) -> list[str]:
-        """The staged chunks (URIs), in the order they were written."""
-        fs, folder = storage.resolve(self.staging)
-        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-        names = sorted(i.base_name for i in infos if i.base_name.startswith("chunk-"))
-        return [storage.join(self.staging, n) for n in names]
+        """The staged chunks' names, in the order they were written."""
+        return self.staging.finished(prefix="chunk-")
 
-    def _read(self, chunk: str, columns: list[str] | None = None) -> pd.DataFrame:
-        data = storage.read_bytes(chunk)
+    def _read(self, data: bytes, columns: list[str] | None = None) -> pd.DataFrame:
         if self.csv:
             na = {"duration": ["", "nan", "NaN"]}
             return pd.read_csv(
@@ -583,16 +575,13 @@ class StagedTable:
 
     def staged_rows(self) -> pd.DataFrame:
         """``path, error, duration`` of the rows an interrupted run staged (one chunk in memory
-        at a time); an unreadable chunk is deleted, so its files are scored again."""
-        frames = []
+        at a time); an unreadable chunk is discarded, so its files are scored again."""
         chunks = self._chunks()
-        for chunk in chunks:
-            try:
-                frames.append(self._read(chunk, ["path", "error", "duration"]))
-            except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not reused
-                log.warning("discarding the unreadable staged chunk %s (%s)", chunk, e)
-                fs, path = storage.resolve(chunk)
-                fs.delete_file(path)
+        columns = ["path", "error", "duration"]
+        frames = [
+            frame
+            for _, frame in self.staging.read_finished(chunks, lambda d: self._read(d, columns))
+        ]
         self.next_chunk = len(chunks)
         if not frames:
             return pd.DataFrame({"path": [], "error": [], "duration": []})
@@ -624,23 +613,13 @@ class StagedTable:
             sink = io.BytesIO()
             pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
             data = sink.getvalue()
-        storage.write_bytes(storage.join(self.staging, name), data)
+        self.staging.write(name, data)
         self.buffer, self.buffered, self.next_chunk = [], 0, self.next_chunk + 1
 
     def commit(self) -> None:
         """Concatenate the chunks into the output in one step, then drop the staging folder."""
         self.flush()
-        try:
-            with self.fs.open_output_stream(self.tmp) as stream:
-                self._concatenate(stream)
-            if storage.is_remote(self.output):
-                self.fs.copy_file(self.tmp, self.path)
-            else:
-                os.replace(self.tmp, self.path)
-        finally:
-            if self.fs.get_file_info(self.tmp).type != pafs.FileType.NotFound:
-                self.fs.delete_file(self.tmp)
-        storage.delete_dir(self.staging)
+        self.staging.commit_file(self.output, self._concatenate)
 
     def _concatenate(self, stream) -> None:
         """Every chunk into ``stream``: CSV bodies after the first header; Parquet row groups
@@ -649,7 +628,7 @@ class StagedTable:
 
         writer = None
         for i, chunk in enumerate(self._chunks()):
-            data = storage.read_bytes(chunk)
+            data = storage.read_bytes(self.staging.uri_of(chunk))
             if self.csv:
                 stream.write(data if i == 0 else data[data.index(b"\n") + 1 :])
                 continue
