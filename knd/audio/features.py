@@ -411,13 +411,9 @@ def normalise(features, mean, std):
     ``mean`` and ``std`` are ``[n_mels]``, computed on training actors only; tiny deviations are
     floored so a constant band does not blow up.
     """
-    try:
-        import torch
+    import torch
 
-        is_torch = isinstance(features, torch.Tensor)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        is_torch = False
-    if is_torch:
+    if isinstance(features, torch.Tensor):
         mean_t = torch.as_tensor(mean, dtype=features.dtype, device=features.device)
         std_t = torch.as_tensor(std, dtype=features.dtype, device=features.device)
         return (features - mean_t[:, None]) / torch.clamp(std_t, min=1e-5)[:, None]

@@ -69,17 +69,6 @@ def row_schema(params: FeatureConfig) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
-def feature_nbytes(params: FeatureConfig) -> int:
-    """Bytes of one clip's stored features."""
-    n_mels, n_frames = feature_shape(params)
-    return n_mels * n_frames * np.dtype(params.dtype).itemsize
-
-
-def stored_dtype(params: FeatureConfig) -> np.dtype:
-    """The little-endian dtype features are stored in."""
-    return np.dtype(params.dtype).newbyteorder("<")
-
-
 @dataclass
 class FeatureTable:
     """A prepared feature set in memory (see :func:`load_features`)."""
