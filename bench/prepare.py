@@ -43,7 +43,8 @@ from common import Machine
 from knd.config.loading import load_config
 from knd.config.schema import RayConfig
 from knd.data import storage
-from knd.stages.prepare import list_inputs, prepare_files, run, serial_map
+from knd.runtime.tasks import serial_map
+from knd.stages.prepare import list_inputs, prepare_files, run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
 TARGETS = {"ray_vs_loop": 1.7, "ray_vs_pool": 1.0, "peak_rss_gb": 3.0}

@@ -10,9 +10,10 @@ runs two passes of Ray tasks over *paths* (audio bytes never cross the object st
    its kept clips as one Parquet shard into the run's staging folder itself, returning only small
    per-file rows (path, hash, labels, duration, error, shard) to the driver.
 
-Every per-file failure, whatever its exception, is a row with a reason. Retries are bounded: a
-task whose worker dies (out of memory, a crash) is not retried as a whole; its files are retried
-one per task, and a file whose own task fails again is rejected with the reason. The driver
+Every per-file failure, whatever its exception, is a row with a reason. Retries are bounded
+(:mod:`knd.runtime.tasks`): a task whose worker dies (out of memory, a crash) is not retried as a
+whole; its files are retried one per task, and a file whose own task fails again is rejected with
+the reason (``its worker died twice ...`` when it took that worker down too). The driver
 writes ``rejected.csv`` and the manifest last (see :mod:`knd.data.shards` for the layout), under an
 exclusive lease on the output (:class:`knd.data.lease.OutputLease`), so two runs into one output
 cannot interleave their commits. Only shard folders older than the committed manifest are removed.
@@ -20,13 +21,14 @@ cannot interleave their commits. Only shard folders older than the committed man
 A rerun over the same input listing (relative paths, sizes, modification times) with the same
 feature parameters, whose manifest's shards all exist, does nothing.
 
-**Resume.** The staging folder's name is a hash of the dataset (input listing, feature and group
-hashes, ``require_labels``), so a rerun of an interrupted run (its driver killed, the head lost,
-a RayJob retry) finds it. A featurise task writes its shard, then a small record of its rows
-(``part-*.parquet.done.json``, written atomically): a part with a record is finished and is
-reused as it is, its files never decoded again; a part without one (in flight when the run died)
-is done again under a new name. The commit writes the manifest once, then deletes every staged
-file it does not list (records, half-written or orphaned shards).
+**Resume** (the staging protocol of :mod:`knd.data.staging`). The staging folder's name is a
+hash of the dataset (input listing, feature and group hashes, ``require_labels``), so a rerun of
+an interrupted run (its driver killed, the head lost, a RayJob retry) finds it. A featurise task
+writes its shard, then a small record of its rows (``part-*.parquet.done.json``, written
+atomically): a part with a record is finished and is reused as it is, its files never decoded
+again; a part without one (in flight when the run died) is done again under a new name. The
+commit writes the manifest once, then deletes every staged file it does not list (records,
+half-written or orphaned shards).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import posixpath
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +61,7 @@ from knd.audio.features import (
     feature_shape,
     group_specs,
 )
-from knd.audio.waveform import AudioError, decode_audio
+from knd.audio.waveform import decode_audio
 from knd.config.loading import to_dict
 from knd.config.schema import FeatureConfig, PrepareConfig
 from knd.data import storage
@@ -82,6 +84,7 @@ from knd.data.shards import (
 )
 from knd.data.staging import Staging, staging_key
 from knd.runtime.console import file_progress
+from knd.runtime.tasks import TaskMap, failure_reason, ray_map, run_tasks, split_by_file
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +133,6 @@ def _describe(clip_name: str, require_labels: bool) -> dict[str, Any]:
         "label": clip.emotion - 1,  # ravdess8 id; ravdess7 is derived at train time
         "gender": clip.gender,
     }
-
-
-def failure_reason(e: BaseException) -> str:
-    """One line saying why a file failed, whatever the exception."""
-    if isinstance(e, AudioError | ValueError):
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    if isinstance(e, OSError):
-        return f"unreadable ({e.strerror or str(e).splitlines()[0] or type(e).__name__})"
-    if isinstance(e, MemoryError):
-        return "out of memory while processing this file"
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def process_files(
@@ -252,129 +243,12 @@ def featurize_part(
     return rows
 
 
-# ----------------------------------------------------------------------------------------------
-# Running tasks: the same driver logic over Ray, a process pool or a plain loop
-
-TaskMap = Callable[[Callable, list[dict], dict], Iterator[tuple[dict, Any]]]
-"""``(fn, tasks, consts) -> (task, rows or the exception)`` for each task, in any order."""
-
-
-def serial_map(fn: Callable, tasks: list[dict], consts: dict) -> Iterator[tuple[dict, Any]]:
-    """Run tasks one after another in this process (the benchmark's plain loop)."""
-    for task in tasks:
-        try:
-            yield task, fn(**task, **consts)
-        except Exception as e:  # noqa: BLE001 - reported like a failed Ray task
-            yield task, e
-
-
-def _in_task(fn: Callable, task: dict, consts: dict) -> list[dict]:
-    import torch
-
-    # One task per CPU already fills the machine; torch's own threads would oversubscribe it.
-    torch.set_num_threads(1)
-    return fn(**task, **consts)
-
-
-def ray_map(fn: Callable, tasks: list[dict], consts: dict) -> Iterator[tuple[dict, Any]]:
-    """Run tasks as Ray tasks (1 CPU each, no retries: the driver retries per file instead).
-
-    At most a few tasks per CPU are in flight, so the driver's bookkeeping stays small however
-    large the corpus; results are yielded as they arrive.
-    """
-    import ray
-
-    remote = ray.remote(_in_task).options(num_cpus=1, max_retries=0, retry_exceptions=False)
-    window = max(4, 4 * int(ray.cluster_resources().get("CPU", 1)))
-    fn_ref, consts_ref = ray.put(fn), ray.put(consts)
-    todo = iter(tasks)
-    pending: dict[Any, dict] = {}
-    while True:
-        for task in todo:
-            pending[remote.remote(fn_ref, task, consts_ref)] = task
-            if len(pending) >= window:
-                break
-        if not pending:
-            return
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            task = pending.pop(ref)
-            try:
-                yield task, ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - a worker crash, OOM kill or task error
-                yield task, e
-
-
-def _task_failure(e: BaseException) -> str:
-    """Why a whole task failed: the task's own exception, or what happened to its worker."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, BaseException):
-        return failure_reason(cause)
-    name = type(e).__name__
-    if "OutOfMemory" in name:
-        return "worker killed: out of memory while processing this file"
-    if "WorkerCrashed" in name or "NodeDied" in name or "ActorDied" in name:
-        return f"worker died while processing this file ({name})"
-    return failure_reason(e)
-
-
-def run_tasks(
-    map_tasks: TaskMap,
-    fn: Callable,
-    tasks: list[dict],
-    consts: dict,
-    on_progress: Callable[[int], None] = lambda files: None,
-) -> list[dict[str, Any]]:
-    """Rows of every file of ``tasks``; a failed task's files are retried one per task.
-
-    A file whose own task fails again becomes a row with the reason: the job always finishes.
-    ``on_progress(n)`` runs after every task with the number of files it finished (0 for a task
-    whose files are retried).
-    """
-    rows: list[dict[str, Any]] = []
-    retry: list[dict] = []
-    for task, out in map_tasks(fn, tasks, consts):
-        if not isinstance(out, BaseException):
-            rows.extend(out)
-            on_progress(len(task["paths"]))
-        elif len(task["paths"]) > 1:
-            on_progress(0)
-            log.warning(
-                "a task of %d files failed (%s); retrying them one per task",
-                len(task["paths"]),
-                _task_failure(out),
-            )
-            _discard_part(task, consts)
-            retry.extend(_split(task))
-        else:
-            _discard_part(task, consts)
-            rows.append({"path": task["paths"][0], "error": _task_failure(out)})
-            on_progress(1)
-    if retry:
-        rows.extend(run_tasks(map_tasks, fn, retry, consts, on_progress))
-    return rows
-
-
-def _split(task: dict) -> list[dict]:
-    singles = []
-    for i in range(len(task["paths"])):
-        single = {k: v[i : i + 1] if isinstance(v, list) else v for k, v in task.items()}
-        if "part" in task:
-            single["part"] = task["part"].replace(".parquet", f"-{i:04d}.parquet")
-        singles.append(single)
+def _part_per_file(task: dict) -> list[dict]:
+    """A failed featurise task's files as tasks of one file, each writing a part of its own."""
+    singles = split_by_file(task)
+    for i, single in enumerate(singles):
+        single["part"] = task["part"].replace(".parquet", f"-{i:04d}.parquet")
     return singles
-
-
-def _discard_part(task: dict, consts: dict) -> None:
-    """Delete what a failed featurise task may have written (never listed in a manifest).
-
-    The record goes first: a task whose worker died after writing it (its node lost before the
-    result came back) must not leave a record of a shard that is then deleted.
-    """
-    if "part" not in task:
-        return
-    stage = Staging(storage.join(consts["output"], consts["staging"]))
-    stage.discard(task["part"] + DONE_SUFFIX, task["part"])
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -524,7 +398,7 @@ def prepare_files(
     """Hash, select, featurise (workers write the shards) and commit.
 
     Args:
-        map_tasks: how tasks run (:func:`ray_map`, :func:`serial_map` or a pool's).
+        map_tasks: how tasks run (:func:`knd.runtime.tasks.ray_map`, ``serial_map`` or a pool's).
         cpus: CPUs the tasks share (sizes the tasks).
         lease: the output's lease, renewed while tasks run and checked before the commit.
 
@@ -656,7 +530,15 @@ def _featurise(
             renew()
             bar.update(files)
 
-        return reused + run_tasks(map_tasks, featurize_part, tasks, consts, progress)
+        def discard(task: dict) -> None:
+            # The record first: a task whose worker died after writing it (its node lost before
+            # the result came back) must not leave a record of a shard that is then deleted.
+            stage.discard(task["part"] + DONE_SUFFIX, task["part"])
+
+        rows = run_tasks(
+            map_tasks, featurize_part, tasks, consts, progress, discard, _part_per_file
+        )
+        return reused + rows
 
 
 def _commit(

@@ -28,9 +28,11 @@ options): a rerun of a killed run keeps the rows it staged and scores only the o
 Retries are bounded without Ray's per-call retry options (deprecated in ``map_batches``, removed
 in Ray 2.64): an actor that dies (a file that takes its worker down, a lost node) is restarted
 and Ray runs its task again; the rerun goes file by file, and a file in flight at a second death
-becomes an error row (:func:`bounded_retry`, with an :class:`AttemptLedger` actor). A block that
-still fails is skipped (``max_errored_blocks``); the driver scores its files once more, one file
-per task, and reports those that fail again.
+becomes an error row (:func:`knd.runtime.tasks.bounded_rerun`, with an
+:class:`knd.runtime.tasks.AttemptLedger` actor). A block that still fails is skipped
+(``max_errored_blocks``); the driver scores its files once more, one file per task, and reports
+those that fail again (:func:`knd.runtime.tasks.retry_file_by_file`, the policy of prepare's
+tasks too).
 
 Ray's C++ core logs once per actor that its "constructor arguments [are] in the object store and
 max_restarts > 0": Ray Data hands every actor of a pool its context and function as object
@@ -60,7 +62,15 @@ from knd.config.schema import FeatureConfig, ScoreConfig
 from knd.data import staging, storage
 from knd.data.shards import group_column
 from knd.runtime.console import file_progress
-from knd.runtime.retry import AttemptLedger, bounded_retry
+from knd.runtime.tasks import (
+    AttemptLedger,
+    Failed,
+    WorkerDied,
+    bounded_rerun,
+    failure_reason,
+    one_torch_thread,
+    retry_file_by_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +95,14 @@ def featurize_batch(
     Every file yields at least one row; a file that fails gets ``error`` set and zero features, so
     failures travel through the pipeline as data instead of exceptions. With ``ledger`` (an
     :class:`AttemptLedger` handle) a batch that Ray runs again after its worker died is bounded
-    (:func:`bounded_retry`): a file that takes its worker down twice becomes an error row.
+    (:func:`knd.runtime.tasks.bounded_rerun`): a file that takes its worker down twice becomes an
+    error row.
     """
-    import torch
-
-    # One Ray task per CPU already fills the machine; torch's own threads would oversubscribe it.
-    torch.set_num_threads(1)
+    one_torch_thread()
     paths = [str(p) for p in batch["path"]]
     if ledger is None:
         return _featurize_paths(paths, params, hop_seconds, {}, device)
-    return bounded_retry(
+    return bounded_rerun(
         paths, ledger, lambda some, skip: _featurize_paths(some, params, hop_seconds, skip, device)
     )
 
@@ -105,15 +113,8 @@ def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float, de
         samples, rate = waveform.decode_audio(storage.read_bytes(path, fs))
         wins = features.file_windows(samples, rate, params, hop_seconds, device)
         return len(samples) / float(rate), "", wins
-    except waveform.AudioError as e:
-        error = str(e)
-    except OSError as e:
-        error = f"unreadable ({e.strerror or str(e) or type(e).__name__})"
-    except MemoryError:
-        error = "out of memory while scoring this file"
     except Exception as e:  # noqa: BLE001 - any failure is this file's, never the job's
-        error = f"{type(e).__name__}: {e}".splitlines()[0]
-    return math.nan, error, []
+        return math.nan, failure_reason(e), []
 
 
 def _featurize_paths(
@@ -331,18 +332,19 @@ def run(cfg: ScoreConfig) -> ScoreResult:
 
 def _score_all(cfg: ScoreConfig, meta: dict, paths: list[str], params, cpus: float) -> _Tally:
     """Score ``paths`` into the staged output and commit it; files an interrupted run staged are
-    kept, and a file lost with its worker is scored once more alone, then reported."""
+    kept, and a file lost with its worker is scored once more alone, then reported
+    (:func:`knd.runtime.tasks.retry_file_by_file`)."""
     tally, labels = _Tally(), list(meta["labels"])
     # A chunk per batch of every actor: a killed run loses at most one batch per actor.
     chunk_files = FILES_PER_TASK * cfg.num_actors
     with StagedTable(str(cfg.output), staging_key(cfg, meta, paths), chunk_files) as sink:
         todo = _resume(sink, tally, paths)
-        lost = _score_into(sink, tally, todo, cfg, params, labels, cpus, FILES_PER_TASK)
-        if lost:
-            log.warning("%d file(s) lost with a worker; scoring them one per task", len(lost))
-            lost = _score_into(sink, tally, lost, cfg, params, labels, cpus, 1)
-        if lost:
-            sink.write(_lost_rows(lost, labels, cfg.per_window), tally)
+        units = [todo[i : i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK)]
+        attempt = lambda some: _score_units(some, cfg, params, labels, cpus)  # noqa: E731
+        for files, out in retry_file_by_file(attempt, units, lambda lost: [[p] for p in lost]):
+            if isinstance(out, Failed):
+                out = _failed_rows(files, out.reason, labels, cfg.per_window)
+            sink.write(out, tally)
     return tally
 
 
@@ -378,9 +380,6 @@ def _resume(sink: StagedTable, tally: _Tally, paths: list[str]) -> list[str]:
     return todo
 
 
-LOST = "worker died while scoring this file (not retried further)"
-
-
 @dataclass
 class _Tally:
     """What the written rows add up to: counts, scored audio, the first failures."""
@@ -402,15 +401,20 @@ class _Tally:
         self.failures.extend(files.loc[~ok, ["path", "error"]].itertuples(index=False, name=None))
 
 
-def _score_into(sink, tally, paths, cfg: ScoreConfig, params, labels, cpus, files_per_task):
-    """Score ``paths`` into ``sink``; returns the paths whose rows never came back."""
-    if not paths:
-        return []
+def _score_units(
+    units: list[list[str]], cfg: ScoreConfig, params, labels, cpus: float
+) -> Iterator[tuple[list[str], pd.DataFrame | WorkerDied]]:
+    """One pipeline over the files of ``units`` (a task per unit): ``(files, their rows)`` as
+    files complete, then ``(files, WorkerDied())`` for the files whose rows never came back."""
+    paths = [path for unit in units for path in unit]
     seen: set[str] = set()
-    for table in _scored_files(paths, cfg, params, labels, cpus, files_per_task):
-        sink.write(table, tally)
-        seen.update(table["path"])
-    return [p for p in paths if p not in seen]
+    for table in _scored_files(paths, cfg, params, labels, cpus, max(map(len, units))):
+        files = list(dict.fromkeys(table["path"]))
+        seen.update(files)
+        yield files, table
+    lost = [p for p in paths if p not in seen]
+    if lost:
+        yield lost, WorkerDied()
 
 
 def _scored_files(
@@ -420,9 +424,9 @@ def _scored_files(
 
     Retries are bounded without Ray's retry options (passing them to ``map_batches`` is
     deprecated, and removed in Ray 2.64): Ray Data restarts a dead actor and runs its task again,
-    and :func:`bounded_retry` makes each rerun progress (file by file, a file that killed two
-    workers reported). A block that still fails is skipped (``max_errored_blocks``) and its files
-    are scored again one per task by the caller.
+    and :func:`knd.runtime.tasks.bounded_rerun` makes each rerun progress (file by file, a file
+    that killed two workers reported). A block that still fails is skipped
+    (``max_errored_blocks``) and its files are scored again one per task by the caller.
     """
     import ray
     from ray.data import DataContext
@@ -517,7 +521,10 @@ def _complete_files(
     # scores them again (one per task) instead of averaging part of a file.
 
 
-def _lost_rows(paths: list[str], labels: list[str], per_window: bool) -> pd.DataFrame:
+def _failed_rows(
+    paths: list[str], reason: str, labels: list[str], per_window: bool
+) -> pd.DataFrame:
+    """The output rows of files that failed before any window was scored."""
     windows = pd.DataFrame(
         {
             "path": paths,
@@ -526,7 +533,7 @@ def _lost_rows(paths: list[str], labels: list[str], per_window: bool) -> pd.Data
             "start": math.nan,
             "end": math.nan,
             "duration": math.nan,
-            "error": LOST,
+            "error": reason,
         }
     )
     windows["probs"] = [np.full(len(labels), np.nan, dtype=np.float32)] * len(paths)

@@ -301,7 +301,7 @@ def test_a_rerun_prepares_again_when_a_listed_shard_is_gone_and_a_held_output_is
 
 
 def test_a_file_that_kills_its_ray_worker_is_reported_and_the_job_finishes(ray_session):
-    from knd.stages.prepare import ray_map, run_tasks
+    from knd.runtime.tasks import KILLED_TWICE, ray_map, run_tasks
 
     def dies_on(paths, fatal):
         """Its worker process dies outright (as when the OOM killer takes it) on ``fatal``."""
@@ -314,5 +314,5 @@ def test_a_file_that_kills_its_ray_worker_is_reported_and_the_job_finishes(ray_s
     rows = run_tasks(ray_map, dies_on, tasks, {"fatal": "b"})
     by_path = {r["path"]: r["error"] for r in rows}
     assert sorted(by_path) == list("abcde")
-    assert by_path["b"].startswith("worker died while processing this file")
+    assert by_path["b"].startswith(KILLED_TWICE)
     assert all(by_path[p] is None for p in "acde")

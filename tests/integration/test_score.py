@@ -150,12 +150,12 @@ def test_a_killed_run_resumes_the_rows_it_staged(checkpoint, ray_session, tmp_pa
 
 def test_a_file_that_kills_its_scoring_actor_is_retried_once_alone_then_reported(ray_session):
     """Ray Data's own defaults (no retry options passed): a dead actor is restarted and its task
-    run again without limit. bounded_retry makes every rerun progress and ends the loop."""
+    run again without limit. bounded_rerun makes every rerun progress and ends the loop."""
     import os
 
     import ray
 
-    from knd.runtime.retry import KILLED_TWICE, AttemptLedger, bounded_retry
+    from knd.runtime.tasks import KILLED_TWICE, AttemptLedger, bounded_rerun
 
     class DiesOnB:
         """Its actor process dies outright (as under the OOM killer) whenever it reads ``b``."""
@@ -170,7 +170,7 @@ def test_a_file_that_kills_its_scoring_actor_is_retried_once_alone_then_reported
                 errors = [skip.get(p, "") for p in paths]
                 return {"path": np.asarray(paths, dtype=object), "error": np.asarray(errors)}
 
-            return bounded_retry([str(p) for p in batch["path"]], self.ledger, work)
+            return bounded_rerun([str(p) for p in batch["path"]], self.ledger, work)
 
     ledger = ray.remote(AttemptLedger).options(num_cpus=0).remote()
     ds = ray.data.from_items([{"path": p} for p in "abcdef"], override_num_blocks=2)

@@ -17,7 +17,7 @@ import pytest
 
 from knd.data.lease import LEASE, OutputBusyError, OutputLease
 from knd.data.shards import MANIFEST, missing_shards, remove_superseded
-from knd.stages.prepare import run_tasks, serial_map
+from knd.runtime.tasks import OUT_OF_MEMORY, run_tasks, serial_map
 
 
 def test_a_second_lease_on_one_output_is_refused_until_the_first_is_released(tmp_path):
@@ -118,7 +118,7 @@ def test_a_failed_task_is_retried_one_file_at_a_time_and_the_culprit_reported():
     rows = run_tasks(serial_map, _fragile, tasks, {"fail_on": {"b", "f"}})
     by_path = {r["path"]: r["error"] for r in rows}
     assert sorted(by_path) == list("abcdef")
-    assert by_path["b"] == by_path["f"] == "out of memory while processing this file"
+    assert by_path["b"] == by_path["f"] == OUT_OF_MEMORY
     assert all(by_path[p] is None for p in "acde")
 
 

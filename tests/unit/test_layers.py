@@ -133,8 +133,17 @@ def test_the_score_driver_and_the_retry_ledger_import_no_torch():
     import sys
 
     code = (
-        "import sys, knd.cli, knd.stages.score, knd.learning.checkpoint, knd.runtime.retry\n"
+        "import sys, knd.cli, knd.stages.score, knd.learning.checkpoint, knd.runtime.tasks\n"
         "print(sorted(m for m in ('torch', 'torchaudio', 'torchvision') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+    # The ledger actor's process imports the retry module alone: no pandas, no feature code.
+    code = (
+        "import sys, knd.runtime.tasks\n"
+        "print(sorted(m for m in sys.modules if m in ('pandas', 'pyarrow', 'soundfile', 'torch')"
+        " or m.startswith(('knd.audio', 'knd.data', 'knd.stages'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
