@@ -478,6 +478,27 @@ def _parse_record(data: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+def _featurise_tasks(
+    todo: list[dict[str, Any]], uri_of: dict[str, str], per_task: int
+) -> list[dict[str, Any]]:
+    """The featurise tasks of ``todo``, ``per_task`` files each, each with its part's name."""
+    # A new name per run: a part still being written by a task of a killed run is never this
+    # run's part (it is deleted at the commit, unlisted).
+    run_token = uuid.uuid4().hex[:6]
+    tasks = []
+    for i, s in enumerate(_chunks(len(todo), per_task)):
+        part = todo[s]
+        tasks.append(
+            {
+                "uris": [uri_of[r["path"]] for r in part],
+                "paths": [r["path"] for r in part],
+                "hashes": [r["sha256"] for r in part],
+                "part": f"part-{run_token}-{i:05d}.parquet",
+            }
+        )
+    return tasks
+
+
 def _featurise(
     cfg: PrepareConfig,
     keep: list[dict[str, Any]],
@@ -509,20 +530,7 @@ def _featurise(
         "params": cfg.features,
         "require_labels": cfg.require_labels,
     }
-    # A new name per run: a part still being written by a task of a killed run is never this
-    # run's part (it is deleted at the commit, unlisted).
-    run_token = uuid.uuid4().hex[:6]
-    tasks = []
-    for i, s in enumerate(_chunks(len(todo), files_per_task(len(keep), cpus, cfg))):
-        part = todo[s]
-        tasks.append(
-            {
-                "uris": [uri_of[r["path"]] for r in part],
-                "paths": [r["path"] for r in part],
-                "hashes": [r["sha256"] for r in part],
-                "part": f"part-{run_token}-{i:05d}.parquet",
-            }
-        )
+    tasks = _featurise_tasks(todo, uri_of, files_per_task(len(keep), cpus, cfg))
     with file_progress(len(keep), "knd prepare", cfg.ray.verbose) as bar:
         bar.update(len(done))
 
