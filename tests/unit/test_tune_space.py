@@ -139,19 +139,30 @@ def test_fold_summary_is_mean_and_population_std():
     assert [out[f"uar_fold_{i}"] for i in (1, 2, 3)] == [0.2, 0.6, 0.4]
 
 
-def test_cross_validation_trains_each_fold_without_its_actors():
-    rng = np.random.default_rng(0)
+def six_actor_columns(seed: int) -> dict[str, np.ndarray]:
+    """Eight random clips of each of actors 3..8, as the columns CrossValidation reads."""
+    rng = np.random.default_rng(seed)
     actors = np.repeat(np.arange(3, 9), 8)
-    data = {
+    return {
         "features": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
         "emotion": rng.integers(1, 9, len(actors)).astype(np.int64),
         "actor": actors,
         "path": np.array([f"a{a}_{i}.wav" for i, a in enumerate(actors)]),
     }
-    cfg = replace(
+
+
+def tiny_cpu_small(**values):
+    """cpu_small at width 4 and batch 8, with ``values`` (dotted keys) over it."""
+    return replace(
         load_config("train", ["data=/tmp/f", "recipe=cpu_small"]),
-        **{"model.width": 4, "optim.batch_size": 8, "optim.epochs": 2},
+        **{"model.width": 4, "optim.batch_size": 8, **values},
     )
+
+
+def test_cross_validation_trains_each_fold_without_its_actors():
+    data = six_actor_columns(0)
+    actors = data["actor"]
+    cfg = tiny_cpu_small(**{"optim.epochs": 2})
     folds = [[3, 5, 7], [4, 6, 8]]
     cv = CrossValidation(cfg, data, folds, torch.device("cpu"))
     for fold, model in zip(folds, cv.models, strict=True):
@@ -167,18 +178,8 @@ def test_cross_validation_trains_each_fold_without_its_actors():
 
 
 def test_a_seed_gives_the_same_folds_and_no_global_numpy_draw_changes_them():
-    rng = np.random.default_rng(1)
-    actors = np.repeat(np.arange(3, 9), 8)
-    data = {
-        "features": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
-        "emotion": rng.integers(1, 9, len(actors)).astype(np.int64),
-        "actor": actors,
-        "path": np.array([f"a{a}_{i}.wav" for i, a in enumerate(actors)]),
-    }
-    cfg = replace(
-        load_config("train", ["data=/tmp/f", "recipe=cpu_small"]),
-        **{"model.width": 4, "optim.batch_size": 8, "optim.epochs": 1, "augment.mixup_alpha": 0.4},
-    )
+    data = six_actor_columns(1)
+    cfg = tiny_cpu_small(**{"optim.epochs": 1, "augment.mixup_alpha": 0.4})
 
     def scores(global_seed: int) -> list:
         np.random.seed(global_seed)  # mixup draws from the learner's generator, not this one
