@@ -143,7 +143,7 @@ def test_cross_validation_trains_each_fold_without_its_actors():
     rng = np.random.default_rng(0)
     actors = np.repeat(np.arange(3, 9), 8)
     data = {
-        "features": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
+        "logmel": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
         "emotion": rng.integers(1, 9, len(actors)).astype(np.int64),
         "actor": actors,
         "path": np.array([f"a{a}_{i}.wav" for i, a in enumerate(actors)]),
