@@ -54,7 +54,7 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
 
     import torch
 
-    from knd.audio.features import clip_features, feature_hash, feature_shape
+    from knd.audio.features import clip_features, feature_hash
     from knd.learning.checkpoint import save_checkpoint
     from knd.learning.models import build_model
 
@@ -64,15 +64,17 @@ def make_checkpoint(folder: str, recipe: str, params: FeatureConfig, paths: list
     sample = [clip_features(*decode_audio(storage.read_bytes(p)), params)[0] for p in paths]
     stacked = np.stack(sample)
     meta = {
+        "version": 2,
         "label_set": "ravdess8",
         "labels": list(EMOTIONS),
         "feature_params": dataclasses.asdict(params),
-        "feature_hash": feature_hash(params),
-        "feature_shape": list(feature_shape(params)),
+        "groups": {"logmel": feature_hash(params)},
         "model": {"name": spec.name, "width": spec.width, "dropout": spec.dropout},
-        "norm": {
-            "mean": stacked.mean(axis=(0, 2)).tolist(),
-            "std": stacked.std(axis=(0, 2)).tolist(),
+        "group_norm": {
+            "logmel": {
+                "mean": stacked.mean(axis=(0, 2)).tolist(),
+                "std": stacked.std(axis=(0, 2)).tolist(),
+            }
         },
         "epoch": 0,
         "split": {"train": [], "val": [], "test": []},
@@ -101,7 +103,7 @@ def baseline(checkpoint: str, paths: list[str], batch_size: int, use_gpu: bool) 
     audio_seconds = 0.0
 
     def flush() -> None:
-        batch = {"features": np.stack(pending), "error": np.full(len(pending), "", dtype=object)}
+        batch = {"logmel": np.stack(pending), "error": np.full(len(pending), "", dtype=object)}
         for path, p in zip(owners, scorer(batch)["probs"], strict=True):
             probs.setdefault(path, []).append(p)
         pending.clear()

@@ -124,15 +124,15 @@ def prosody_statistics(prosody: np.ndarray) -> np.ndarray:
 def linear_baselines(table) -> dict[str, list[dict]]:
     """Per-fold logistic regressions on the time-averaged log-mel and on whatever groups exist."""
     y, actors = table.emotion - 1, table.actor
-    inputs = {"logmel_mean_std": time_averaged(table.features)}
-    if "prosody" in table.side:
-        stats = prosody_statistics(table.side["prosody"])
+    inputs = {"logmel_mean_std": time_averaged(table.groups["logmel"])}
+    if "prosody" in table.groups:
+        stats = prosody_statistics(table.groups["prosody"])
         inputs["prosody_stats"] = stats
         inputs["logmel_mean_std+prosody_stats"] = np.concatenate(
             [inputs["logmel_mean_std"], stats], 1
         )
-    if "egemaps" in table.side:
-        inputs["egemaps"] = table.side["egemaps"]
+    if "egemaps" in table.groups:
+        inputs["egemaps"] = table.groups["egemaps"]
     return {
         name: [linear_figures(x, y, actors, group) for group in EMOBOX_FOLDS]
         for name, x in inputs.items()

@@ -8,17 +8,20 @@ A prepared feature set is a folder (local or ``s3://``)::
 
 Each shard holds one row per clip (:func:`row_schema`): path, content hash, RAVDESS labels,
 duration and each feature group as one fixed-size binary value (raw little-endian values, shape
-and dtype in the field metadata): the log-mel in ``features``, other groups in a column named
-after the group (``prosody``, ``egemaps``). The manifest's ``feature_groups`` lists each group's
-hash, shape and dtype; a manifest written before groups existed describes the log-mel alone.
-Only the shards the manifest lists belong to the dataset.
+and dtype in the field metadata) in a column named after the group (``logmel``, ``prosody``,
+``egemaps``). The manifest (``"version": 2``) lists each group's hash, shape and dtype under
+``feature_groups``. Only the shards the manifest lists belong to the dataset.
+
+Version 1 (no ``"version"``, written before the log-mel became an ordinary group) kept the
+log-mel's hash, shape and dtype in top-level ``feature_hash``/``feature_shape``/``feature_dtype``
+and its values in a shard column named ``features``; :func:`manifest_from_v1` reads it as
+version 2 (the log-mel's spec then names its ``column``).
 
 This module is library layer: it never imports a stage.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Iterable
@@ -31,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from knd.audio.features import feature_shape, group_specs
+from knd.audio.features import group_specs
 from knd.config.schema import FEATURE_GROUPS, FeatureConfig
 from knd.data import storage
 
@@ -44,17 +47,18 @@ UNKNOWN = -1
 """Label fields of a clip whose name is not a RAVDESS name (only kept when labels are optional)."""
 
 LABEL_COLUMNS = ("actor", "emotion", "intensity", "statement", "repetition", "label")
+MANIFEST_VERSION = 2
+V1_LOGMEL_COLUMN = "features"
+"""The shard column of the log-mel in version 1."""
 
 
-def group_column(group: str) -> str:
-    """The shard column of a feature group (the log-mel keeps its original name)."""
-    return "features" if group == "logmel" else group
+def stored_column(group: str, spec: dict[str, Any]) -> str:
+    """The shard column holding ``group`` (its name; a v1 log-mel's ``features``)."""
+    return spec.get("column", group)
 
 
 def row_schema(params: FeatureConfig) -> pa.Schema:
     """Schema of one processed file: the stored columns plus ``error`` (null for a good clip)."""
-    shape = feature_shape(params)
-    meta = {"feature_shape": json.dumps(list(shape)), "feature_dtype": params.dtype}
     fields = [pa.field("path", pa.string()), pa.field("sha256", pa.string())]
     fields += [pa.field(name, pa.int32()) for name in LABEL_COLUMNS]
     fields += [pa.field("gender", pa.string()), pa.field("duration", pa.float32())]
@@ -64,31 +68,30 @@ def row_schema(params: FeatureConfig) -> pa.Schema:
         # Raw little-endian values, one fixed-size binary per clip, shape and dtype in the
         # metadata: Parquet writes a list column with a level per element, this one with one per
         # clip (7x faster to write and 10x faster to read), and it needs no Ray tensor extension.
-        fields.append(pa.field(group_column(group), pa.binary(nbytes), metadata=field_meta))
+        fields.append(pa.field(group, pa.binary(nbytes), metadata=field_meta))
     fields.append(pa.field("error", pa.string()))
-    return pa.schema(fields, metadata=meta)
+    return pa.schema(fields)
 
 
 @dataclass
 class FeatureTable:
     """A prepared feature set in memory (see :func:`load_features`)."""
 
-    features: np.ndarray
+    groups: dict[str, np.ndarray]
+    """The groups read, ``{group: float32 [rows, *shape]}``."""
     label: np.ndarray
     actor: np.ndarray
     emotion: np.ndarray
     path: np.ndarray
     duration: np.ndarray
     manifest: dict[str, Any]
-    side: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    """The groups read besides the log-mel, ``{group: float32 [rows, *shape]}``."""
 
     def __len__(self) -> int:
         return len(self.label)
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """Every group read, the log-mel under ``logmel``: what a model's inputs are made of."""
-        return {"logmel": self.features, **self.side}
+        """Every group read: what a model's inputs are made of."""
+        return dict(self.groups)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,23 +195,38 @@ def read_manifest(output: str) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         log.warning("ignoring unreadable %s (%s)", uri, e)
         return None
-    return manifest if isinstance(manifest, dict) else None
+    return manifest_from_v1(manifest) if isinstance(manifest, dict) else None
 
 
-def manifest_groups(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{group: {"hash", "shape", "dtype"}}`` of a manifest (an old one: the log-mel alone).
+def manifest_from_v1(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest in the version-2 shape (a v2 one as it is): the one reader of version 1.
 
-    The log-mel's entry always comes from the top-level ``feature_hash``/``feature_shape``/
-    ``feature_dtype``, which every reader (old ones too) checks: one source of truth for it.
+    Version 1 kept the log-mel's hash, shape and dtype in top-level keys (a manifest written
+    before groups existed had no ``feature_groups`` at all) and its values in the column
+    ``features``; here they become the log-mel's entry of ``feature_groups``, with that column.
     """
+    if manifest.get("version", 1) != 1:
+        return manifest
+    out = {k: v for k, v in manifest.items() if k not in _V1_LOGMEL_KEYS}
     logmel = {
         "hash": manifest.get("feature_hash"),
         "shape": list(manifest.get("feature_shape", [])),
         "dtype": manifest.get("feature_dtype", "float32"),
+        "column": V1_LOGMEL_COLUMN,
     }
     groups = manifest.get("feature_groups")
     others = groups if isinstance(groups, dict) else {}
-    return {"logmel": logmel} | {g: spec for g, spec in others.items() if g != "logmel"}
+    out["feature_groups"] = {"logmel": logmel} | {g: s for g, s in others.items() if g != "logmel"}
+    return {"version": MANIFEST_VERSION, **out}
+
+
+_V1_LOGMEL_KEYS = ("feature_hash", "feature_shape", "feature_dtype", "feature_algorithm")
+
+
+def manifest_groups(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{group: {"hash", "shape", "dtype"}}`` of a (version-2) manifest."""
+    groups = manifest.get("feature_groups")
+    return dict(groups) if isinstance(groups, dict) else {}
 
 
 def check_groups(
@@ -273,14 +291,15 @@ def to_numpy_batch(
 ) -> dict[str, np.ndarray]:
     if actors is not None:
         table = table.filter(pc.is_in(table["actor"], pa.array(list(actors), pa.int32())))
-    columns = {group_column(g): spec for g, spec in specs.items()}
+    stored = {stored_column(g, spec) for g, spec in specs.items()}
     out = {
         name: table[name].to_numpy(zero_copy_only=False)
         for name in table.column_names
-        if name not in columns and name not in _GROUP_ORDER
+        if name not in stored and name not in _GROUP_ORDER and name != V1_LOGMEL_COLUMN
     }
-    for name, spec in columns.items():
-        out[name] = decode_features(table[name], tuple(spec["shape"]), spec["dtype"])
+    for group, spec in specs.items():
+        column = table[stored_column(group, spec)]
+        out[group] = decode_features(column, tuple(spec["shape"]), spec["dtype"])
     return out
 
 
@@ -298,20 +317,20 @@ def load_features(
     """
     manifest, specs = checked_manifest(path, expected_groups(groups, expected_hash))
     fs, files = shard_paths(path, manifest)
-    columns = [c for c in pq.read_schema(files[0], filesystem=fs).names if c not in _GROUP_ORDER]
-    columns += [group_column(g) for g in specs if g != "logmel"]
+    stored = {stored_column(g, s) for g, s in manifest_groups(manifest).items()}
+    columns = [c for c in pq.read_schema(files[0], filesystem=fs).names if c not in stored]
+    columns += [stored_column(g, spec) for g, spec in specs.items()]
     table = pa.concat_tables([pq.read_table(f, filesystem=fs, columns=columns) for f in files])
     wanted = None if actors is None else tuple(int(a) for a in actors)
     cols = to_numpy_batch(table, specs, wanted)
     return FeatureTable(
-        features=cols["features"],
+        groups={g: cols[g] for g in specs},
         label=cols["label"].astype(np.int64),
         actor=cols["actor"].astype(np.int64),
         emotion=cols["emotion"].astype(np.int64),
         path=cols["path"].astype(str),
         duration=cols["duration"].astype(np.float32),
         manifest=manifest,
-        side={g: cols[g] for g in specs if g != "logmel"},
     )
 
 

@@ -3,11 +3,16 @@
 A checkpoint folder (local or ``s3://``) holds
 
 - ``model.pt``: the model's ``state_dict`` (tensors only; loaded with ``weights_only=True``),
-- ``meta.json``: everything needed to rebuild and use the model (label set and names, feature
-  parameters and the hash of every feature group the model reads, model name/width/dropout/
-  groups, normalisation mean/std per mel band and per channel of each other group, epoch, actor
+- ``meta.json`` (``"version": 2``): everything needed to rebuild and use the model (label set
+  and names, feature parameters, the hash of every feature group the model reads under
+  ``groups`` and its training statistics under ``group_norm``: mean/std per channel of a
+  frame-level group, per value of the others; model name/width/dropout/groups, epoch, actor
   split, metrics),
 - ``train_state.pt`` (optional): optimiser state, epoch and step, for resuming training.
+
+A version-1 ``meta.json`` (no ``"version"``) kept the log-mel apart: its hash and shape in
+``feature_hash``/``feature_shape``, its statistics in ``norm``; :func:`meta_from_v1` reads it as
+version 2.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from knd.audio.features import GROUPS
 from knd.config.architectures import ARCHITECTURES
 from knd.config.schema import TrainConfig
 from knd.data import storage
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 TRAIN_STATE_FILE = "train_state.pt"
+META_VERSION = 2
 
 
 def make_meta(
@@ -47,11 +54,10 @@ def make_meta(
 
     Args:
         cfg: the train config (label set, model and the groups it reads, recipe).
-        features: a feature manifest, or anything with its ``feature_params``, ``feature_hash``,
-            ``feature_shape`` (and ``feature_groups`` when it has more than the log-mel).
+        features: a (version-2) feature manifest, or anything with its ``feature_params`` and
+            ``feature_groups``.
         norm: ``{group: {"mean": [...], "std": [...]}}`` of the training clips for every group
-            of ``cfg.model.groups`` (for a log-mel-only model, the log-mel's ``{"mean", "std"}``
-            alone is accepted too).
+            of ``cfg.model.inputs``.
         split: ``{"train": [...], "val": [...], "test": [...]}`` actor ids.
         run: the run's name.
         extra: more keys (``epoch``, ``metrics``...).
@@ -60,20 +66,17 @@ def make_meta(
     from knd.data.shards import manifest_groups
 
     specs = manifest_groups(features)
-    groups = list(cfg.model.groups)
-    if "mean" in norm:
-        norm = {"logmel": norm}
+    groups, inputs = list(cfg.model.groups), cfg.model.inputs
 
     def plain(stats: dict) -> dict:
         return {key: np.asarray(stats[key], dtype=float).tolist() for key in ("mean", "std")}
 
     return {
+        "version": META_VERSION,
         "label_set": cfg.labels,
         "labels": list(label_names(cfg.labels)),
         "feature_params": features["feature_params"],
-        "feature_hash": features["feature_hash"],
-        "feature_shape": features["feature_shape"],
-        "groups": {g: specs[g]["hash"] for g in groups if g in specs},
+        "groups": {g: specs[g]["hash"] for g in inputs if g in specs},
         "model": {
             "name": cfg.model.name,
             "width": cfg.model.width,
@@ -82,8 +85,7 @@ def make_meta(
             "fusion_width": cfg.model.fusion_width,
             **_own_model_keys(cfg.model),
         },
-        "norm": plain(norm["logmel"]),
-        "group_norm": {g: plain(norm[g]) for g in groups if g != "logmel"},
+        "group_norm": {g: plain(norm[g]) for g in inputs},
         "split": {part: [int(a) for a in split.get(part, ())] for part in ("train", "val", "test")},
         "recipe": cfg.recipe,
         "run": run,
@@ -104,14 +106,35 @@ def _own_model_keys(model) -> dict:
     return keys | encoder_spec(model.encoder)
 
 
-def model_groups(meta: dict) -> dict[str, str | None]:
-    """``{group: hash}`` of every feature group a checkpoint's model reads.
-
-    A checkpoint written before feature groups existed reads the log-mel alone.
-    """
-    groups = meta.get("groups") or {}
+def model_inputs(meta: dict) -> tuple[str, ...]:
+    """The groups a checkpoint's model is fed: the log-mel (every model's first argument) and
+    the groups it reads (``ModelConfig.inputs``); a v1 checkpoint without ``model.groups`` reads
+    the log-mel alone."""
     names = meta["model"].get("groups", ["logmel"])
-    return {"logmel": meta["feature_hash"]} | {g: groups.get(g) for g in names if g != "logmel"}
+    return ("logmel", *(g for g in names if g != "logmel"))
+
+
+def model_groups(meta: dict) -> dict[str, str | None]:
+    """``{group: hash}`` of every feature group a checkpoint's model is fed."""
+    return {g: meta["groups"].get(g) for g in model_inputs(meta)}
+
+
+def meta_from_v1(meta: dict) -> dict:
+    """A checkpoint meta in the version-2 shape (a v2 one as it is): the one reader of v1.
+
+    Version 1 kept the log-mel's hash in ``feature_hash`` (and its shape in ``feature_shape``)
+    and its statistics in ``norm``, beside ``groups``/``group_norm`` of the other groups (absent
+    in metas written before groups existed); here the log-mel joins the other groups.
+    """
+    if meta.get("version", 1) != 1:
+        return meta
+    out = {k: v for k, v in meta.items() if k not in ("feature_hash", "feature_shape", "norm")}
+    others = meta.get("groups", {})
+    out["groups"] = {"logmel": meta["feature_hash"]} | {
+        g: h for g, h in others.items() if g != "logmel"
+    }
+    out["group_norm"] = {"logmel": meta["norm"]} | meta.get("group_norm", {})
+    return {"version": META_VERSION, **out}
 
 
 def _tensor_bytes(obj: Any) -> bytes:
@@ -187,10 +210,10 @@ def load_meta(folder: str) -> dict:
         meta = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{uri}: not valid JSON ({str(e).splitlines()[0]})") from None
-    problem = meta_problem(meta)
+    problem = _v1_problem(meta) or meta_problem(meta_from_v1(meta))
     if problem:
         raise ValueError(f"{uri}: not a valid checkpoint meta ({problem})")
-    return meta
+    return meta_from_v1(meta)
 
 
 MAX_META_BYTES = 16 << 20
@@ -207,8 +230,29 @@ def _is_number(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
+def _v1_problem(meta: Any) -> str | None:
+    """What is wrong with the keys only a version-1 meta has (None for a version-2 meta)."""
+    if not isinstance(meta, dict):
+        return f"expected an object, got {type(meta).__name__}"
+    if meta.get("version", 1) != 1:
+        return None
+    for key, kind in {"norm": dict, "feature_hash": str, "feature_shape": list}.items():
+        if key not in meta:
+            return f"missing key {key!r}"
+        if not isinstance(meta[key], kind):
+            return f"{key}: expected {kind.__name__}, got {type(meta[key]).__name__}"
+    shape = meta["feature_shape"]
+    if len(shape) != 2 or not all(_is_int(x) and 1 <= x <= 1_000_000 for x in shape):
+        return f"feature_shape: expected [n_mels, n_frames], got {shape!r}"
+    if not isinstance(meta.get("groups", {}), dict):
+        return "groups: expected {group: hash}"
+    if not isinstance(meta.get("group_norm", {}), dict):
+        return "group_norm: expected an object"
+    return None
+
+
 def meta_problem(meta: Any) -> str | None:
-    """What is wrong with a parsed ``meta.json`` (None when it fits the schema).
+    """What is wrong with a parsed version-2 ``meta.json`` (None when it fits the schema).
 
     Checks what loading and using the model reads: types, and sizes bounded so a hostile file
     cannot ask for a huge model (``width``), label set or normalisation vector.
@@ -216,14 +260,16 @@ def meta_problem(meta: Any) -> str | None:
     if not isinstance(meta, dict):
         return f"expected an object, got {type(meta).__name__}"
     required = {
-        "labels": list, "model": dict, "norm": dict, "feature_params": dict,
-        "feature_hash": str, "feature_shape": list, "label_set": str, "split": dict,
+        "version": int, "labels": list, "model": dict, "groups": dict, "group_norm": dict,
+        "feature_params": dict, "label_set": str, "split": dict,
     }  # fmt: skip
     for key, kind in required.items():
         if key not in meta:
             return f"missing key {key!r}"
         if not isinstance(meta[key], kind):
             return f"{key}: expected {kind.__name__}, got {type(meta[key]).__name__}"
+    if meta["version"] != META_VERSION:
+        return f"version: expected 1 or {META_VERSION}, got {meta['version']!r} (a newer knd?)"
     labels = meta["labels"]
     if not 2 <= len(labels) <= MAX_CLASSES or not all(
         isinstance(x, str) and 0 < len(x) <= 64 for x in labels
@@ -236,19 +282,6 @@ def meta_problem(meta: Any) -> str | None:
         return f"model.width: expected an integer in 1..{MAX_WIDTH}, got {model['width']!r}"
     if "dropout" in model and not (_is_number(model["dropout"]) and 0 <= model["dropout"] < 1):
         return f"model.dropout: expected a number in [0, 1), got {model['dropout']!r}"
-    shape = meta["feature_shape"]
-    if len(shape) != 2 or not all(_is_int(x) and 1 <= x <= 1_000_000 for x in shape):
-        return f"feature_shape: expected [n_mels, n_frames], got {shape!r}"
-    if len(meta["feature_hash"]) > 128:
-        return "feature_hash: too long"
-    for key in ("mean", "std"):
-        values = meta["norm"].get(key)
-        if not isinstance(values, list) or not 1 <= len(values) <= MAX_BANDS:
-            return f"norm.{key}: expected a list of 1..{MAX_BANDS} numbers"
-        if not all(_is_number(v) for v in values):
-            return f"norm.{key}: expected finite numbers"
-    if len(meta["norm"]["mean"]) != len(meta["norm"]["std"]):
-        return "norm: mean and std differ in length"
     problem = _groups_problem(meta)
     if problem:
         return problem
@@ -276,9 +309,13 @@ def _numbers_problem(values: Any, depth: int) -> str | None:
     return None
 
 
-def _stats_problem(key: str, stats: Any) -> str | None:
+def _stats_problem(key: str, stats: Any, frame_level: bool) -> str | None:
+    """What is wrong with one group's ``{"mean", "std"}``: a frame-level group's are one value
+    per channel (at most ``MAX_BANDS``), the others' a list or a table of values."""
     if not isinstance(stats, dict):
         return f"{key}: expected an object"
+    if frame_level:
+        return _channel_stats_problem(key, stats)
     shapes = []
     for part in ("mean", "std"):
         values = stats.get(part)
@@ -295,34 +332,43 @@ def _stats_problem(key: str, stats: Any) -> str | None:
     return None
 
 
-def _groups_problem(meta: dict) -> str | None:
-    """What is wrong with the feature-group keys (all optional: older metas lack them)."""
-    from knd.config.schema import FEATURE_GROUPS
+def _channel_stats_problem(key: str, stats: dict) -> str | None:
+    for part in ("mean", "std"):
+        values = stats.get(part)
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_BANDS:
+            return f"{key}.{part}: expected a list of 1..{MAX_BANDS} numbers"
+        if not all(_is_number(v) for v in values):
+            return f"{key}.{part}: expected finite numbers"
+    if len(stats["mean"]) != len(stats["std"]):
+        return f"{key}: mean and std differ in length"
+    return None
 
+
+def _groups_problem(meta: dict) -> str | None:
+    """What is wrong with the feature-group keys (``model.groups`` and ``model.fusion_width``
+    are optional: v1 metas written before groups existed lack them)."""
     model_groups = meta["model"].get("groups", ["logmel"])
-    if not isinstance(model_groups, list) or not all(g in FEATURE_GROUPS for g in model_groups):
-        return f"model.groups: expected a list of {list(FEATURE_GROUPS)}"
+    if not isinstance(model_groups, list) or not all(g in GROUPS for g in model_groups):
+        return f"model.groups: expected a list of {list(GROUPS)}"
     width = meta["model"].get("fusion_width", 32)
     if not (_is_int(width) and 1 <= width <= MAX_WIDTH):
         return f"model.fusion_width: expected an integer in 1..{MAX_WIDTH}, got {width!r}"
     problem = _encoder_problem(meta["model"])
     if problem:
         return problem
-    hashes = meta.get("groups", {})
-    if not isinstance(hashes, dict) or not all(
-        isinstance(h, str) and len(h) <= 128 for h in hashes.values()
-    ):
+    hashes, group_norm = meta["groups"], meta["group_norm"]
+    if not all(isinstance(h, str) and len(h) <= 128 for h in hashes.values()):
         return "groups: expected {group: hash}"
-    group_norm = meta.get("group_norm", {})
-    if not isinstance(group_norm, dict):
-        return "group_norm: expected an object"
-    for group in model_groups:
-        if group != "logmel" and group not in group_norm:
+    for group in model_inputs(meta):
+        if group not in hashes:
+            return f"groups: no hash for the model's group {group!r}"
+        if group not in group_norm:
             return f"group_norm: no statistics for the model's group {group!r}"
     for group, stats in group_norm.items():
-        if group not in FEATURE_GROUPS:
+        if group not in GROUPS:
             return f"group_norm: unknown group {group!r}"
-        problem = _stats_problem(f"group_norm.{group}", stats)
+        frame_level = GROUPS[group].level == "frame"
+        problem = _stats_problem(f"group_norm.{group}", stats, frame_level)
         if problem:
             return problem
     return None
@@ -357,7 +403,7 @@ def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     meta = load_meta(folder)
     spec = meta["model"]
     try:
-        model = build_from_spec(spec, len(meta["labels"]), meta.get("group_norm", {}))
+        model = build_from_spec(spec, len(meta["labels"]), meta["group_norm"])
     except (KeyError, ValueError) as e:  # e.g. an unknown model name
         uri = storage.join(folder, META_FILE)
         raise ValueError(f"{uri}: not a valid checkpoint meta ({e})") from None

@@ -187,14 +187,13 @@ def group_stats(batches: Callable[[], Iterable[dict]], groups: Iterable[str]) ->
     """``{group: {"mean", "std"}}`` of the training clips, one pass over ``batches()`` per group.
 
     Args:
-        batches: gives batches ``{column: array}`` (the log-mel in ``features``, other groups
-            under their names), e.g. a Ray Dataset's ``iter_batches``.
+        batches: gives batches ``{column: array}`` (each group under its name), e.g. a Ray
+            Dataset's ``iter_batches``.
         groups: the groups to describe.
     """
     out = {}
     for group in groups:
-        column = "features" if group == "logmel" else group
-        mean, std = band_stats((b[column] for b in batches()), group)
+        mean, std = band_stats((b[group] for b in batches()), group)
         out[group] = {"mean": mean, "std": std}
     return out
 

@@ -210,9 +210,9 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         "max_epochs": cfg.max_epochs,
         "metric": cfg.metric,
         "cpus_per_trial": cfg.cpus_per_trial,
-        "feature_hash": manifest["feature_hash"],
+        "feature_hash": manifest_groups(manifest)["logmel"]["hash"],
         "feature_params": manifest["feature_params"],
-        "feature_shape": manifest["feature_shape"],
+        "feature_shape": manifest_groups(manifest)["logmel"]["shape"],
         "feature_groups": manifest_groups(manifest),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -311,7 +311,7 @@ def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
     if meta is None:
         meta = experiment_meta(cfg, manifest)
         storage.write_text(storage.join(experiment, META_FILE), json.dumps(meta, indent=2) + "\n")
-    elif manifest["feature_hash"] != meta["feature_hash"]:
+    elif manifest_groups(manifest)["logmel"]["hash"] != meta["feature_hash"]:
         raise ValueError(f"{cfg.data}: features differ from the ones this search started on")
     return cfg, meta, experiment
 

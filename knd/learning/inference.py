@@ -23,8 +23,8 @@ Norm = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def norm_stats(meta: dict) -> dict[str, dict[str, list[float]]]:
-    """``{group: {"mean", "std"}}`` of a checkpoint meta (the log-mel's is ``meta["norm"]``)."""
-    return {"logmel": meta["norm"]} | meta.get("group_norm", {})
+    """``{group: {"mean", "std"}}`` of a (version-2) checkpoint meta."""
+    return dict(meta["group_norm"])
 
 
 def norm_tensors(stats: dict[str, dict[str, list[float]]], device: str | torch.device) -> Norm:
@@ -143,7 +143,7 @@ def score_actors(
     from knd.learning.metrics import split_metrics
 
     groups = model_groups(meta)
-    table = load_features(data, actors=actors, expected_hash=groups["logmel"], groups=groups)
+    table = load_features(data, actors=actors, groups=groups)
     if len(table) == 0:
         raise ValueError(f"{data}: no clips of actors {sorted(int(a) for a in actors)}")
     inputs = {g: v for g, v in table.inputs().items() if g in groups}

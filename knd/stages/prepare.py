@@ -55,10 +55,8 @@ import pyarrow.fs as pafs
 
 import knd
 from knd.audio.features import (
-    FEATURE_ALGORITHM,
     clip_groups,
     feature_hash,
-    feature_shape,
     group_specs,
 )
 from knd.audio.waveform import decode_audio
@@ -70,10 +68,10 @@ from knd.data.ravdess import EMOTIONS, parse_name
 from knd.data.shards import (
     LABEL_COLUMNS,
     MANIFEST,
+    MANIFEST_VERSION,
     REJECTED,
     UNKNOWN,
     encode_features,
-    group_column,
     manifest_groups,
     missing_shards,
     read_manifest,
@@ -157,8 +155,7 @@ def process_files(
     schema = row_schema(params)
     cols: dict[str, list] = {name: [] for name in schema.names}
     stores = {
-        group_column(g): np.dtype(spec["dtype"]).newbyteorder("<")
-        for g, spec in group_specs(params).items()
+        g: np.dtype(spec["dtype"]).newbyteorder("<") for g, spec in group_specs(params).items()
     }
     fs = None
     for i, (uri, path) in enumerate(zip(uris, paths, strict=True)):
@@ -175,7 +172,7 @@ def process_files(
             del data
             groups, row["duration"] = clip_groups(samples, rate, params)
             for group, values in groups.items():
-                column = group_column(group)
+                column = group
                 row[column] = values.astype(stores[column], order="C")
         except Exception as e:  # noqa: BLE001 - any failure is this file's, never the batch's
             row["error"] = failure_reason(e)
@@ -236,7 +233,7 @@ def featurize_part(
     if good.num_rows:
         write_shard(shard_rows_table(good), stage.fs, stage.path_of(part))
         shard = f"{folder}/{part}"
-    rows = table.drop_columns([group_column(g) for g in group_specs(params)]).to_pylist()
+    rows = table.drop_columns([g for g in group_specs(params)]).to_pylist()
     for row in rows:
         row["shard"] = shard if row["error"] is None else None
     stage.write(part + DONE_SUFFIX, json.dumps(rows).encode())  # the part is finished
@@ -357,12 +354,9 @@ def build_manifest(
     params = cfg.features
     content = hashlib.sha256("\n".join(sorted(r["sha256"] for r in kept)).encode()).hexdigest()
     return {
+        "version": MANIFEST_VERSION,
         "knd_version": knd.__version__,
         "feature_params": to_dict(params),  # JSON-plain: a tuple would read back as a list
-        "feature_hash": feature_hash(params),
-        "feature_algorithm": FEATURE_ALGORITHM,
-        "feature_shape": list(feature_shape(params)),
-        "feature_dtype": params.dtype,
         "feature_groups": group_specs(params),
         "num_rows": len(kept),
         "rows_per_actor": _counts([r["actor"] for r in kept]),
@@ -594,7 +588,6 @@ def _already_prepared(cfg: PrepareConfig, listing: str) -> dict[str, Any] | None
     current = read_manifest(cfg.output)
     if (
         current is None
-        or current.get("feature_hash") != feature_hash(cfg.features)
         or {g: s["hash"] for g, s in manifest_groups(current).items()}
         != {g: s["hash"] for g, s in group_specs(cfg.features).items()}
         or current.get("input_listing") != listing

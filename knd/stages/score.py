@@ -60,7 +60,6 @@ import pandas as pd
 from knd.audio import features, waveform
 from knd.config.schema import FeatureConfig, ScoreConfig
 from knd.data import staging, storage
-from knd.data.shards import group_column
 from knd.runtime.console import file_progress
 from knd.runtime.tasks import (
     AttemptLedger,
@@ -127,9 +126,8 @@ def _featurize_paths(
     """The rows of :func:`featurize_batch`; a file of ``skip`` is not read: its row carries the
     reason ``skip`` gives."""
     specs = features.group_specs(params)
-    columns = {group: group_column(group) for group in specs}
     rows: dict[str, list] = {k: [] for k in ("path", "window", "n_windows", "start", "end")}
-    rows.update(duration=[], error=[], **{c: [] for c in columns.values()})
+    rows.update(duration=[], error=[], **{group: [] for group in specs})
     fs = None
     for path in paths:
         duration, error, wins = math.nan, skip.get(path, ""), []
@@ -149,13 +147,13 @@ def _featurize_paths(
             rows["duration"].append(duration)
             rows["error"].append(error)
             # Rounded to the stored dtype: the model was trained on features rounded this way.
-            for group, column in columns.items():
-                rows[column].append(win.groups[group].astype(specs[group]["dtype"]))
-    out = {k: np.asarray(v) for k, v in rows.items() if k not in columns.values()}
+            for group, spec in specs.items():
+                rows[group].append(win.groups[group].astype(spec["dtype"]))
+    out = {k: np.asarray(v) for k, v in rows.items() if k not in specs}
     out["path"] = np.asarray(rows["path"], dtype=object)
     out["error"] = np.asarray(rows["error"], dtype=object)
-    for column in columns.values():
-        out[column] = np.stack(rows[column])
+    for group in specs:
+        out[group] = np.stack(rows[group])
     return out
 
 
@@ -178,7 +176,7 @@ class Scorer:
 
         from knd.learning.inference import probabilities
 
-        values = {g: batch.pop(group_column(g)) for g in self.norm}
+        values = {g: batch.pop(g) for g in self.norm}
         ok = np.asarray(batch["error"] == "", dtype=bool)
         probs = np.full((len(ok), self.num_classes), np.nan, dtype=np.float32)
         if ok.any():

@@ -44,7 +44,7 @@ from knd.config.loading import to_dict
 from knd.config.schema import TrainConfig
 from knd.data import storage
 from knd.data.ravdess import ActorSplit, emotion_to_label_table, split_actors
-from knd.data.shards import check_groups, group_column, manifest_groups
+from knd.data.shards import check_groups, manifest_groups
 from knd.learning.checkpoint import (
     META_FILE,
     MODEL_FILE,
@@ -165,12 +165,12 @@ class StreamedBatches:
             batch_size=self.batch_size, drop_last=True, local_shuffle_buffer_size=self.buffer
         ):
             labels = self.label_table[batch["emotion"].to(device).long()]
-            yield {g: batch[group_column(g)] for g in self.groups}, labels, batch["actor"]
+            yield {g: batch[g] for g in self.groups}, labels, batch["actor"]
 
 
 def _inputs(cols: dict[str, np.ndarray], groups: tuple[str, ...], device) -> dict:
     """The model's input groups out of numpy shard columns, as tensors on ``device``."""
-    return {g: torch.from_numpy(np.asarray(cols[group_column(g)])).to(device) for g in groups}
+    return {g: torch.from_numpy(np.asarray(cols[g])).to(device) for g in groups}
 
 
 def _training_batches(shard: Any, label_table: torch.Tensor, loop: LoopConfig, seed: int):
@@ -178,7 +178,7 @@ def _training_batches(shard: Any, label_table: torch.Tensor, loop: LoopConfig, s
     batch, groups = loop.local_batch, loop.groups
     if not loop.in_memory:
         return StreamedBatches(shard, label_table, batch, loop.rows_per_worker, groups)
-    cols = _shard_columns(shard, [*(group_column(g) for g in groups), "emotion", "actor"])
+    cols = _shard_columns(shard, [*groups, "emotion", "actor"])
     device = label_table.device
     inputs = _inputs(cols, groups, device)
     labels = label_table[torch.from_numpy(cols["emotion"]).to(device).long()]
@@ -205,7 +205,7 @@ def _validation_batches(
         return inputs, labels
 
     if loop.in_memory:
-        columns = [*(group_column(g) for g in groups), "emotion", "path"]
+        columns = [*groups, "emotion", "path"]
         kept = share(_shard_columns(val, columns))
         empty = ({g: torch.zeros(0) for g in groups}, torch.zeros(0))
         inputs, labels = kept if kept is not None else empty
@@ -433,7 +433,7 @@ def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> Spli
     def columns_of(actors: tuple[int, ...], extra: str) -> tuple[dict[str, np.ndarray], Any]:
         table = load_features(cfg.data, actors=actors, groups=groups)
         inputs = table.inputs()
-        named = {group_column(g): inputs[g] for g in groups}
+        named = {g: inputs[g] for g in groups}
         return named | {"emotion": table.emotion, extra: getattr(table, extra)}, table
 
     columns, table = columns_of(split.train, "actor")
@@ -463,7 +463,7 @@ def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
     from knd.learning.feed import read_features
 
     groups, world = cfg.model.inputs, cfg.train.num_workers
-    columns = [*(group_column(g) for g in groups), "emotion", "actor"]
+    columns = [*(g for g in groups), "emotion", "actor"]
 
     def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
         ds = read_features(cfg.data, actors=actors, groups=groups)[0]
@@ -523,11 +523,13 @@ def _check_resume(cfg: TrainConfig, manifest: dict, test: tuple[int, ...]) -> di
     state = load_train_state(cfg.resume)
     if state is None:
         raise ValueError(f"{cfg.resume}: no train_state.pt, so training cannot resume from it")
-    if meta["feature_hash"] != manifest["feature_hash"]:
-        raise ValueError(
-            f"{cfg.resume}: checkpoint expects features with hash {meta['feature_hash']}, "
-            f"{cfg.data} has {manifest['feature_hash']}"
-        )
+    present = manifest_groups(manifest)
+    for group, wanted in model_groups(meta).items():
+        if group in present and wanted != present[group]["hash"]:
+            raise ValueError(
+                f"{cfg.resume}: checkpoint expects {group} features with hash {wanted}, "
+                f"{cfg.data} has {present[group]['hash']}"
+            )
     check_groups(cfg.data, manifest, model_groups(meta))
     if tuple(meta["split"]["test"]) != test or meta["label_set"] != cfg.labels:
         raise ValueError(
@@ -677,7 +679,7 @@ def _run_report(
         model_selection=model_selection(split, cfg.train.checkpoint_metric),
         best_epoch=best_epoch,
         epochs=[int(h["epoch"]) for h in history],
-        feature_hash=data.manifest["feature_hash"],
+        feature_hash=manifest_groups(data.manifest)["logmel"]["hash"],
         feature_groups=list(cfg.model.groups),
         checkpoint=checkpoint,
     )

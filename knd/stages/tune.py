@@ -34,7 +34,6 @@ from knd.config.loading import to_dict
 from knd.config.schema import TrainConfig, TuneConfig
 from knd.data import storage
 from knd.data.ravdess import emotion_to_label_table, label_names
-from knd.data.shards import group_column
 from knd.learning.engine import ArrayBatches, Learner, ordered_batches, row_stats
 from knd.learning.experiment import (
     BEST_DIR,
@@ -100,7 +99,7 @@ class FoldModel:
         if len(train_rows) == 0:
             raise ValueError("a fold has no training clips")
         self.train_rows, self.val_rows = train_rows, val_rows
-        inputs = {g: data[group_column(g)] for g in cfg.model.inputs}
+        inputs = {g: data[g] for g in cfg.model.inputs}
         labels = data["label"]
         rows = torch.as_tensor(train_rows, device=labels.device)
         norm = row_stats(inputs, rows)
@@ -133,7 +132,7 @@ def trial_tensors(
     """The trial's feature groups and label ids as tensors on ``device`` (one copy for all
     folds), keyed by shard column (``features``, ``prosody``...) and ``label``."""
     table = np.asarray(emotion_to_label_table(cfg.labels))
-    columns = [group_column(g) for g in cfg.model.inputs]
+    columns = [g for g in cfg.model.inputs]
     return {c: torch.tensor(data[c], device=device) for c in columns} | {
         "label": torch.as_tensor(table[data["emotion"]], device=device, dtype=torch.long)
     }
@@ -257,15 +256,14 @@ def _trial_dirname(trial: Any) -> str:
 
 def load_columns(data: str, actors: list[int], groups: dict[str, str]) -> dict[str, np.ndarray]:
     """The columns trials train on (every feature group of ``groups``, a ``{group: hash}``,
-    under its shard column, plus ``emotion, actor, path``) of ``actors`` only: a trial whose
+    under its name, plus ``emotion, actor, path``) of ``actors`` only: a trial whose
     configuration reads fewer groups takes what it needs."""
     from knd.data.shards import load_features
 
-    table = load_features(data, actors=actors, expected_hash=groups["logmel"], groups=groups)
+    table = load_features(data, actors=actors, groups=groups)
     if len(table) == 0:
         raise ValueError(f"{data}: no clips of actors {actors}")
-    columns = {group_column(g): v for g, v in table.inputs().items()}
-    return columns | {"emotion": table.emotion, "actor": table.actor, "path": table.path}
+    return table.inputs() | {"emotion": table.emotion, "actor": table.actor, "path": table.path}
 
 
 def search_algorithm(cfg: TuneConfig, space: dict, where: str) -> tuple[Any, int | None]:

@@ -75,11 +75,11 @@ def test_prepare_stores_the_encoder_statistics_and_the_waveform(encoder_features
     assert folder_hash(params.encoder) == folder_hash(tiny_encoders["wav2vec2"])
     assert specs["embedding"]["hash"] == group_hash("embedding", params)
     table = load_features(features, groups=["embedding", "waveform"])
-    assert table.side["embedding"].shape == (CLIPS, 3, 64)
-    assert np.isfinite(table.side["embedding"]).all()
+    assert table.groups["embedding"].shape == (CLIPS, 3, 64)
+    assert np.isfinite(table.groups["embedding"]).all()
     # Different clips give different statistics (the encoder saw the audio, not padding).
-    assert np.std(table.side["embedding"][:, 2, :32], axis=0).mean() > 1e-3
-    assert np.abs(table.side["waveform"]).max() > 0.01
+    assert np.std(table.groups["embedding"][:, 2, :32], axis=0).mean() > 1e-3
+    assert np.abs(table.groups["waveform"]).max() > 0.01
 
 
 @pytest.fixture(scope="module")

@@ -74,16 +74,20 @@ def test_prepare_writes_every_group_finite_into_the_shards(grouped_features):
     manifest = json.loads(storage.read_text(storage.join(features, "manifest.json")))
     specs = manifest_groups(manifest)
     assert list(specs) == ["logmel", "prosody", "egemaps"]
-    assert specs["prosody"]["shape"] == [4, manifest["feature_shape"][1]]
+    assert specs["prosody"]["shape"] == [4, manifest["feature_groups"]["logmel"]["shape"][1]]
     table = load_features(features, groups=["prosody", "egemaps"])
-    assert table.side["prosody"].shape == (CLIPS, 4, manifest["feature_shape"][1])
-    assert table.side["egemaps"].shape == (CLIPS, 88)
-    for values in table.side.values():
+    assert table.groups["prosody"].shape == (
+        CLIPS,
+        4,
+        manifest["feature_groups"]["logmel"]["shape"][1],
+    )
+    assert table.groups["egemaps"].shape == (CLIPS, 88)
+    for values in table.groups.values():
         assert np.isfinite(values).all()
     # Speech-like clips are voiced for a good part of their frames, and F0 moves within a clip.
-    voiced = table.side["prosody"][:, 1]
+    voiced = table.groups["prosody"][:, 1]
     assert 0.2 < voiced.mean() < 0.95
-    assert np.median(table.side["prosody"][:, 0].std(axis=1)) > 0.3
+    assert np.median(table.groups["prosody"][:, 0].std(axis=1)) > 0.3
 
 
 def test_fused_model_trains_evaluates_and_scores_with_one_front_end(
@@ -141,7 +145,7 @@ def test_fused_model_trains_evaluates_and_scores_with_one_front_end(
         scored[P_COLUMNS].to_numpy(), expected[rows.loc[relative].to_numpy()], atol=1e-4
     )
     # Without the prosody and eGeMAPS inputs the probabilities would differ by far more.
-    plain = dict(table.inputs(), prosody=np.zeros_like(table.side["prosody"]))
+    plain = dict(table.inputs(), prosody=np.zeros_like(table.groups["prosody"]))
     _, without = predict(model, meta, plain)
     assert np.abs(without - expected).max() > 100 * 1e-4
 
@@ -206,5 +210,5 @@ def test_tune_searches_feature_groups_and_refits_with_the_winners(grouped_featur
     assert best["model"]["name"] == "fused_cnn"
     assert best["model"]["groups"] in (["logmel", "prosody"], ["logmel", "egemaps"])
     side = [g for g in best["model"]["groups"] if g != "logmel"][0]
-    assert set(best["group_norm"]) == {side}
+    assert set(best["group_norm"]) == set(best["groups"]) == {"logmel", side}
     assert result.test["n"] == CLIPS // 3

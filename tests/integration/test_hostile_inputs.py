@@ -193,18 +193,18 @@ def test_prepare_and_score_turn_every_hostile_file_into_a_row_or_a_reason(
         for path, reason in zip(rejected["path"], rejected["reason"], strict=True):
             assert expected[path] is not None and expected[path] in reason, (path, reason)
             assert "\n" not in reason
-        assert np.isfinite(table.features).all()
+        assert np.isfinite(table.groups["logmel"]).all()
 
         # score: an untrained checkpoint made from these features (training is not the point).
         torch.manual_seed(0)
         model = build_model("cpu_small", len(EMOTIONS), width=8, dropout=0.0)
-        manifest = table.manifest
+        manifest, logmel = table.manifest, table.groups["logmel"]
         meta = make_meta(
             load_config(
                 "train", ["data=x", "recipe=cpu_small", "model.width=8", "model.dropout=0"]
             ),
             manifest,
-            {"mean": table.features.mean(axis=(0, 2)), "std": table.features.std(axis=(0, 2))},
+            {"logmel": {"mean": logmel.mean(axis=(0, 2)), "std": logmel.std(axis=(0, 2))}},
             {"test": [1, 2]},
             run="untrained",
         )

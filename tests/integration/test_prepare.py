@@ -75,14 +75,16 @@ def test_tiny_corpus_rows_and_labels(tiny_corpus, tiny_features):
     np.testing.assert_array_equal(table.label, [c.emotion - 1 for c in clips])
     assert manifest["rows_per_actor"] == {str(a): 60 for a in sorted({c.actor for c in clips})}
     assert manifest["rows_per_emotion"]["neutral"] * 2 == manifest["rows_per_emotion"]["calm"]
-    assert table.features.shape == (len(files), *manifest["feature_shape"])
-    assert table.features.dtype == np.float32 and np.isfinite(table.features).all()
+    logmel, spec = table.groups["logmel"], manifest["feature_groups"]["logmel"]
+    assert manifest["version"] == 2 and "feature_hash" not in manifest
+    assert logmel.shape == (len(files), *spec["shape"])
+    assert logmel.dtype == np.float32 and np.isfinite(logmel).all()
 
-    ds, _ = read_features(tiny_features, actors=[1, 2], expected_hash=manifest["feature_hash"])
+    ds, _ = read_features(tiny_features, actors=[1, 2], expected_hash=spec["hash"])
     batch = ds.take_batch(1000)
     assert sorted(set(batch["actor"].tolist())) == [1, 2] and len(batch["actor"]) == 120
-    assert batch["features"].dtype == np.float32
-    assert batch["features"].shape[1:] == tuple(manifest["feature_shape"])
+    assert batch["logmel"].dtype == np.float32
+    assert batch["logmel"].shape[1:] == tuple(spec["shape"])
     with pytest.raises(ValueError, match="features were made with other parameters"):
         read_features(tiny_features, expected_hash="0" * 16)
 
@@ -133,10 +135,11 @@ def test_bad_files_are_rejected_with_reasons_and_good_files_kept(ray_session, tm
     table = load_features(str(out))
     assert sorted(table.path) == sorted(good)
     # 16 kHz mono, 48 kHz, 44.1 kHz stereo FLAC, 22.05 kHz Ogg and a 6 s clip: one shape.
-    assert table.features.shape == (len(good), *result.manifest["feature_shape"])
+    shape = result.manifest["feature_groups"]["logmel"]["shape"]
+    assert table.groups["logmel"].shape == (len(good), *shape)
     durations = dict(zip(table.path, table.duration, strict=True))
     assert [durations[p] for p in good] == pytest.approx([1.2, 1.2, 1.2, 1.2, 6.0], abs=0.05)
-    stereo = table.features[list(table.path).index(good[2])]
+    stereo = table.groups["logmel"][list(table.path).index(good[2])]
     assert np.isfinite(stereo).all() and stereo.max() > -40  # decoded audio, not padding
     reasons = rejected_rows(out)
     assert sorted(reasons) == sorted(expected)
@@ -184,16 +187,18 @@ def test_interrupted_run_then_reruns(ray_session, tmp_path, caplog):
 
     other = run(config(src, out, "features.n_mels=32", "rows_per_shard=2"))
     assert not other.skipped
-    assert other.manifest["feature_hash"] != first.manifest["feature_hash"]
-    assert other.manifest["feature_hash"] == feature_hash(other_params(src, out))
+    first_logmel = first.manifest["feature_groups"]["logmel"]
+    other_logmel = other.manifest["feature_groups"]["logmel"]
+    assert other_logmel["hash"] != first_logmel["hash"]
+    assert other_logmel["hash"] == feature_hash(other_params(src, out))
     old_folder = first.manifest["shards"][0].split("/")[0]
     assert not (out / old_folder).exists()
     shard_folders = {p.name for p in out.iterdir() if p.is_dir()}
     assert shard_folders == {other.manifest["shards"][0].split("/")[0]}
     table = load_features(str(out))
-    assert table.features.shape == (5, 32, other.manifest["feature_shape"][1])
+    assert table.groups["logmel"].shape == (5, 32, other_logmel["shape"][1])
     with pytest.raises(ValueError, match="other parameters"):
-        load_features(str(out), expected_hash=first.manifest["feature_hash"])
+        load_features(str(out), expected_hash=first_logmel["hash"])
 
     write(src, "Actor_04/03-01-08-01-01-01-04.wav", clip_bytes("new"))
     grown = run(config(src, out, "features.n_mels=32", "rows_per_shard=2"))
@@ -208,7 +213,7 @@ def same_features(a: str, b: str) -> None:
     for group, values in left.inputs().items():
         other = right.inputs()[group]
         np.testing.assert_array_equal(values[order_left], other[order_right], err_msg=group)
-    for key in ("feature_hash", "feature_groups", "num_rows", "corpus_checksum", "input_listing"):
+    for key in ("version", "feature_groups", "num_rows", "corpus_checksum", "input_listing"):
         assert left.manifest[key] == right.manifest[key], key
 
 
@@ -272,11 +277,12 @@ def test_s3_round_trip_through_moto(s3_server, ray_session, tmp_path, caplog):
         result.manifest["shards"]
     )
     manifest = json.loads(storage.read_text(f"{out}/{MANIFEST}"))
-    ds, _ = read_features(out, expected_hash=manifest["feature_hash"])
+    spec = manifest["feature_groups"]["logmel"]
+    ds, _ = read_features(out, expected_hash=spec["hash"])
     rows = ds.take_all()
     assert sorted(r["path"] for r in rows) == sorted(names[:3])
-    assert rows[0]["features"].shape == tuple(manifest["feature_shape"])
-    assert load_features(out).features.shape == (3, *manifest["feature_shape"])
+    assert rows[0]["logmel"].shape == tuple(spec["shape"])
+    assert load_features(out).groups["logmel"].shape == (3, *spec["shape"])
     assert run(config(src, out)).skipped
     assert "knd-test-secret" not in caplog.text
 

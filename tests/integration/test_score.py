@@ -35,7 +35,7 @@ def checkpoint(tiny_features, tmp_path_factory):
     from knd.learning.models import build_model
 
     table = load_features(tiny_features)
-    manifest = table.manifest
+    manifest, logmel = table.manifest, table.groups["logmel"]
     torch.manual_seed(0)
     model = build_model("cpu_small", len(EMOTIONS), width=8, dropout=0.0)
     with torch.no_grad():
@@ -44,7 +44,7 @@ def checkpoint(tiny_features, tmp_path_factory):
     meta = make_meta(
         load_config("train", ["data=x", "recipe=cpu_small", "model.width=8", "model.dropout=0"]),
         manifest,
-        {"mean": table.features.mean(axis=(0, 2)), "std": table.features.std(axis=(0, 2))},
+        {"logmel": {"mean": logmel.mean(axis=(0, 2)), "std": logmel.std(axis=(0, 2))}},
         {"test": actors},
         run="untrained",
         epoch=0,
@@ -100,7 +100,7 @@ def test_scores_equal_evaluate_and_do_not_depend_on_batching(
     # evaluate's own path: the prepared (stored, float16) features through evaluate.predict.
     model, meta = load_model(checkpoint)
     prepared = load_features(tiny_features)
-    _, expected = predict(model, meta, prepared.features)
+    _, expected = predict(model, meta, prepared.groups["logmel"])
     relative = [Path(p).relative_to(folder).as_posix() for p in table["path"]]
     rows = pd.Series(np.arange(len(prepared.path)), index=prepared.path).loc[relative].to_numpy()
     np.testing.assert_allclose(table[P_COLUMNS].to_numpy(), expected[rows], atol=1e-4)
@@ -288,7 +288,7 @@ def plain_scores(checkpoint: str, path: Path) -> np.ndarray:
     samples, rate = decode_audio(path.read_bytes())
     windows = file_windows(samples, rate, params, hop_seconds=1.5)
     feats = np.stack([w.groups["logmel"].astype(params.dtype) for w in windows])
-    batch = {"features": feats, "error": np.full(len(windows), "", dtype=object)}
+    batch = {"logmel": feats, "error": np.full(len(windows), "", dtype=object)}
     return Scorer(checkpoint, use_gpu=False)(batch)["probs"].mean(axis=0)
 
 

@@ -190,7 +190,7 @@ def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained
     reported = next(h for h in trained.result.history if h["epoch"] == epoch)
     assert reported["world_size"] == 2
     table = load_features(trained.features, actors=VAL_ACTORS)
-    preds, _ = predict(model, meta, table.features)
+    preds, _ = predict(model, meta, table.groups["logmel"])
     one = split_metrics(preds, targets_of(table.emotion, "ravdess8"), len(meta["labels"]))
     assert reported["val_n"] == one["n"] == 60
     assert reported["val_accuracy"] == pytest.approx(one["accuracy"], abs=1.5 / 60)
@@ -342,8 +342,8 @@ def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(t
 
     model, meta = load_model(trained.result.checkpoint)
     table = load_features(trained.features, actors=TEST_ACTORS)
-    _, one = predict(model, meta, table.features, batch_size=1)
-    _, many = predict(model, meta, table.features, batch_size=120)
+    _, one = predict(model, meta, table.groups["logmel"], batch_size=1)
+    _, many = predict(model, meta, table.groups["logmel"], batch_size=120)
     np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-5)
 
 
@@ -358,7 +358,8 @@ def test_evaluate_refuses_features_made_with_other_parameters(trained, tmp_path)
     manifest = json.loads((other / "manifest.json").read_text())
     # What prepare with one more mel band would have recorded (the shards are left as they are).
     manifest["feature_params"]["n_mels"] += 1
-    manifest["feature_hash"] = feature_hash(build(FeatureConfig, manifest["feature_params"]))
+    params = build(FeatureConfig, manifest["feature_params"])
+    manifest["feature_groups"]["logmel"]["hash"] = feature_hash(params)
     (other / "manifest.json").write_text(json.dumps(manifest))
     cfg = load_config("evaluate", [f"checkpoint={trained.result.checkpoint}", f"data={other}"])
     with pytest.raises(ValueError, match="other parameters"):
@@ -377,8 +378,9 @@ def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
     model, meta = load_model(checkpoint)
     table = load_features(features, actors=VAL_ACTORS + TEST_ACTORS)
     mine = rank_share(table.path, rank, world)
-    norm = {"logmel": (torch.tensor(meta["norm"]["mean"]), torch.tensor(meta["norm"]["std"]))}
-    x = {"logmel": torch.from_numpy(table.features[mine])}
+    stats = meta["group_norm"]["logmel"]
+    norm = {"logmel": (torch.tensor(stats["mean"]), torch.tensor(stats["std"]))}
+    x = {"logmel": torch.from_numpy(table.groups["logmel"][mine])}
     y = torch.from_numpy(targets_of(table.emotion[mine], "ravdess8"))
     return evaluate(model, ordered_batches(x, y, 7), norm, 8, torch.device("cpu"))
 

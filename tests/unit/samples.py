@@ -34,14 +34,25 @@ def encode(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str = "PCM_16") ->
 
 
 def checkpoint_meta(width: int = 8) -> dict:
-    """A valid ``meta.json`` of a width-``width`` cpu_small checkpoint."""
+    """A valid (version-2) ``meta.json`` of a width-``width`` cpu_small checkpoint."""
     return {
+        "version": 2,
         "label_set": "ravdess8",
         "labels": list(EMOTIONS),
         "feature_params": {"n_mels": 64},
+        "groups": {"logmel": "abc123"},
+        "model": {"name": "cpu_small", "width": width, "dropout": 0.2},
+        "group_norm": {"logmel": {"mean": [0.0] * 64, "std": [1.0] * 64}},
+        "split": {"train": [5, 6], "val": [3, 4], "test": [1, 2]},
+    }
+
+
+def checkpoint_meta_v1(width: int = 8) -> dict:
+    """The same checkpoint's meta as version 1 wrote it (the log-mel apart from the groups)."""
+    meta = checkpoint_meta(width)
+    del meta["version"], meta["groups"], meta["group_norm"]
+    return meta | {
         "feature_hash": "abc123",
         "feature_shape": [64, 301],
-        "model": {"name": "cpu_small", "width": width, "dropout": 0.2},
         "norm": {"mean": [0.0] * 64, "std": [1.0] * 64},
-        "split": {"train": [5, 6], "val": [3, 4], "test": [1, 2]},
     }

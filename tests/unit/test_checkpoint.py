@@ -23,7 +23,6 @@ from knd.learning.models import build_model
 
 def _meta(width: int = 8) -> dict:
     return checkpoint_meta(width) | {
-        "feature_shape": [64, 100],
         "epoch": 3,
         "metrics": {"val_uar": 0.5},
     }
@@ -52,7 +51,7 @@ def test_round_trip_gives_the_same_predictions_and_meta(tmp_path):
         torch.testing.assert_close(loaded(x), model(x))
     assert not loaded.training
     assert meta == _meta()
-    assert load_meta(str(tmp_path / "ckpt"))["feature_hash"] == "abc123"
+    assert load_meta(str(tmp_path / "ckpt"))["groups"] == {"logmel": "abc123"}
     resumed = load_train_state(str(tmp_path / "ckpt"))
     assert resumed["epoch"] == 3 and resumed["history"] == [1, 2, 3]
     fresh = torch.optim.AdamW(build_model("cpu_small", 8, width=8).parameters(), lr=1e-3)

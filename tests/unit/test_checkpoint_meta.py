@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from samples import checkpoint_meta
+from samples import checkpoint_meta, checkpoint_meta_v1
 
 from knd.learning.checkpoint import MAX_META_BYTES, load_meta, load_model, save_checkpoint
 from knd.learning.models import build_model
 
 
-def _with(path: list[str], value) -> dict:
-    meta = checkpoint_meta()
+def _with(path: list[str], value, v1: bool = False) -> dict:
+    meta = checkpoint_meta_v1() if v1 else checkpoint_meta()
     node = meta
     for part in path[:-1]:
         node = node[part]
@@ -22,6 +22,9 @@ def _with(path: list[str], value) -> dict:
         node[path[-1]] = value
     return meta
 
+
+LOGMEL = ["group_norm", "logmel"]
+NAN = float("nan")
 
 HOSTILE = [
     ("a list", [1, 2, 3], "expected an object, got list"),
@@ -36,11 +39,20 @@ HOSTILE = [
     ("one label", _with(["labels"], ["x"]), "labels: expected 2..64 names"),
     ("10k labels", _with(["labels"], [f"l{i}" for i in range(10_000)]), "labels: expected"),
     ("label not text", _with(["labels"], [1, 2]), "labels: expected"),
-    ("NaN in norm", _with(["norm", "std"], [float("nan")] * 64), "norm.std: expected finite"),
-    ("norm lengths", _with(["norm", "std"], [1.0] * 3), "mean and std differ"),
-    ("huge norm", _with(["norm", "mean"], [0.0] * 100_000), "norm.mean: expected a list"),
-    ("bad shape", _with(["feature_shape"], [64]), "feature_shape: expected"),
+    ("NaN in norm", _with([*LOGMEL, "std"], [NAN] * 64), "logmel.std: expected finite"),
+    ("norm lengths", _with([*LOGMEL, "std"], [1.0] * 3), "mean and std differ"),
+    ("huge norm", _with([*LOGMEL, "mean"], [0.0] * 100_000), "logmel.mean: expected a list"),
+    ("no norm", _with(LOGMEL, KeyError), "no statistics for the model's group 'logmel'"),
+    ("no hash", _with(["groups", "logmel"], KeyError), "no hash for the model's group 'logmel'"),
+    ("newer", _with(["version"], 3), "version: expected 1 or 2, got 3"),
     ("split text", _with(["split", "test"], "1,2"), "split.test: expected a list"),
+    # Version 1: the log-mel's keys apart, read as version 2.
+    ("v1 NaN in norm", _with(["norm", "std"], [NAN] * 64, v1=True), "logmel.std: expected finite"),
+    ("v1 norm lengths", _with(["norm", "std"], [1.0] * 3, v1=True), "mean and std differ"),
+    ("v1 huge norm", _with(["norm", "mean"], [0.0] * 10**5, v1=True), "logmel.mean: expected a"),
+    ("v1 no norm", _with(["norm"], KeyError, v1=True), "missing key 'norm'"),
+    ("v1 bad shape", _with(["feature_shape"], [64], v1=True), "feature_shape: expected"),
+    ("v1 hash a number", _with(["feature_hash"], 7, v1=True), "feature_hash: expected str"),
 ]
 
 
@@ -75,3 +87,8 @@ def test_a_good_meta_with_extra_keys_loads(tmp_path):
     save_checkpoint(str(tmp_path), build_model("cpu_small", 8, width=8), meta)
     model, loaded = load_model(str(tmp_path))
     assert loaded == meta
+
+
+def test_a_v1_meta_reads_as_version_2(tmp_path):
+    save_checkpoint(str(tmp_path), build_model("cpu_small", 8, width=8), checkpoint_meta_v1())
+    assert load_meta(str(tmp_path)) == checkpoint_meta()

@@ -166,9 +166,10 @@ def test_a_checkpoint_meta_records_the_encoder_and_refuses_a_huge_one(tiny_encod
     )
     manifest = {
         "feature_params": {},
-        "feature_hash": "abc",
-        "feature_shape": [64, 301],
-        "feature_groups": {"waveform": {"hash": "w", "shape": [1, 48000], "dtype": "float16"}},
+        "feature_groups": {
+            "logmel": {"hash": "abc", "shape": [64, 301], "dtype": "float16"},
+            "waveform": {"hash": "w", "shape": [1, 48000], "dtype": "float16"},
+        },
     }
     stats = {"mean": [0.0], "std": [1.0]}
     norm = {"logmel": {"mean": [0.0] * 64, "std": [1.0] * 64}, "waveform": stats}
@@ -182,7 +183,10 @@ def test_a_checkpoint_meta_records_the_encoder_and_refuses_a_huge_one(tiny_encod
 
 def test_embedding_statistics_are_a_table_in_the_meta():
     cfg = _train_cfg("model.name=embedding_head", "model.groups=[embedding]")
-    manifest = {"feature_params": {}, "feature_hash": "abc", "feature_shape": [64, 301]}
+    manifest = {
+        "feature_params": {},
+        "feature_groups": {"logmel": {"hash": "abc"}, "embedding": {"hash": "e"}},
+    }
     table = {"mean": np.zeros((3, 8)).tolist(), "std": np.ones((3, 8)).tolist()}
     norm = {"logmel": {"mean": [0.0] * 64, "std": [1.0] * 64}, "embedding": table}
     meta = make_meta(cfg, manifest, norm, {"train": [1], "test": [2]}, run="r")

@@ -7,21 +7,23 @@ import json
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
-from samples import checkpoint_meta, encode, tone
+from samples import checkpoint_meta, checkpoint_meta_v1, encode, tone
 
 from knd.config.loading import load_config
 from knd.config.schema import ConfigError
 from knd.data.shards import (
     check_groups,
     load_features,
+    manifest_from_v1,
     manifest_groups,
     row_schema,
     shard_rows_table,
     write_shard,
 )
 from knd.data.storage import resolve
-from knd.learning.checkpoint import meta_problem, model_groups
+from knd.learning.checkpoint import meta_from_v1, meta_problem, model_groups
 from knd.stages.prepare import process_files
 
 EVERY = ("logmel", "prosody", "egemaps")
@@ -68,7 +70,7 @@ def _prepare(tmp_path, params, name: str) -> str:
     assert table["error"].null_count == len(files), table["error"].to_pylist()
     fs, root = resolve(str(folder))
     write_shard(shard_rows_table(table.filter(pc.is_null(table["error"]))), fs, f"{root}/shards/p")
-    rows = table.drop_columns([c for c in table.column_names if c in ("features", *EVERY)])
+    rows = table.drop_columns([c for c in table.column_names if c in EVERY])
     kept = rows.to_pylist()
     cfg = load_config("prepare", [f"input={tmp_path}/audio", f"output={folder}"])
     cfg = dataclasses.replace(cfg, features=params)
@@ -79,17 +81,17 @@ def _prepare(tmp_path, params, name: str) -> str:
 
 def test_every_group_is_stored_finite_even_for_noise_and_clipping(tmp_path, params):
     every = dataclasses.replace(params, groups=EVERY)
-    assert [f.name for f in row_schema(every)][-4:] == ["features", "prosody", "egemaps", "error"]
+    assert [f.name for f in row_schema(every)][-4:] == ["logmel", "prosody", "egemaps", "error"]
     data = _prepare(tmp_path, every, "every")
     table = load_features(data, groups=["prosody", "egemaps"])
-    assert table.side["prosody"].shape == (4, 4, table.features.shape[2])
-    assert table.side["egemaps"].shape == (4, 88)
-    assert all(np.isfinite(v).all() for v in table.side.values())
-    voiced = dict(zip(table.path, table.side["prosody"][:, 1].mean(axis=1), strict=True))
+    assert table.groups["prosody"].shape == (4, 4, table.groups["logmel"].shape[2])
+    assert table.groups["egemaps"].shape == (4, 88)
+    assert all(np.isfinite(v).all() for v in table.groups.values())
+    voiced = dict(zip(table.path, table.groups["prosody"][:, 1].mean(axis=1), strict=True))
     assert voiced["Actor_01/03-01-01-01-01-01-01.wav"] > 0.5  # a voice, 2.5 s of a 3 s clip
     assert voiced["Actor_03/03-01-04-01-01-02-03.wav"] == 0.0  # noise: the flag says untracked
     # The 240 Hz voice sits an octave above the 120 Hz one: 12 semitones on the F0 channel.
-    f0 = dict(zip(table.path, np.median(table.side["prosody"][:, 0], axis=1), strict=True))
+    f0 = dict(zip(table.path, np.median(table.groups["prosody"][:, 0], axis=1), strict=True))
     octave = f0["Actor_02/03-01-05-02-01-01-02.wav"] - f0["Actor_01/03-01-01-01-01-01-01.wav"]
     assert octave == pytest.approx(12.0, abs=0.5)
 
@@ -98,12 +100,22 @@ def test_an_old_manifest_reads_as_log_mel_only_and_names_the_command_for_more(tm
     data = _prepare(tmp_path, params, "old")
     manifest_path = tmp_path / "old" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    del manifest["feature_groups"]  # as knd prepare wrote it before feature groups existed
-    del manifest["feature_params"]["groups"]
+    # As knd prepare wrote it before feature groups existed: the log-mel's keys at the top, its
+    # values in the column "features", no other group.
+    logmel = manifest.pop("feature_groups")["logmel"]
+    del manifest["version"], manifest["feature_params"]["groups"]
+    manifest |= {f"feature_{key}": logmel[key] for key in ("hash", "shape", "dtype")}
     manifest_path.write_text(json.dumps(manifest))
-    assert list(manifest_groups(manifest)) == ["logmel"]
+    shard = tmp_path / "old" / manifest["shards"][0]
+    stored = pq.read_table(shard).drop_columns(["prosody", "egemaps"])
+    pq.write_table(
+        stored.rename_columns(["features" if c == "logmel" else c for c in stored.column_names]),
+        shard,
+    )
+    assert list(manifest_groups(manifest_from_v1(manifest))) == ["logmel"]
     table = load_features(data)
-    assert table.features.shape[0] == 4 and table.side == {}
+    assert table.manifest["version"] == 2 and list(table.groups) == ["logmel"]
+    assert table.groups["logmel"].shape[0] == 4
     with pytest.raises(ValueError) as refused:
         load_features(data, groups=["egemaps"])
     message = str(refused.value)
@@ -121,13 +133,13 @@ def test_a_group_made_with_other_parameters_is_refused(tmp_path, params):
 
 
 def test_old_checkpoint_meta_reads_the_log_mel_alone_and_bad_group_keys_are_refused():
-    old = checkpoint_meta()
+    old = meta_from_v1(checkpoint_meta_v1())
     assert meta_problem(old) is None
     assert model_groups(old) == {"logmel": "abc123"}
     fused = checkpoint_meta() | {"groups": {"logmel": "abc123", "prosody": "feed"}}
     fused["model"] = {"name": "fused_cnn", "width": 8, "groups": ["logmel", "prosody"]}
     assert "group_norm" in meta_problem(fused)  # no statistics for a group the model reads
-    fused["group_norm"] = {"prosody": {"mean": [0.0] * 4, "std": [1.0] * 4}}
+    fused["group_norm"]["prosody"] = {"mean": [0.0] * 4, "std": [1.0] * 4}
     assert meta_problem(fused) is None
     assert model_groups(fused) == {"logmel": "abc123", "prosody": "feed"}
     fused["group_norm"]["prosody"]["std"] = [1.0, float("nan"), 1.0, 1.0]

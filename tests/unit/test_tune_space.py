@@ -144,7 +144,7 @@ def six_actor_columns(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     actors = np.repeat(np.arange(3, 9), 8)
     return {
-        "features": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
+        "logmel": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
         "emotion": rng.integers(1, 9, len(actors)).astype(np.int64),
         "actor": actors,
         "path": np.array([f"a{a}_{i}.wav" for i, a in enumerate(actors)]),

@@ -48,3 +48,19 @@ def test_v1_checkpoint_evaluates_on_v1_features(tmp_path):
     assert result.metrics["test"]["n"] == 3
     rows = (tmp_path / evaluate.PER_ACTOR_FILE).read_text().splitlines()
     assert rows[0].startswith("actor,n,") and rows[1].startswith("2,3,")
+
+
+def test_v1_manifest_and_meta_read_as_version_2_with_their_hashes():
+    from knd.learning.checkpoint import load_meta
+
+    written = json.loads((V1 / "features" / "manifest.json").read_text())
+    table = load_features(FEATURES)
+    assert table.manifest["version"] == 2 and "feature_hash" not in table.manifest
+    logmel = table.manifest["feature_groups"]["logmel"]
+    assert logmel["hash"] == written["feature_hash"] and logmel["column"] == "features"
+    assert list(table.groups) == ["logmel"]
+    meta = load_meta(CHECKPOINT)
+    old = json.loads((V1 / "checkpoint" / "meta.json").read_text())
+    assert meta["version"] == 2 and "norm" not in meta and "feature_hash" not in meta
+    assert meta["groups"] == old["groups"] | {"logmel": old["feature_hash"]}
+    assert meta["group_norm"] == {"logmel": old["norm"], **old["group_norm"]}
