@@ -88,12 +88,12 @@ def plain_loop(args: argparse.Namespace, cfg, meta: dict) -> dict:
     """The same configurations, one after another, without Ray."""
     import torch
 
-    from knd.learning.experiment import trial_train_config
+    from knd.learning.experiment import experiment_groups, trial_train_config
     from knd.stages.tune import CrossValidation, load_columns
 
     torch.set_num_threads(2)
     started = time.perf_counter()
-    data = load_columns(cfg.data, meta["train_actors"], meta["feature_hash"])
+    data = load_columns(cfg.data, meta["train_actors"], experiment_groups(meta))
     grid = space(args)
     fixed = {k: v for k, v in grid.items() if k != "optim.lr"}
     train_s, scores = 0.0, []

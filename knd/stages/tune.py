@@ -354,6 +354,7 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     """
     import ray
 
+    from knd.data.shards import read_manifest
     from knd.learning.checkpoint import load_model, make_meta, save_checkpoint
     from knd.learning.inference import score_actors
     from knd.learning.metrics import metrics_report
@@ -373,7 +374,7 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     model.load_state_dict(trained["model"])
     ckpt_meta = make_meta(
         train_cfg,
-        meta,
+        read_manifest(cfg.data),  # the features it trained on (checked by open_experiment)
         trained["norm"],
         {"train": meta["train_actors"], "test": meta["test_actors"]},
         run=f"{experiment.rstrip('/').rsplit('/', 1)[-1]}/best",
