@@ -49,7 +49,6 @@ from knd.learning.checkpoint import (
     META_FILE,
     MODEL_FILE,
     load_meta,
-    load_model,
     load_tensors,
     load_train_state,
     make_meta,
@@ -57,10 +56,10 @@ from knd.learning.checkpoint import (
     save_checkpoint,
 )
 from knd.learning.engine import ArrayBatches, Learner, group_stats, ordered_batches
-from knd.learning.inference import norm_stats, score_actors
-from knd.learning.metrics import metrics_report
+from knd.learning.inference import norm_stats
 from knd.learning.models import unwrap
-from knd.learning.report import append_history, read_history, write_report
+from knd.learning.postfit import score_and_report
+from knd.learning.report import append_history, read_history
 from knd.runtime.console import follow_epochs
 from knd.runtime.tracking import scrub, start_tracking
 
@@ -630,16 +629,6 @@ def _loop_config(
     )
 
 
-def _score_split(cfg: TrainConfig, checkpoint: str, split: ActorSplit) -> dict:
-    """Validation (when there is a group) and test metrics of the kept checkpoint."""
-    model, meta = load_model(checkpoint)
-    parts: dict[str, dict | None] = {"val": None}
-    for part, actors in (("val", split.val), ("test", split.test)):
-        if actors:
-            parts[part] = score_actors(model, meta, cfg.data, actors).metrics
-    return parts
-
-
 def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
     """The checkpoint meta of this run: the resumed checkpoint's normalisation statistics, or
     ones computed on the training actors (streamed, one pass per feature group)."""
@@ -653,34 +642,22 @@ def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
     return make_meta(cfg, data.manifest, norm, parts, run=name)
 
 
-def _run_report(
-    cfg: TrainConfig,
-    meta: dict,
-    data: SplitData,
-    checkpoint: str,
-    best_epoch: int,
-    history: list[dict],
+def _report_facts(
+    cfg: TrainConfig, meta: dict, data: SplitData, best_epoch: int, history: list[dict]
 ) -> dict:
-    """``metrics.json`` of the run: the kept checkpoint scored on validation and test actors."""
+    """The run's own ``metrics.json`` keys: split, model, recipe, how the checkpoint was kept."""
     split = data.split
-    scores = _score_split(cfg, checkpoint, split)
-    return metrics_report(
-        meta["labels"],
-        test=scores["test"],
-        val=scores["val"],
-        test_actors=split.test,
-        val_actors=list(split.val),
-        train_actors=list(split.train),
-        label_set=cfg.labels,
-        model=meta["model"],
-        recipe=cfg.recipe,
-        model_selection=model_selection(split, cfg.train.checkpoint_metric),
-        best_epoch=best_epoch,
-        epochs=[int(h["epoch"]) for h in history],
-        feature_hash=data.manifest["feature_hash"],
-        feature_groups=list(cfg.model.groups),
-        checkpoint=checkpoint,
-    )
+    return {
+        "val_actors": list(split.val),
+        "train_actors": list(split.train),
+        "label_set": cfg.labels,
+        "model": meta["model"],
+        "recipe": cfg.recipe,
+        "model_selection": model_selection(split, cfg.train.checkpoint_metric),
+        "best_epoch": best_epoch,
+        "epochs": [int(h["epoch"]) for h in history],
+        "feature_hash": data.manifest["feature_hash"],
+    }
 
 
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -743,9 +720,16 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     _copy_checkpoint(best, checkpoint_uri)
 
     history = read_history(run_path)
-    report = _run_report(cfg, meta, data, checkpoint_uri, int(best_metrics["epoch"]), history)
-    write_report(
-        run_path, report, config=scrub(to_dict(cfg)), history=history, title=f"knd train: {name}"
+    report = score_and_report(
+        run_path,
+        checkpoint_uri,
+        cfg.data,
+        split.test,
+        split.val,
+        facts=_report_facts(cfg, meta, data, int(best_metrics["epoch"]), history),
+        config=scrub(to_dict(cfg)),
+        history=history,
+        title=f"knd train: {name}",
     )
     test = report["test"]
     log.info(
