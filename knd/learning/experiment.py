@@ -210,17 +210,23 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         "max_epochs": cfg.max_epochs,
         "metric": cfg.metric,
         "cpus_per_trial": cfg.cpus_per_trial,
-        "feature_hash": manifest_groups(manifest)["logmel"]["hash"],
-        "feature_params": manifest["feature_params"],
-        "feature_shape": manifest_groups(manifest)["logmel"]["shape"],
-        "feature_groups": manifest_groups(manifest),
+        "features": {"params": manifest["feature_params"], "groups": manifest_groups(manifest)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
 def experiment_groups(meta: dict) -> dict[str, str]:
-    """``{group: hash}`` of every feature group the experiment's corpus offers its trials."""
-    specs = meta.get("feature_groups") or {"logmel": {"hash": meta["feature_hash"]}}
+    """``{group: hash}`` of every feature group the experiment's corpus offers its trials.
+
+    The experiment records them under ``features.groups`` (``{group: {"hash", "shape",
+    "dtype"}}``, the manifest's groups when the search started) beside the feature parameters
+    (``features.params``); an experiment written before that copied the manifest's top-level
+    ``feature_*`` keys instead, and still resumes.
+    """
+    if "features" in meta:
+        specs = meta["features"]["groups"]
+    else:
+        specs = meta.get("feature_groups") or {"logmel": {"hash": meta["feature_hash"]}}
     return {group: spec["hash"] for group, spec in specs.items()}
 
 
@@ -311,7 +317,7 @@ def open_experiment(cfg: TuneConfig) -> tuple[TuneConfig, dict, str]:
     if meta is None:
         meta = experiment_meta(cfg, manifest)
         storage.write_text(storage.join(experiment, META_FILE), json.dumps(meta, indent=2) + "\n")
-    elif manifest_groups(manifest)["logmel"]["hash"] != meta["feature_hash"]:
+    elif manifest_groups(manifest)["logmel"]["hash"] != experiment_groups(meta)["logmel"]:
         raise ValueError(f"{cfg.data}: features differ from the ones this search started on")
     return cfg, meta, experiment
 

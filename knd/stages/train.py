@@ -3,7 +3,8 @@
 The driver (:func:`run`) splits the prepared features by actor, computes per-mel-band
 normalisation statistics on the training actors only, and hands Ray Train the Datasets
 ``train_<rank>`` (one fixed, equal share of the training rows per worker) and ``val`` (every
-worker reads it whole and scores its own share of rows). Each worker runs
+worker reads it whole and scores its own share of rows); the data plane, both the driver's
+split and a worker's batches, is :mod:`knd.learning.feed`. Each worker runs
 :func:`train_loop_per_worker`, whose shape is fixed: dataset shard -> learner (model, DDP,
 optimiser; :mod:`knd.learning.engine`) -> resume from the last checkpoint if any -> epochs ->
 validation metrics synced across ranks -> ``ray.train.report(metrics, checkpoint)``.
@@ -31,36 +32,33 @@ import os
 import tempfile
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
 from knd.config.loading import to_dict
 from knd.config.schema import TrainConfig
 from knd.data import storage
-from knd.data.ravdess import ActorSplit, emotion_to_label_table, split_actors
+from knd.data.ravdess import ActorSplit, emotion_to_label_table
 from knd.data.shards import check_groups, manifest_groups
 from knd.learning.checkpoint import (
     META_FILE,
     MODEL_FILE,
     load_meta,
-    load_model,
     load_tensors,
     load_train_state,
     make_meta,
     model_groups,
     save_checkpoint,
 )
-from knd.learning.engine import ArrayBatches, Learner, group_stats, ordered_batches
-from knd.learning.inference import norm_stats, score_actors
-from knd.learning.metrics import metrics_report
+from knd.learning.engine import Learner, group_stats
+from knd.learning.feed import SplitData, load_split, training_batches, validation_batches
+from knd.learning.inference import norm_stats
 from knd.learning.models import unwrap
-from knd.learning.report import append_history, read_history, write_report
+from knd.learning.postfit import score_and_report
+from knd.learning.report import append_history, read_history
 from knd.runtime.console import follow_epochs
 from knd.runtime.tracking import scrub, start_tracking
 
@@ -68,10 +66,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
-IN_MEMORY_BYTES = 2 * 1024**3
-"""A worker holds its share of the features in memory (on its GPU when it has one) up to this
-size: indexing a tensor costs nothing next to iterating a Ray Dataset every epoch."""
-STREAM_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -133,91 +127,7 @@ class LoopConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Feeding the engine inside a worker
-
-
-def _shard_columns(shard: Any, columns: list[str]) -> dict[str, np.ndarray]:
-    """Every row of a worker's dataset shard, as numpy columns (read once)."""
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
-        for c in columns:
-            parts[c].append(np.asarray(batch[c]))
-    return {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
-
-
-class StreamedBatches:
-    """A shard too large for memory, streamed from Ray Data every epoch (locally shuffled)."""
-
-    def __init__(
-        self,
-        shard: Any,
-        label_table: torch.Tensor,
-        batch_size: int,
-        rows: int,
-        groups: tuple[str, ...],
-    ):
-        self.shard, self.label_table, self.groups = shard, label_table, groups
-        self.batch_size, self.buffer = batch_size, min(rows, 4096)
-
-    def epoch(self, epoch: int):
-        device = self.label_table.device
-        for batch in self.shard.iter_torch_batches(
-            batch_size=self.batch_size, drop_last=True, local_shuffle_buffer_size=self.buffer
-        ):
-            labels = self.label_table[batch["emotion"].to(device).long()]
-            yield {g: batch[g] for g in self.groups}, labels, batch["actor"]
-
-
-def _inputs(cols: dict[str, np.ndarray], groups: tuple[str, ...], device) -> dict:
-    """The model's input groups out of numpy shard columns, as tensors on ``device``."""
-    return {g: torch.from_numpy(np.asarray(cols[g])).to(device) for g in groups}
-
-
-def _training_batches(shard: Any, label_table: torch.Tensor, loop: LoopConfig, seed: int):
-    """This rank's training batches: from memory when the shard fits, else streamed."""
-    batch, groups = loop.local_batch, loop.groups
-    if not loop.in_memory:
-        return StreamedBatches(shard, label_table, batch, loop.rows_per_worker, groups)
-    cols = _shard_columns(shard, [*groups, "emotion", "actor"])
-    device = label_table.device
-    inputs = _inputs(cols, groups, device)
-    labels = label_table[torch.from_numpy(cols["emotion"]).to(device).long()]
-    return ArrayBatches(inputs, labels, batch, seed, extra=torch.from_numpy(cols["actor"]))
-
-
-def rank_share(paths: np.ndarray, rank: int, world: int) -> np.ndarray:
-    """Rows of the (unsplit) validation set that this rank scores: a stable hash of the path."""
-    return np.array([zlib.crc32(str(p).encode()) % world == rank for p in paths], dtype=bool)
-
-
-def _validation_batches(
-    val: Any, label_table: torch.Tensor, loop: LoopConfig, rank: int, world: int
-):
-    """A function giving this rank's share of the validation rows as engine batches."""
-    device, groups = label_table.device, loop.groups
-
-    def share(batch: dict) -> tuple[dict, torch.Tensor] | None:
-        mine = rank_share(batch["path"], rank, world)
-        if not mine.any():
-            return None
-        inputs = _inputs({k: np.asarray(v)[mine] for k, v in batch.items()}, groups, device)
-        labels = label_table[torch.from_numpy(np.asarray(batch["emotion"])[mine]).to(device).long()]
-        return inputs, labels
-
-    if loop.in_memory:
-        columns = [*groups, "emotion", "path"]
-        kept = share(_shard_columns(val, columns))
-        empty = ({g: torch.zeros(0) for g in groups}, torch.zeros(0))
-        inputs, labels = kept if kept is not None else empty
-        return lambda: ordered_batches(inputs, labels)
-
-    def streamed():
-        for batch in val.iter_batches(batch_size=STREAM_BATCH, batch_format="numpy"):
-            kept = share(batch)
-            if kept is not None:
-                yield kept
-
-    return streamed
+# The worker
 
 
 def _sync_batch_norm(model: torch.nn.Module, world: int) -> None:
@@ -292,13 +202,21 @@ def train_loop_per_worker(config: dict) -> None:
     label_table = torch.tensor(emotion_to_label_table(cfg.labels), device=device)
 
     loading = time.perf_counter()
-    train_batches = _training_batches(
-        ray.train.get_dataset_shard(f"train_{rank}"), label_table, loop, cfg.train.seed + rank
+    train_batches = training_batches(
+        ray.train.get_dataset_shard(f"train_{rank}"),
+        label_table,
+        loop.groups,
+        loop.local_batch,
+        cfg.train.seed + rank,
+        in_memory=loop.in_memory,
+        rows=loop.rows_per_worker,
     )
     val_batches = None
     if loop.has_val:
         val_shard = ray.train.get_dataset_shard("val")
-        val_batches = _validation_batches(val_shard, label_table, loop, rank, world)
+        val_batches = validation_batches(
+            val_shard, label_table, loop.groups, (rank, world), in_memory=loop.in_memory
+        )
     load_s = time.perf_counter() - loading
 
     learner, start_epoch = _worker_learner(loop, device, rank)
@@ -375,131 +293,6 @@ def _train_epoch(
 
 # ----------------------------------------------------------------------------------------------
 # The driver
-
-
-@dataclass(frozen=True)
-class SplitData:
-    """The prepared features of one run, split by actor, then into equal shares per rank."""
-
-    manifest: dict
-    split: ActorSplit
-    shards: list[Any]
-    """One Ray Dataset per rank, with ``rows_per_worker`` rows each."""
-    val: Any | None
-    rows_per_worker: int
-    in_memory: bool
-    """Whether a worker's share fits in memory (it then reads it once, not every epoch)."""
-    train_batches: Callable[[], Iterable[dict]]
-    """Batches of every training row (``{column: array}``), for the normalisation statistics."""
-    num_train_rows: int
-
-
-def _row_bytes(manifest: dict, groups: tuple[str, ...]) -> int:
-    return sum(
-        int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
-        for group, spec in manifest_groups(manifest).items()
-        if group in groups
-    )
-
-
-def _arrow_dataset(columns: dict[str, np.ndarray], rows: np.ndarray) -> Any:
-    """``rows`` of numpy columns as a Ray Dataset of blocks put by this process (the driver)."""
-    import pyarrow as pa
-    import ray
-    from ray.data.extensions import ArrowTensorArray
-
-    def arrow(values: np.ndarray) -> Any:
-        return ArrowTensorArray.from_numpy(values) if values.ndim > 1 else pa.array(values)
-
-    blocks = [
-        pa.table({name: arrow(values[rows[i : i + 4096]]) for name, values in columns.items()})
-        for i in range(0, len(rows), 4096)
-    ]
-    return ray.data.from_arrow(blocks)
-
-
-def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
-    """Shares that fit in memory, read here and put into the object store by the driver.
-
-    Blocks the driver puts live on its node and need no task to rebuild: a worker node lost
-    mid-run takes none of them with it, and the restarted worker group reads them again. Blocks
-    made by Ray Data's tasks (a materialised read) lived on the worker nodes, and rebuilding
-    them needs a CPU that the restarted training workers hold: it waited for ever.
-    """
-    from knd.data.shards import load_features
-
-    groups, world = cfg.model.inputs, cfg.train.num_workers
-
-    def columns_of(actors: tuple[int, ...], extra: str) -> tuple[dict[str, np.ndarray], Any]:
-        table = load_features(cfg.data, actors=actors, groups=groups)
-        inputs = table.inputs()
-        named = {g: inputs[g] for g in groups}
-        return named | {"emotion": table.emotion, extra: getattr(table, extra)}, table
-
-    columns, table = columns_of(split.train, "actor")
-    # Rank r takes every world-th clip in path order: equal, and the same on every run.
-    order = np.argsort(table.path, kind="stable")
-    per_rank = len(order) // world
-    if per_rank < 1:
-        raise ValueError(
-            f"{len(order)} training clips (actors {list(split.train)}) cannot feed {world} "
-            "workers: lower train.num_workers"
-        )
-    shards = [_arrow_dataset(columns, order[r::world][:per_rank]) for r in range(world)]
-    val = None
-    if split.val:
-        val_columns, held = columns_of(split.val, "path")
-        val = _arrow_dataset(val_columns, np.arange(len(held.path)))
-
-    def train_batches() -> Iterable[dict]:
-        for i in range(0, len(order), STREAM_BATCH):
-            yield {name: values[i : i + STREAM_BATCH] for name, values in columns.items()}
-
-    return SplitData(manifest, split, shards, val, per_rank, True, train_batches, len(table.path))
-
-
-def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
-    """Shares too large for memory: materialised by Ray Data once, split equally, streamed."""
-    from knd.learning.feed import read_features
-
-    groups, world = cfg.model.inputs, cfg.train.num_workers
-    columns = [*(g for g in groups), "emotion", "actor"]
-
-    def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
-        ds = read_features(cfg.data, actors=actors, groups=groups)[0]
-        return ds.select_columns([*columns, *extra]).materialize()
-
-    train = rows_of(split.train)
-    val = rows_of(split.val, ("path",)) if split.val else None
-    shards = train.split(world, equal=True) if world > 1 else [train]
-    rows = shards[0].count()
-    batches = lambda: train.iter_batches(batch_size=STREAM_BATCH)  # noqa: E731
-    return SplitData(manifest, split, shards, val, rows, False, batches, train.count())
-
-
-def load_split(cfg: TrainConfig) -> SplitData:
-    """Read the features, split them by actor, and share the training rows equally by rank.
-
-    Each rank keeps one fixed share rather than Ray Train's per-epoch streaming_split (3-5 s
-    before each epoch's first batch on 2 cores, more than a small epoch's compute); it
-    reshuffles its share every epoch, and DDP averages across shares.
-
-    Raises:
-        ValueError: no prepared features, or a split that does not fit the corpus.
-    """
-    from knd.data.shards import manifest_actors
-    from knd.learning.feed import read_features
-
-    _, manifest = read_features(cfg.data, groups=cfg.model.inputs)
-    split = split_actors(
-        cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
-    )
-    counts = manifest.get("rows_per_actor", {})
-    num_train = sum(int(counts.get(str(a), 0)) for a in split.train)
-    share_bytes = num_train // cfg.train.num_workers * _row_bytes(manifest, cfg.model.inputs)
-    if share_bytes <= IN_MEMORY_BYTES:
-        return _held_by_driver(cfg, manifest, split)
-    return _streamed(cfg, manifest, split)
 
 
 def _copy_checkpoint(checkpoint: Any, dest: str) -> None:
@@ -632,16 +425,6 @@ def _loop_config(
     )
 
 
-def _score_split(cfg: TrainConfig, checkpoint: str, split: ActorSplit) -> dict:
-    """Validation (when there is a group) and test metrics of the kept checkpoint."""
-    model, meta = load_model(checkpoint)
-    parts: dict[str, dict | None] = {"val": None}
-    for part, actors in (("val", split.val), ("test", split.test)):
-        if actors:
-            parts[part] = score_actors(model, meta, cfg.data, actors).metrics
-    return parts
-
-
 def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
     """The checkpoint meta of this run: the resumed checkpoint's normalisation statistics, or
     ones computed on the training actors (streamed, one pass per feature group)."""
@@ -655,34 +438,22 @@ def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
     return make_meta(cfg, data.manifest, norm, parts, run=name)
 
 
-def _run_report(
-    cfg: TrainConfig,
-    meta: dict,
-    data: SplitData,
-    checkpoint: str,
-    best_epoch: int,
-    history: list[dict],
+def _report_facts(
+    cfg: TrainConfig, meta: dict, data: SplitData, best_epoch: int, history: list[dict]
 ) -> dict:
-    """``metrics.json`` of the run: the kept checkpoint scored on validation and test actors."""
+    """The run's own ``metrics.json`` keys: split, model, recipe, how the checkpoint was kept."""
     split = data.split
-    scores = _score_split(cfg, checkpoint, split)
-    return metrics_report(
-        meta["labels"],
-        test=scores["test"],
-        val=scores["val"],
-        test_actors=split.test,
-        val_actors=list(split.val),
-        train_actors=list(split.train),
-        label_set=cfg.labels,
-        model=meta["model"],
-        recipe=cfg.recipe,
-        model_selection=model_selection(split, cfg.train.checkpoint_metric),
-        best_epoch=best_epoch,
-        epochs=[int(h["epoch"]) for h in history],
-        feature_hash=manifest_groups(data.manifest)["logmel"]["hash"],
-        feature_groups=list(cfg.model.groups),
-        checkpoint=checkpoint,
-    )
+    return {
+        "val_actors": list(split.val),
+        "train_actors": list(split.train),
+        "label_set": cfg.labels,
+        "model": meta["model"],
+        "recipe": cfg.recipe,
+        "model_selection": model_selection(split, cfg.train.checkpoint_metric),
+        "best_epoch": best_epoch,
+        "epochs": [int(h["epoch"]) for h in history],
+        "feature_hash": manifest_groups(data.manifest)["logmel"]["hash"],
+    }
 
 
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -745,9 +516,16 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     _copy_checkpoint(best, checkpoint_uri)
 
     history = read_history(run_path)
-    report = _run_report(cfg, meta, data, checkpoint_uri, int(best_metrics["epoch"]), history)
-    write_report(
-        run_path, report, config=scrub(to_dict(cfg)), history=history, title=f"knd train: {name}"
+    report = score_and_report(
+        run_path,
+        checkpoint_uri,
+        cfg.data,
+        split.test,
+        split.val,
+        facts=_report_facts(cfg, meta, data, int(best_metrics["epoch"]), history),
+        config=scrub(to_dict(cfg)),
+        history=history,
+        title=f"knd train: {name}",
     )
     test = report["test"]
     log.info(

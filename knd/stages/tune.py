@@ -47,6 +47,7 @@ from knd.learning.experiment import (
     write_best,
 )
 from knd.learning.metrics import fold_summary
+from knd.learning.postfit import score_and_report
 from knd.learning.search_space import check_search, param_space
 from knd.runtime.console import is_verbose, tune_callback
 from knd.runtime.tracking import wandb_callbacks
@@ -352,26 +353,37 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     """
     import ray
 
-    from knd.learning.checkpoint import load_model, make_meta, save_checkpoint
-    from knd.learning.inference import score_actors
-    from knd.learning.metrics import metrics_report
-    from knd.learning.models import build_from_spec
-    from knd.learning.report import write_report
-
     params = best["params"]
-    train_cfg = trial_train_config(params, meta)
     # The search is over, so the one retrain may use every free CPU of a node, not a trial's share.
     alive = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
     free = ray.available_resources().get("CPU", 0.0)
     cpus = max(cfg.cpus_per_trial, float(int(min(max(alive, default=0.0), free))))
     task = ray.remote(num_cpus=cpus, num_gpus=cfg.gpus_per_trial)(retrain)
     trained = ray.get(task.remote(params, data_ref, meta, cpus))
+    checkpoint = _save_retrained(cfg, meta, trial_train_config(params, meta), trained, experiment)
+    # The test actors are read only now, after the search, and scored exactly once.
+    facts = {"train_actors": meta["train_actors"], "epochs": trained["epochs"]}
+    report = score_and_report(
+        storage.join(experiment, BEST_DIR), checkpoint, cfg.data, meta["test_actors"], facts=facts
+    )
+    return report["test"] | {"checkpoint": checkpoint, "train_s": trained["train_s"]}
+
+
+def _save_retrained(
+    cfg: TuneConfig, meta: dict, train_cfg: TrainConfig, trained: dict, experiment: str
+) -> str:
+    """Write the retrained model to ``best/checkpoint`` (with the meta of the features it trained
+    on); its folder."""
+    from knd.data.shards import read_manifest
+    from knd.learning.checkpoint import make_meta, save_checkpoint
+    from knd.learning.models import build_from_spec
+
     labels = list(label_names(cfg.labels))
     model = build_from_spec(to_dict(train_cfg.model), len(labels), trained["norm"])
     model.load_state_dict(trained["model"])
     ckpt_meta = make_meta(
         train_cfg,
-        meta,
+        read_manifest(cfg.data),  # the features it trained on (checked by open_experiment)
         trained["norm"],
         {"train": meta["train_actors"], "test": meta["test_actors"]},
         run=f"{experiment.rstrip('/').rsplit('/', 1)[-1]}/best",
@@ -380,21 +392,7 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     )
     checkpoint = storage.join(experiment, BEST_DIR, "checkpoint")
     save_checkpoint(checkpoint, model, ckpt_meta)
-    # The test actors are read only now, after the search, and scored exactly once.
-    model, ckpt_meta = load_model(checkpoint)
-    test = score_actors(model, ckpt_meta, cfg.data, meta["test_actors"]).metrics
-    report = metrics_report(
-        labels,
-        test=test,
-        val=None,
-        test_actors=meta["test_actors"],
-        train_actors=meta["train_actors"],
-        epochs=trained["epochs"],
-        feature_groups=list(train_cfg.model.groups),
-        checkpoint=checkpoint,
-    )
-    write_report(storage.join(experiment, BEST_DIR), report)
-    return test | {"checkpoint": checkpoint, "train_s": trained["train_s"]}
+    return checkpoint
 
 
 def run(cfg: TuneConfig) -> TuneResult:

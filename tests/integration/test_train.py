@@ -372,7 +372,7 @@ def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
     from knd.data.shards import load_features
     from knd.learning.checkpoint import load_model
     from knd.learning.engine import evaluate, ordered_batches
-    from knd.stages.train import rank_share
+    from knd.learning.feed import rank_share
 
     torch.set_num_threads(1)
     model, meta = load_model(checkpoint)

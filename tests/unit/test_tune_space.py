@@ -260,3 +260,26 @@ def test_the_fused_space_searches_feature_groups_and_names_every_group_it_may_re
     assert len(out["model.groups"].categories) == 4
     assert space_groups(space, bases.values()) == ["logmel", "prosody", "egemaps"]
     assert space_groups(load_yaml(space_path("cpu_small")), bases.values()) == ["logmel"]
+
+
+def test_the_experiment_records_its_features_under_their_own_key_and_old_ones_still_read():
+    from knd.data.shards import manifest_from_v1, manifest_groups
+    from knd.learning.experiment import experiment_groups, experiment_meta
+
+    manifest_v1 = {
+        "feature_params": {"n_mels": 64},
+        "feature_hash": "abc",
+        "feature_shape": [64, 301],
+        "feature_groups": {"prosody": {"hash": "p", "shape": [4, 301], "dtype": "float16"}},
+        "rows_per_actor": {str(a): 4 for a in range(1, 9)},
+    }
+    manifest = manifest_from_v1(manifest_v1)
+    cfg = load_config("tune", ["data=/tmp/f", "test_actors=[1,2]", "folds=2"])
+    meta = experiment_meta(cfg, manifest)
+    assert not any(key.startswith("feature_") for key in meta)
+    assert meta["features"]["params"] == {"n_mels": 64}
+    assert meta["features"]["groups"]["logmel"]["hash"] == "abc"
+    assert experiment_groups(meta) == {"logmel": "abc", "prosody": "p"}
+    older = {"feature_hash": "abc", "feature_groups": manifest_groups(manifest)}
+    assert experiment_groups(older) == {"logmel": "abc", "prosody": "p"}
+    assert experiment_groups({"feature_hash": "abc"}) == {"logmel": "abc"}
