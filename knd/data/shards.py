@@ -34,8 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from knd.audio.features import group_specs
-from knd.config.schema import FEATURE_GROUPS, FeatureConfig
+from knd.config.schema import FEATURE_GROUPS
 from knd.data import storage
 
 log = logging.getLogger(__name__)
@@ -57,12 +56,15 @@ def stored_column(group: str, spec: dict[str, Any]) -> str:
     return spec.get("column", group)
 
 
-def row_schema(params: FeatureConfig) -> pa.Schema:
-    """Schema of one processed file: the stored columns plus ``error`` (null for a good clip)."""
+def row_schema(specs: dict[str, dict[str, Any]]) -> pa.Schema:
+    """Schema of one processed file: the stored columns plus ``error`` (null for a good clip).
+
+    ``specs``: the ``{group: {"hash", "shape", "dtype"}}`` of the groups computed
+    (:func:`knd.audio.features.group_specs`)."""
     fields = [pa.field("path", pa.string()), pa.field("sha256", pa.string())]
     fields += [pa.field(name, pa.int32()) for name in LABEL_COLUMNS]
     fields += [pa.field("gender", pa.string()), pa.field("duration", pa.float32())]
-    for group, spec in group_specs(params).items():
+    for group, spec in specs.items():
         nbytes = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
         field_meta = {"feature_shape": json.dumps(spec["shape"]), "feature_dtype": spec["dtype"]}
         # Raw little-endian values, one fixed-size binary per clip, shape and dtype in the

@@ -152,11 +152,10 @@ def process_files(
     Returns:
         One row per file with the columns of :func:`knd.data.shards.row_schema`.
     """
-    schema = row_schema(params)
+    specs = group_specs(params)
+    schema = row_schema(specs)
     cols: dict[str, list] = {name: [] for name in schema.names}
-    stores = {
-        g: np.dtype(spec["dtype"]).newbyteorder("<") for g, spec in group_specs(params).items()
-    }
+    stores = {g: np.dtype(spec["dtype"]).newbyteorder("<") for g, spec in specs.items()}
     fs = None
     for i, (uri, path) in enumerate(zip(uris, paths, strict=True)):
         row: dict[str, Any] = {"path": path, "sha256": None, "duration": None}
@@ -224,7 +223,7 @@ def featurize_part(
     says the shard is whole, so a rerun may reuse it.
 
     Returns:
-        Small per-file rows (every column but ``features``, plus ``shard``: the shard's path
+        Small per-file rows (every column but the feature groups', plus ``shard``: the shard's path
         relative to ``output`` once committed under ``folder``, None for a failed file).
     """
     table = process_files(uris, paths, params, require_labels, hashes)
@@ -233,7 +232,7 @@ def featurize_part(
     if good.num_rows:
         write_shard(shard_rows_table(good), stage.fs, stage.path_of(part))
         shard = f"{folder}/{part}"
-    rows = table.drop_columns([g for g in group_specs(params)]).to_pylist()
+    rows = table.drop_columns(list(params.groups)).to_pylist()
     for row in rows:
         row["shard"] = shard if row["error"] is None else None
     stage.write(part + DONE_SUFFIX, json.dumps(rows).encode())  # the part is finished
@@ -349,15 +348,17 @@ def build_manifest(
     rejected: list[tuple[str, str]],
     cfg: PrepareConfig,
     listing: str,
+    specs: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a dataset about to be committed (``kept``: its small per-file rows)."""
+    """The manifest of a dataset about to be committed (``kept``: its small per-file rows;
+    ``specs``: :func:`~knd.audio.features.group_specs` of ``cfg.features`` when known)."""
     params = cfg.features
     content = hashlib.sha256("\n".join(sorted(r["sha256"] for r in kept)).encode()).hexdigest()
     return {
         "version": MANIFEST_VERSION,
         "knd_version": knd.__version__,
         "feature_params": to_dict(params),  # JSON-plain: a tuple would read back as a list
-        "feature_groups": group_specs(params),
+        "feature_groups": specs or group_specs(params),
         "num_rows": len(kept),
         "rows_per_actor": _counts([r["actor"] for r in kept]),
         "rows_per_emotion": _counts([r["emotion"] for r in kept], EMOTIONS),
@@ -409,26 +410,30 @@ def prepare_files(
     keep, rejected = select_files(hashed, cfg.require_labels)
     uri_of = dict(zip(paths, uris, strict=True))
 
-    folders = staging_folders(cfg, listing)
+    specs = group_specs(cfg.features)
+    folders = staging_folders(cfg, listing, specs)
     rows = _featurise(cfg, keep, uri_of, folders, map_tasks, cpus, renew)
     rejected += [(r["path"], r["error"]) for r in rows if r.get("error")]
     rejected.sort()
     kept = sorted((r for r in rows if not r.get("error")), key=lambda r: r["path"])
     for path, reason in rejected:
         log.warning("rejected %s: %s", path, reason)
-    return kept, rejected, _commit(cfg, kept, rejected, folders, listing, lease)
+    return kept, rejected, _commit(cfg, kept, rejected, folders, listing, lease, specs)
 
 
-def staging_folders(cfg: PrepareConfig, listing: str) -> tuple[str, str]:
+def staging_folders(
+    cfg: PrepareConfig, listing: str, specs: dict[str, dict] | None = None
+) -> tuple[str, str]:
     """``(staging, folder)`` of this dataset: named by a hash of what defines it, so a rerun of an
     interrupted run stages into the same folder and finds the parts it finished.
 
     Locally the folder appears under its final name only once complete (one rename); on S3 a
     rename is a copy, so shards go straight to their folder and the manifest alone commits them.
     """
-    groups = {g: spec["hash"] for g, spec in group_specs(cfg.features).items()}
-    key = staging_key([listing, feature_hash(cfg.features), groups, cfg.require_labels])
-    folder = f"shards-{feature_hash(cfg.features)[:8]}-{key[:8]}"
+    groups = {g: spec["hash"] for g, spec in (specs or group_specs(cfg.features)).items()}
+    logmel = feature_hash(cfg.features)
+    key = staging_key([listing, logmel, groups, cfg.require_labels])
+    folder = f"shards-{logmel[:8]}-{key[:8]}"
     return (folder if storage.is_remote(cfg.output) else f".tmp-{folder}"), folder
 
 
@@ -550,6 +555,7 @@ def _commit(
     folders: tuple[str, str],
     listing: str,
     lease: OutputLease | None,
+    specs: dict[str, dict],
 ) -> dict[str, Any] | None:
     """Move the staged shards into place and write the manifest last (the commit point).
 
@@ -569,7 +575,8 @@ def _commit(
     # A folder of this very dataset is already there only when its commit lost a shard (else
     # this run would have been skipped): it is replaced.
     committed = stage.commit_folder(storage.join(cfg.output, folder))
-    manifest = build_manifest(kept, shards, [counts[s] for s in shards], rejected, cfg, listing)
+    counted = [counts[s] for s in shards]
+    manifest = build_manifest(kept, shards, counted, rejected, cfg, listing, specs)
     if lease:
         lease.check()  # a run that lost its lease must not commit over the winner's
     storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
@@ -583,13 +590,15 @@ def _commit(
     return manifest
 
 
-def _already_prepared(cfg: PrepareConfig, listing: str) -> dict[str, Any] | None:
+def _already_prepared(
+    cfg: PrepareConfig, listing: str, specs: dict[str, dict]
+) -> dict[str, Any] | None:
     """The committed manifest when it holds exactly this dataset and all its shards exist."""
     current = read_manifest(cfg.output)
     if (
         current is None
         or {g: s["hash"] for g, s in manifest_groups(current).items()}
-        != {g: s["hash"] for g, s in group_specs(cfg.features).items()}
+        != {g: s["hash"] for g, s in specs.items()}
         or current.get("input_listing") != listing
         or current.get("require_labels") != cfg.require_labels
     ):
@@ -618,12 +627,12 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     """
     started = time.perf_counter()
     wanted = feature_hash(cfg.features)
-    group_specs(cfg.features)  # an unusable encoder folder: one error now, not one per file
+    specs = group_specs(cfg.features)  # an unusable encoder: one error now, not one per file
     uris, paths, listing = list_inputs(cfg.input)
     if not uris:
         suffixes = ", ".join(storage.AUDIO_SUFFIXES)
         raise FileNotFoundError(f"no audio files ({suffixes}) under {cfg.input}")
-    current = _already_prepared(cfg, listing)
+    current = _already_prepared(cfg, listing, specs)
     if current is not None:
         log.info(
             "nothing to do: %s already holds these %d files prepared with feature hash %s "
