@@ -10,7 +10,8 @@ A clip's features are a set of named groups, each with its own parameters and ha
   ``[num_states, 2 * hidden]`` (:mod:`knd.audio.encoder`), identified by the hash of its files;
 - ``waveform``: the trimmed clip itself ``[1, samples]``, for fine-tuning an encoder end to end.
 
-Training and scoring both go through :func:`clip_groups`, and every stored feature set carries
+Prepare computes a clip's groups with :func:`clip_groups` and score a file's windows with
+:func:`file_windows`, over the same decode, trim and groups; every stored feature set carries
 each group's hash, so features made with other parameters are refused.
 """
 

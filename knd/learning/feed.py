@@ -54,8 +54,8 @@ def read_features(
             hash refuses the group when it differs).
 
     Returns:
-        ``(dataset, manifest)``; the dataset's ``features`` column holds float32 arrays
-        ``[n_mels, n_frames]``, and each other group a float32 column named after it.
+        ``(dataset, manifest)``; each group is a float32 column named after it (the log-mel's
+        ``logmel``: arrays ``[n_mels, n_frames]``).
 
     Raises:
         ValueError: no manifest, a missing group, or features made with other parameters.

@@ -292,8 +292,6 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     output = str(cfg.output)
     if not output.lower().endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"output must end in .parquet or .csv: {output}")
-    if cfg.batch_size < 1 or cfg.num_actors < 1 or cfg.window_hop_seconds <= 0:
-        raise ValueError("batch_size and num_actors must be >= 1 and window_hop_seconds > 0")
     meta = load_meta(cfg.checkpoint)
     params = scoring_params(meta, cfg.checkpoint, cfg.encoder)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)

@@ -82,7 +82,7 @@ class FoldModel:
 
     Args:
         cfg: the trial's train config.
-        data: the trial's columns as tensors on ``device`` (``features``, ``label``).
+        data: the trial's columns as tensors on ``device``: its input groups and ``label``.
         train_rows: row indices this model trains on.
         val_rows: row indices it is scored on (none for a final retrain).
         seed: the model's seed (initialisation and shuffling).
@@ -131,7 +131,7 @@ def trial_tensors(
     data: dict[str, np.ndarray], cfg: TrainConfig, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """The trial's feature groups and label ids as tensors on ``device`` (one copy for all
-    folds), keyed by shard column (``features``, ``prosody``...) and ``label``."""
+    folds), keyed by feature group (``logmel``, ``prosody``...) and ``label``."""
     table = np.asarray(emotion_to_label_table(cfg.labels))
     columns = [g for g in cfg.model.inputs]
     return {c: torch.tensor(data[c], device=device) for c in columns} | {
@@ -198,7 +198,7 @@ def cross_validation_trial(config: dict, data: dict[str, np.ndarray], meta: dict
 
     Args:
         config: the sampled search-space keys.
-        data: columns ``features, emotion, actor, path`` of the non-test actors only.
+        data: the input groups' columns and ``emotion, actor, path``, of the non-test actors only.
         meta: the experiment description (base train configs, folds, max_epochs...).
     """
     from ray import tune
