@@ -432,7 +432,9 @@ def staging_folders(
     """
     groups = {g: spec["hash"] for g, spec in (specs or group_specs(cfg.features)).items()}
     logmel = feature_hash(cfg.features)
-    key = staging_key([listing, logmel, groups, cfg.require_labels])
+    # The shard format's version is part of the identity: parts a version-1 run staged (their
+    # log-mel in a ``features`` column) must not be committed under a version-2 manifest.
+    key = staging_key([listing, logmel, groups, cfg.require_labels, MANIFEST_VERSION])
     folder = f"shards-{logmel[:8]}-{key[:8]}"
     return (folder if storage.is_remote(cfg.output) else f".tmp-{folder}"), folder
 

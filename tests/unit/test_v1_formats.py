@@ -64,3 +64,21 @@ def test_v1_manifest_and_meta_read_as_version_2_with_their_hashes():
     assert meta["version"] == 2 and "norm" not in meta and "feature_hash" not in meta
     assert meta["groups"] == old["groups"] | {"logmel": old["feature_hash"]}
     assert meta["group_norm"] == {"logmel": old["norm"], **old["group_norm"]}
+
+
+def test_parts_a_v1_run_staged_are_not_resumed_under_a_v2_manifest(tmp_path):
+    """A v1 run killed mid-prepare left parts whose log-mel column is ``features``; the v2 run
+    must stage elsewhere (v1 named the folder by a key without the format's version)."""
+    from knd.audio.features import feature_hash, group_specs
+    from knd.config.loading import load_config
+    from knd.data.staging import staging_key
+    from knd.stages.prepare import staging_folders
+
+    cfg = load_config("prepare", [f"input={tmp_path}", f"output={tmp_path / 'out'}"])
+    logmel = feature_hash(cfg.features)
+    groups = {g: spec["hash"] for g, spec in group_specs(cfg.features).items()}
+    v1_key = staging_key(["listing", logmel, groups, cfg.require_labels])
+    staging, folder = staging_folders(cfg, "listing")
+    assert folder.startswith(f"shards-{logmel[:8]}-")
+    assert folder != f"shards-{logmel[:8]}-{v1_key[:8]}"
+    assert staging_folders(cfg, "listing") == (staging, folder)  # and stable across reruns
