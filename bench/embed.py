@@ -123,17 +123,18 @@ def epoch_seconds(features: str, recipe: str, extra: list[str], epochs: int = 3)
     import numpy as np
     import torch
 
-    from knd.data.ravdess import label_names, targets_of
-    from knd.data.shards import load_features
+    from knd.data.label_sets import label_set
+    from knd.data.shards import load_features, manifest_emotions
     from knd.learning.engine import ArrayBatches, Learner, row_stats
 
     cfg = load_config("train", [f"data={features}", f"recipe={recipe}", *extra])
     table = load_features(features, groups=cfg.model.inputs)
     inputs = {g: torch.from_numpy(v) for g, v in table.inputs().items() if g in cfg.model.inputs}
-    labels = torch.from_numpy(targets_of(table.emotion, cfg.labels))
+    classes = label_set(cfg.labels, manifest_emotions(table.manifest))
+    labels = torch.from_numpy(classes.targets(table.emotion, manifest_emotions(table.manifest)))
     batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, seed=0)
     norm = row_stats(inputs, torch.arange(len(labels)))
-    learner = Learner(cfg, len(label_names(cfg.labels)), norm, batches.steps, torch.device("cpu"))
+    learner = Learner(cfg, len(classes.names), norm, batches.steps, torch.device("cpu"))
     times = []
     for epoch in range(epochs):
         started = time.perf_counter()

@@ -40,7 +40,8 @@ from knd.config.loading import (
     replace,
     to_dict,  # noqa: E402
 )
-from knd.data.ravdess import label_names, split_actors, targets_of  # noqa: E402
+from knd.data.label_sets import label_set  # noqa: E402
+from knd.data.ravdess import split_actors  # noqa: E402
 from knd.learning.checkpoint import make_meta  # noqa: E402
 from knd.learning.engine import ArrayBatches, Learner, row_stats  # noqa: E402
 from knd.learning.inference import score_actors  # noqa: E402
@@ -72,7 +73,7 @@ class GpuSampler:
 
 def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dict:
     """Train with the engine over in-memory tensors, no Ray; per-epoch times and metrics."""
-    from knd.data.shards import load_features, manifest_actors, read_manifest
+    from knd.data.shards import load_features, manifest_actors, manifest_emotions, read_manifest
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
@@ -86,10 +87,12 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
     dev = torch.device(device)
     gpu = dev.type == "cuda"
     inputs = {g: torch.from_numpy(v).to(dev) for g, v in train.inputs().items()}
-    labels = torch.from_numpy(targets_of(train.emotion, cfg.labels)).to(dev)
+    emotions = manifest_emotions(manifest)
+    classes = label_set(cfg.labels, emotions)
+    labels = torch.from_numpy(classes.targets(train.emotion, emotions)).to(dev)
     batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, cfg.train.seed)
     norm = row_stats(inputs, torch.arange(len(labels), device=dev))
-    names = label_names(cfg.labels)
+    names = classes.names
     learner = Learner(cfg, len(names), norm, batches.steps, dev)
     epoch_s = []
     sampler = GpuSampler() if gpu else None

@@ -89,19 +89,25 @@ def plain_loop(args: argparse.Namespace, cfg, meta: dict) -> dict:
     """The same configurations, one after another, without Ray."""
     import torch
 
-    from knd.learning.experiment import experiment_groups, trial_train_config
+    from knd.learning.experiment import (
+        experiment_groups,
+        experiment_label_set,
+        trial_train_config,
+    )
     from knd.stages.tune import CrossValidation, load_columns
 
     torch.set_num_threads(2)
     started = time.perf_counter()
-    data = load_columns(cfg.data, meta["train_actors"], experiment_groups(meta))
+    labels = experiment_label_set(meta)
+    data = load_columns(cfg.data, meta["train_actors"], experiment_groups(meta), labels)
     grid = space(args)
     fixed = {k: v for k, v in grid.items() if k != "optim.lr"}
     train_s, scores = 0.0, []
     for lr in grid["optim.lr"]["grid"]:
         train_cfg = trial_train_config(fixed | {"optim.lr": lr}, meta)
         torch.manual_seed(train_cfg.train.seed)
-        cv = CrossValidation(train_cfg, data, meta["folds"], torch.device("cpu"))
+        cpu, classes = torch.device("cpu"), len(labels.names)
+        cv = CrossValidation(train_cfg, data, meta["folds"], cpu, classes)
         while cv.epoch < cv.epochs:
             metrics = cv.run_epoch()
             train_s += metrics["epoch_s"]

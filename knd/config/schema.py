@@ -33,8 +33,36 @@ def _help(text: str, **check: Any) -> Any:
     return field(metadata={"help": text, **check})
 
 
+LABEL_PRESETS = ("all", "ravdess8", "ravdess7")
+"""Label sets by name (:mod:`knd.data.label_sets`); any other ``labels`` entry is a label."""
+
+
+def _labels_problem(labels: tuple[str, ...]) -> str | None:
+    """A ``labels`` value is one preset, or two or more distinct label names."""
+    named = [name for name in labels if name in LABEL_PRESETS]
+    if named and len(labels) > 1:
+        return f"{named[0]} names a whole label set: give it alone, got {list(labels)}"
+    if not labels or any(not name.strip() or "," in name for name in labels):
+        return f"expected a label set name or a list of labels, got {list(labels)}"
+    if not named and len(set(labels)) != len(labels):
+        return f"names a label twice: {list(labels)}"
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # Shared sections
+
+
+def _labels_field() -> Any:
+    return _help(
+        "classes: all (the dataset's labels), ravdess8, ravdess7 (calm merged into neutral), or "
+        "a list of the dataset's labels (clips of other labels are left out)"
+    )
+
+
+def _labels_checks(cfg: Any) -> list[tuple[str, str]]:
+    problem = _labels_problem(cfg.labels)
+    return [("labels", problem)] if problem else []
 
 
 @dataclass(frozen=True)
@@ -272,7 +300,7 @@ class TrainConfig:
     run_dir: str = _help("where checkpoints, metrics.json and confusion.png go")
     name: str | None = _help("run name (none: derived from recipe and time)", plain_name=True)
     recipe: str = _help("recipe in configs/recipes/ (model and schedule)", plain_name=True)
-    labels: Literal["ravdess8", "ravdess7"] = _help("label set")
+    labels: tuple[str, ...] = _labels_field()
     resume: str | None = _help("checkpoint folder to continue from")
     split: SplitConfig = _help("speaker-independent split")
     model: ModelConfig = _help("model")
@@ -281,6 +309,8 @@ class TrainConfig:
     train: TrainLoopConfig = _help("Ray Train scaling and recovery")
     wandb: WandbConfig = _help("experiment tracking")
     ray: RayConfig = _help("Ray connection")
+
+    cross_checks: typing.ClassVar = staticmethod(_labels_checks)
 
 
 @dataclass(frozen=True)
@@ -305,7 +335,7 @@ class TuneConfig:
     data: str | None = _help("features written by knd prepare")
     space: str = _help("search space YAML (configs/tune/*.yaml)")
     recipe: str = _help("base recipe the space overrides", plain_name=True)
-    labels: Literal["ravdess8", "ravdess7"] = _help("label set")
+    labels: tuple[str, ...] = _labels_field()
     test_actors: tuple[int, ...] = _help("actor group no trial ever sees", ge=1, le=24)
     folds: int = _help("actor-disjoint validation folds per configuration", ge=2, le=24)
     num_samples: int = _help("configurations to try (times each grid point)", ge=1)
@@ -326,6 +356,8 @@ class TuneConfig:
     seed: int = _help("random seed", ge=0)
     wandb: WandbConfig = _help("experiment tracking")
     ray: RayConfig = _help("Ray connection")
+
+    cross_checks: typing.ClassVar = staticmethod(_labels_checks)
 
 
 @dataclass(frozen=True)

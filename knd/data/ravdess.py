@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-import numpy as np
-
 EMOTIONS: tuple[str, ...] = (
     "neutral",
     "calm",
@@ -38,10 +36,6 @@ EMOBOX_FOLDS: tuple[tuple[int, ...], ...] = (
 )
 """The six speaker-independent actor groups used by the EmoBox benchmark."""
 
-LABEL_SETS: dict[str, tuple[str, ...]] = {
-    "ravdess8": EMOTIONS,
-    "ravdess7": tuple(e for e in EMOTIONS if e != "calm"),
-}
 
 _NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
@@ -112,31 +106,6 @@ def parse_name(path: str) -> Clip:
         if not ok:
             raise ValueError(f"not a RAVDESS name ({reason}): {stem!r}")
     return clip
-
-
-def label_names(label_set: str) -> tuple[str, ...]:
-    """Class names of a label set, in label-id order."""
-    if label_set not in LABEL_SETS:
-        raise ValueError(f"unknown label set {label_set!r}; expected one of {sorted(LABEL_SETS)}")
-    return LABEL_SETS[label_set]
-
-
-def label_id(emotion: int, label_set: str) -> int:
-    """Label id of a RAVDESS emotion code (1..8); ``ravdess7`` maps calm to neutral."""
-    name = EMOTIONS[emotion - 1]
-    if label_set == "ravdess7" and name == "calm":
-        name = "neutral"
-    return label_names(label_set).index(name)
-
-
-def emotion_to_label_table(label_set: str) -> list[int]:
-    """``table[emotion_code]`` is the label id (index 0 unused), for vectorised mapping."""
-    return [-1] + [label_id(code, label_set) for code in range(1, 9)]
-
-
-def targets_of(emotion: np.ndarray, label_set: str) -> np.ndarray:
-    """Label ids of RAVDESS emotion codes in a label set."""
-    return np.asarray(emotion_to_label_table(label_set))[np.asarray(emotion, dtype=np.int64)]
 
 
 @dataclass(frozen=True)

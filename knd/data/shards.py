@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from knd.config.schema import FEATURE_GROUPS
 from knd.data import storage
+from knd.data.ravdess import EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -289,10 +290,16 @@ def shard_paths(path: str, manifest: dict[str, Any]) -> tuple[pafs.FileSystem, l
 
 
 def to_numpy_batch(
-    table: pa.Table, specs: dict[str, dict[str, Any]], actors: tuple[int, ...] | None
+    table: pa.Table,
+    specs: dict[str, dict[str, Any]],
+    actors: tuple[int, ...] | None,
+    emotions: tuple[int, ...] | None = None,
 ) -> dict[str, np.ndarray]:
-    if actors is not None:
-        table = table.filter(pc.is_in(table["actor"], pa.array(list(actors), pa.int32())))
+    """A shard's rows of ``actors`` and ``emotions`` (codes; None: all) as numpy columns, each
+    feature group decoded to ``[rows, *shape]``."""
+    for column, kept in (("actor", actors), ("emotion", emotions)):
+        if kept is not None:
+            table = table.filter(pc.is_in(table[column], pa.array(list(kept), pa.int32())))
     stored = {stored_column(g, spec) for g, spec in specs.items()}
     out = {
         name: table[name].to_numpy(zero_copy_only=False)
@@ -310,9 +317,10 @@ def load_features(
     actors: Iterable[int] | None = None,
     expected_hash: str | None = None,
     groups: Iterable[str] | dict[str, str | None] | None = None,
+    emotions: Iterable[int] | None = None,
 ) -> FeatureTable:
     """A prepared feature set in memory (:func:`knd.learning.feed.read_features` streams it with Ray
-    Data).
+    Data): the clips of ``actors`` and of the emotion codes ``emotions`` (None: all).
 
     Raises:
         ValueError: no manifest, a missing group, or features made with other parameters.
@@ -324,7 +332,8 @@ def load_features(
     columns += [stored_column(g, spec) for g, spec in specs.items()]
     table = pa.concat_tables([pq.read_table(f, filesystem=fs, columns=columns) for f in files])
     wanted = None if actors is None else tuple(int(a) for a in actors)
-    cols = to_numpy_batch(table, specs, wanted)
+    codes = None if emotions is None else tuple(int(e) for e in emotions)
+    cols = to_numpy_batch(table, specs, wanted, codes)
     return FeatureTable(
         groups={g: cols[g] for g in specs},
         label=cols["label"].astype(np.int64),
@@ -342,3 +351,20 @@ def manifest_actors(manifest: dict[str, Any]) -> list[int]:
     Clips whose names are not RAVDESS names are counted under ``unknown``, which is no actor.
     """
     return sorted(int(a) for a in manifest["rows_per_actor"] if str(a).isdigit())
+
+
+def manifest_emotions(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The dataset's labels: a clip's ``emotion`` is the 1-based position of its label here.
+
+    A manifest written before corpora other than RAVDESS were read has RAVDESS's eight emotions
+    (its codes 01..08)."""
+    return tuple(manifest.get("emotions") or EMOTIONS)
+
+
+def manifest_speakers(manifest: dict[str, Any]) -> dict[int, str]:
+    """``{speaker id: speaker name}``: a clip's ``actor`` column holds the id (RAVDESS: the actor
+    number, named by itself, which is what a manifest without ``speakers`` means)."""
+    names = manifest.get("speakers")
+    if names is None:
+        return {a: str(a) for a in manifest_actors(manifest)}
+    return {int(i): str(name) for i, name in names.items()}

@@ -62,19 +62,21 @@ def make_meta(
         run: the run's name.
         extra: more keys (``epoch``, ``metrics``...).
     """
-    from knd.data.ravdess import label_names
-    from knd.data.shards import manifest_groups
+    from knd.data.label_sets import label_set
+    from knd.data.shards import manifest_emotions, manifest_groups
 
     specs = manifest_groups(features)
     groups, inputs = list(cfg.model.groups), cfg.model.inputs
+    labels = label_set(cfg.labels, manifest_emotions(features))
 
     def plain(stats: dict) -> dict:
         return {key: np.asarray(stats[key], dtype=float).tolist() for key in ("mean", "std")}
 
     return {
         "version": META_VERSION,
-        "label_set": cfg.labels,
-        "labels": list(label_names(cfg.labels)),
+        "label_set": labels.spec,
+        "labels": list(labels.names),
+        "label_merges": dict(labels.merges),
         "feature_params": features["feature_params"],
         "groups": {g: specs[g]["hash"] for g in inputs if g in specs},
         "model": {

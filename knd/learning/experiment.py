@@ -25,8 +25,15 @@ import yaml
 from knd.config.loading import build, load_config, load_yaml, merge, replace, to_dict
 from knd.config.schema import ConfigError, TrainConfig, TuneConfig
 from knd.data import storage
-from knd.data.ravdess import actor_folds
-from knd.data.shards import check_groups, manifest_actors, manifest_groups, read_manifest
+from knd.data.label_sets import LabelSet, label_set, spec_name
+from knd.data.ravdess import EMOTIONS, actor_folds
+from knd.data.shards import (
+    check_groups,
+    manifest_actors,
+    manifest_emotions,
+    manifest_groups,
+    read_manifest,
+)
 from knd.learning.search_space import (
     check_search,
     param_space,
@@ -197,6 +204,7 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
     bases = _space_bases(cfg, space, present, test)
     check_search(cfg.search, param_space(space, bases, cfg.recipe, path), path)  # fail now
     check_groups(cfg.data, manifest, dict.fromkeys(space_groups(space, bases.values())))
+    labels = label_set(cfg.labels, manifest_emotions(manifest))
     return {
         "tune": to_dict(cfg),
         "space_file": path,
@@ -211,8 +219,20 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         "metric": cfg.metric,
         "cpus_per_trial": cfg.cpus_per_trial,
         "features": {"params": manifest["feature_params"], "groups": manifest_groups(manifest)},
+        "labels": list(labels.names),
+        "label_merges": dict(labels.merges),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def experiment_label_set(meta: dict) -> LabelSet:
+    """The classes every trial learns (an experiment written before they were recorded used a
+    RAVDESS preset, named by its ``tune.labels``)."""
+    spec = spec_name(meta["tune"]["labels"])
+    if "labels" not in meta:
+        return label_set(spec, EMOTIONS)
+    merges = tuple(sorted(meta.get("label_merges", {}).items()))
+    return LabelSet(spec, tuple(meta["labels"]), merges)
 
 
 def experiment_groups(meta: dict) -> dict[str, str]:
@@ -239,7 +259,7 @@ def _space_bases(cfg: TuneConfig, space: dict, present: list[int], test: list[in
     bases = {}
     for recipe in space_recipes(space, cfg.recipe):
         base = load_config(
-            "train", [f"data={cfg.data}", f"recipe={recipe}", f"labels={cfg.labels}"]
+            "train", [f"data={cfg.data}", f"recipe={recipe}", f"labels=[{spec_name(cfg.labels)}]"]
         )
         split = {"split.test_actors": test, "split.val_actors": val}
         bases[recipe] = replace(base, **split, **{"optim.epochs": cfg.max_epochs})

@@ -20,12 +20,14 @@ import ray
 import torch
 
 from knd.config.schema import TrainConfig
+from knd.data.label_sets import LabelSet, label_set
 from knd.data.ravdess import ActorSplit, split_actors
 from knd.data.shards import (
     checked_manifest,
     expected_groups,
     load_features,
     manifest_actors,
+    manifest_emotions,
     manifest_groups,
     shard_paths,
     to_numpy_batch,
@@ -43,12 +45,14 @@ def read_features(
     actors: Iterable[int] | None = None,
     expected_hash: str | None = None,
     groups: Iterable[str] | dict[str, str | None] | None = None,
+    emotions: Iterable[int] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """A Ray Dataset over the committed shards of a prepared feature set, and its manifest.
 
     Args:
         path: the ``output`` of ``knd prepare`` (folder or ``s3://``).
         actors: keep only these actors (None: all).
+        emotions: keep only clips of these emotion codes (None: all).
         expected_hash: refuse features whose log-mel ``feature_hash`` differs.
         groups: feature groups to read besides the log-mel, as names or ``{name: hash}`` (a
             hash refuses the group when it differs).
@@ -63,12 +67,13 @@ def read_features(
     manifest, specs = checked_manifest(path, expected_groups(groups, expected_hash))
     fs, files = shard_paths(path, manifest)
     wanted = None if actors is None else tuple(int(a) for a in actors)
+    codes = None if emotions is None else tuple(int(e) for e in emotions)
     ds = ray.data.read_parquet(files, filesystem=fs)
     ds = ds.map_batches(
         to_numpy_batch,
         batch_format="pyarrow",
         batch_size=None,
-        fn_kwargs={"specs": specs, "actors": wanted},
+        fn_kwargs={"specs": specs, "actors": wanted, "emotions": codes},
     )
     return ds, manifest
 
@@ -207,6 +212,9 @@ class SplitData:
     train_batches: Callable[[], Iterable[dict]]
     """Batches of every training row (``{column: array}``), for the normalisation statistics."""
     num_train_rows: int
+    labels: LabelSet
+    """The classes trained (``cfg.labels`` over the dataset's labels); clips of other labels
+    are not read."""
 
 
 def _row_bytes(manifest: dict, groups: tuple[str, ...]) -> int:
@@ -232,7 +240,9 @@ def _arrow_dataset(columns: dict[str, np.ndarray], rows: np.ndarray) -> Any:
     return ray.data.from_arrow(blocks)
 
 
-def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
+def _held_by_driver(
+    cfg: TrainConfig, manifest: dict, split: ActorSplit, labels: LabelSet
+) -> SplitData:
     """Shares that fit in memory, read here and put into the object store by the driver.
 
     Blocks the driver puts live on its node and need no task to rebuild: a worker node lost
@@ -243,7 +253,8 @@ def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> Spli
     groups, world = cfg.model.inputs, cfg.train.num_workers
 
     def columns_of(actors: tuple[int, ...], extra: str) -> tuple[dict[str, np.ndarray], Any]:
-        table = load_features(cfg.data, actors=actors, groups=groups)
+        codes = labels.kept_codes(manifest_emotions(manifest))
+        table = load_features(cfg.data, actors=actors, groups=groups, emotions=codes)
         inputs = table.inputs()
         named = {g: inputs[g] for g in groups}
         return named | {"emotion": table.emotion, extra: getattr(table, extra)}, table
@@ -267,16 +278,18 @@ def _held_by_driver(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> Spli
         for i in range(0, len(order), STREAM_BATCH):
             yield {name: values[i : i + STREAM_BATCH] for name, values in columns.items()}
 
-    return SplitData(manifest, split, shards, val, per_rank, True, train_batches, len(table.path))
+    rows = len(table.path)
+    return SplitData(manifest, split, shards, val, per_rank, True, train_batches, rows, labels)
 
 
-def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
+def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit, labels: LabelSet) -> SplitData:
     """Shares too large for memory: materialised by Ray Data once, split equally, streamed."""
     groups, world = cfg.model.inputs, cfg.train.num_workers
     columns = [*groups, "emotion", "actor"]
 
     def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
-        ds = read_features(cfg.data, actors=actors, groups=groups)[0]
+        codes = labels.kept_codes(manifest_emotions(manifest))
+        ds = read_features(cfg.data, actors=actors, groups=groups, emotions=codes)[0]
         return ds.select_columns([*columns, *extra]).materialize()
 
     train = rows_of(split.train)
@@ -284,7 +297,7 @@ def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit) -> SplitData:
     shards = train.split(world, equal=True) if world > 1 else [train]
     rows = shards[0].count()
     batches = lambda: train.iter_batches(batch_size=STREAM_BATCH)  # noqa: E731
-    return SplitData(manifest, split, shards, val, rows, False, batches, train.count())
+    return SplitData(manifest, split, shards, val, rows, False, batches, train.count(), labels)
 
 
 def load_split(cfg: TrainConfig) -> SplitData:
@@ -301,9 +314,10 @@ def load_split(cfg: TrainConfig) -> SplitData:
     split = split_actors(
         cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
     )
+    labels = label_set(cfg.labels, manifest_emotions(manifest))
     counts = manifest.get("rows_per_actor", {})
     num_train = sum(int(counts.get(str(a), 0)) for a in split.train)
     share_bytes = num_train // cfg.train.num_workers * _row_bytes(manifest, cfg.model.inputs)
     if share_bytes <= IN_MEMORY_BYTES:
-        return _held_by_driver(cfg, manifest, split)
-    return _streamed(cfg, manifest, split)
+        return _held_by_driver(cfg, manifest, split, labels)
+    return _streamed(cfg, manifest, split, labels)

@@ -137,17 +137,23 @@ def score_actors(
         ValueError: no clip of these actors, features missing a group the model reads, or
             made with other parameters.
     """
-    from knd.data.ravdess import targets_of
-    from knd.data.shards import load_features
+    from knd.data.label_sets import checkpoint_label_set
+    from knd.data.shards import load_features, manifest_emotions, read_manifest
     from knd.learning.checkpoint import model_groups
     from knd.learning.metrics import split_metrics
 
-    groups = model_groups(meta)
-    table = load_features(data, actors=actors, groups=groups)
+    groups, labels = model_groups(meta), checkpoint_label_set(meta)
+    # The clips whose label the model knows (matched by name, so any corpus's features score).
+    emotions = manifest_emotions(read_manifest(data) or {})
+    codes = labels.kept_codes(emotions)
+    table = load_features(data, actors=actors, groups=groups, emotions=codes)
     if len(table) == 0:
-        raise ValueError(f"{data}: no clips of actors {sorted(int(a) for a in actors)}")
+        raise ValueError(
+            f"{data}: no clips of actors {sorted(int(a) for a in actors)} with a label of "
+            f"{list(labels.names)}"
+        )
     inputs = {g: v for g, v in table.inputs().items() if g in groups}
     preds, probs = predict(model, meta, inputs, batch_size, device)
-    targets = targets_of(table.emotion, meta["label_set"])
+    targets = labels.targets(table.emotion, emotions)
     metrics = split_metrics(preds, targets, len(meta["labels"]), actors=table.actor)
     return ActorScores(table, targets, preds, probs, metrics)

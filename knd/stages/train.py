@@ -41,8 +41,9 @@ import yaml
 from knd.config.loading import to_dict
 from knd.config.schema import TrainConfig
 from knd.data import storage
-from knd.data.ravdess import ActorSplit, emotion_to_label_table
-from knd.data.shards import check_groups, manifest_groups
+from knd.data.label_sets import spec_name
+from knd.data.ravdess import ActorSplit
+from knd.data.shards import check_groups, manifest_emotions, manifest_groups
 from knd.learning.checkpoint import (
     META_FILE,
     MODEL_FILE,
@@ -112,6 +113,8 @@ class LoopConfig:
     in_memory: bool
     """Whether a worker's share fits in memory (it then reads it once, not every epoch)."""
     has_val: bool
+    label_table: tuple[int, ...]
+    """``label_table[emotion code]``: the class id of a clip (the dataset's labels mapped)."""
     run_path: str
     name: str
     hooks: TrainHooks = field(default_factory=TrainHooks, repr=False, compare=False)
@@ -199,7 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type != "cuda":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + 1000 * rank)
-    label_table = torch.tensor(emotion_to_label_table(cfg.labels), device=device)
+    label_table = torch.tensor(loop.label_table, device=device)
 
     loading = time.perf_counter()
     train_batches = training_batches(
@@ -324,7 +327,7 @@ def _check_resume(cfg: TrainConfig, manifest: dict, test: tuple[int, ...]) -> di
                 f"{cfg.data} has {present[group]['hash']}"
             )
     check_groups(cfg.data, manifest, model_groups(meta))
-    if tuple(meta["split"]["test"]) != test or meta["label_set"] != cfg.labels:
+    if tuple(meta["split"]["test"]) != test or meta["label_set"] != spec_name(cfg.labels):
         raise ValueError(
             f"{cfg.resume}: checkpoint was trained on labels {meta['label_set']} with test "
             f"actors {meta['split']['test']}; resume with the same labels and split"
@@ -419,6 +422,7 @@ def _loop_config(
         local_batch=local_batch,
         in_memory=data.in_memory,
         has_val=data.val is not None,
+        label_table=tuple(data.labels.code_table(manifest_emotions(data.manifest))),
         run_path=run_path,
         name=name,
         hooks=hooks or TrainHooks(),
@@ -446,7 +450,7 @@ def _report_facts(
     return {
         "val_actors": list(split.val),
         "train_actors": list(split.train),
-        "label_set": cfg.labels,
+        "label_set": spec_name(cfg.labels),
         "model": meta["model"],
         "recipe": cfg.recipe,
         "model_selection": model_selection(split, cfg.train.checkpoint_metric),

@@ -33,12 +33,13 @@ import torch
 from knd.config.loading import to_dict
 from knd.config.schema import TrainConfig, TuneConfig
 from knd.data import storage
-from knd.data.ravdess import emotion_to_label_table, label_names
+from knd.data.label_sets import LabelSet
 from knd.learning.engine import ArrayBatches, Learner, ordered_batches, row_stats
 from knd.learning.experiment import (
     BEST_DIR,
     best_row,
     experiment_groups,
+    experiment_label_set,
     load_experiment,
     open_experiment,
     stored_base,
@@ -96,6 +97,7 @@ class FoldModel:
         val_rows: np.ndarray,
         device: torch.device,
         seed: int,
+        num_classes: int,
     ):
         if len(train_rows) == 0:
             raise ValueError("a fold has no training clips")
@@ -106,7 +108,6 @@ class FoldModel:
         norm = row_stats(inputs, rows)
         torch.manual_seed(seed)
         self.batches = ArrayBatches(inputs, labels, cfg.optim.batch_size, seed, rows=rows)
-        num_classes = len(label_names(cfg.labels))
         self.learner = Learner(cfg, num_classes, norm, self.batches.steps, device, seed=seed)
         val = torch.as_tensor(val_rows, device=labels.device, dtype=torch.long)
         self.val = ({g: v[val] for g, v in inputs.items()}, labels[val])
@@ -132,10 +133,9 @@ def trial_tensors(
 ) -> dict[str, torch.Tensor]:
     """The trial's feature groups and label ids as tensors on ``device`` (one copy for all
     folds), keyed by feature group (``logmel``, ``prosody``...) and ``label``."""
-    table = np.asarray(emotion_to_label_table(cfg.labels))
     columns = [g for g in cfg.model.inputs]
     return {c: torch.tensor(data[c], device=device) for c in columns} | {
-        "label": torch.as_tensor(table[data["emotion"]], device=device, dtype=torch.long)
+        "label": torch.as_tensor(data["label"], device=device, dtype=torch.long)
     }
 
 
@@ -148,6 +148,7 @@ class CrossValidation:
         data: dict[str, np.ndarray],
         folds: list[list[int]],
         device: torch.device,
+        num_classes: int,
     ):
         actor = data["actor"]
         tensors = trial_tensors(data, cfg, device)
@@ -157,7 +158,8 @@ class CrossValidation:
             if not held_out.any():
                 raise ValueError(f"fold of actors {list(fold)} has no clips")
             rows, val = np.flatnonzero(~held_out), np.flatnonzero(held_out)
-            self.models.append(FoldModel(cfg, tensors, rows, val, device, cfg.train.seed + i))
+            seed = cfg.train.seed + i
+            self.models.append(FoldModel(cfg, tensors, rows, val, device, seed, num_classes))
         self.epochs, self.epoch = cfg.optim.epochs, 0
 
     def run_epoch(self) -> dict:
@@ -208,7 +210,7 @@ def cross_validation_trial(config: dict, data: dict[str, np.ndarray], meta: dict
     cfg = trial_train_config(config, meta)
     device = _trial_device(meta["cpus_per_trial"])
     torch.manual_seed(cfg.train.seed)
-    cv = CrossValidation(cfg, data, meta["folds"], device)
+    cv = CrossValidation(cfg, data, meta["folds"], device, len(experiment_label_set(meta).names))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -235,7 +237,8 @@ def retrain(params: dict, data: dict[str, np.ndarray], meta: dict, cpus: float) 
     started = time.perf_counter()
     every_row = np.arange(len(data["actor"]))
     tensors = trial_tensors(data, cfg, device)
-    model = FoldModel(cfg, tensors, every_row, every_row[:0], device, cfg.train.seed)
+    num_classes = len(experiment_label_set(meta).names)
+    model = FoldModel(cfg, tensors, every_row, every_row[:0], device, cfg.train.seed, num_classes)
     for epoch in range(1, cfg.optim.epochs + 1):
         model.train_epoch(epoch)
     state = {k: v.detach().cpu() for k, v in model.learner.model.state_dict().items()}
@@ -255,16 +258,23 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default name holds every parameter: too long
 
 
-def load_columns(data: str, actors: list[int], groups: dict[str, str]) -> dict[str, np.ndarray]:
+def load_columns(
+    data: str, actors: list[int], groups: dict[str, str], labels: LabelSet
+) -> dict[str, np.ndarray]:
     """The columns trials train on (every feature group of ``groups``, a ``{group: hash}``,
-    under its name, plus ``emotion, actor, path``) of ``actors`` only: a trial whose
-    configuration reads fewer groups takes what it needs."""
-    from knd.data.shards import load_features
+    under its name, plus ``label`` (class ids of ``labels``), ``emotion, actor, path``) of
+    ``actors`` and the labels kept only: a trial whose configuration reads fewer groups takes
+    what it needs."""
+    from knd.data.shards import load_features, manifest_emotions, read_manifest
 
-    table = load_features(data, actors=actors, groups=groups)
+    emotions = manifest_emotions(read_manifest(data) or {})
+    codes = labels.kept_codes(emotions)
+    table = load_features(data, actors=actors, groups=groups, emotions=codes)
     if len(table) == 0:
-        raise ValueError(f"{data}: no clips of actors {actors}")
-    return table.inputs() | {"emotion": table.emotion, "actor": table.actor, "path": table.path}
+        raise ValueError(f"{data}: no clips of actors {actors} with labels {list(labels.names)}")
+    targets = labels.targets(table.emotion, emotions)
+    columns = {"label": targets, "emotion": table.emotion, "actor": table.actor}
+    return table.inputs() | columns | {"path": table.path}
 
 
 def search_algorithm(cfg: TuneConfig, space: dict, where: str) -> tuple[Any, int | None]:
@@ -378,7 +388,7 @@ def _save_retrained(
     from knd.learning.checkpoint import make_meta, save_checkpoint
     from knd.learning.models import build_from_spec
 
-    labels = list(label_names(cfg.labels))
+    labels = list(experiment_label_set(meta).names)
     model = build_from_spec(to_dict(train_cfg.model), len(labels), trained["norm"])
     model.load_state_dict(trained["model"])
     ckpt_meta = make_meta(
@@ -415,7 +425,8 @@ def run(cfg: TuneConfig) -> TuneResult:
     )  # fmt: skip
     init_ray(cfg.ray)
     # Only the non-test actors are ever loaded while the search runs.
-    data = load_columns(cfg.data, meta["train_actors"], experiment_groups(meta))
+    labels = experiment_label_set(meta)
+    data = load_columns(cfg.data, meta["train_actors"], experiment_groups(meta), labels)
     started = time.time()
     _search(cfg, meta, data, experiment)
     search_s = time.time() - started

@@ -179,7 +179,8 @@ def test_a_killed_worker_resumes_from_its_checkpoint_without_repeating_epochs(tr
 
 def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained):
     """The validation metrics synced over 2 gloo ranks equal those of one process."""
-    from knd.data.ravdess import targets_of
+    from knd.data.label_sets import label_set
+    from knd.data.ravdess import EMOTIONS
     from knd.data.shards import load_features
     from knd.learning.checkpoint import load_model
     from knd.learning.inference import predict
@@ -191,7 +192,8 @@ def test_two_rank_validation_metrics_match_one_process_on_the_checkpoint(trained
     assert reported["world_size"] == 2
     table = load_features(trained.features, actors=VAL_ACTORS)
     preds, _ = predict(model, meta, table.groups["logmel"])
-    one = split_metrics(preds, targets_of(table.emotion, "ravdess8"), len(meta["labels"]))
+    targets = label_set("ravdess8", EMOTIONS).targets(table.emotion, EMOTIONS)
+    one = split_metrics(preds, targets, len(meta["labels"]))
     assert reported["val_n"] == one["n"] == 60
     assert reported["val_accuracy"] == pytest.approx(one["accuracy"], abs=1.5 / 60)
     assert reported["val_uar"] == pytest.approx(one["uar"], abs=0.03)
@@ -368,7 +370,8 @@ def test_evaluate_refuses_features_made_with_other_parameters(trained, tmp_path)
 
 def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
     """The engine's evaluation of this rank's share of the rows, as a training worker runs it."""
-    from knd.data.ravdess import targets_of
+    from knd.data.label_sets import label_set
+    from knd.data.ravdess import EMOTIONS
     from knd.data.shards import load_features
     from knd.learning.checkpoint import load_model
     from knd.learning.engine import evaluate, ordered_batches
@@ -381,7 +384,7 @@ def _validate(checkpoint: str, features: str, rank: int, world: int) -> dict:
     stats = meta["group_norm"]["logmel"]
     norm = {"logmel": (torch.tensor(stats["mean"]), torch.tensor(stats["std"]))}
     x = {"logmel": torch.from_numpy(table.groups["logmel"][mine])}
-    y = torch.from_numpy(targets_of(table.emotion[mine], "ravdess8"))
+    y = torch.from_numpy(label_set("ravdess8", EMOTIONS).targets(table.emotion[mine], EMOTIONS))
     return evaluate(model, ordered_batches(x, y, 7), norm, 8, torch.device("cpu"))
 
 

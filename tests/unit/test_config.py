@@ -94,7 +94,7 @@ def test_overrides_are_typed():
         ("optim.epochs=many", "optim.epochs"),
         ("optim.epochs=2.5", "optim.epochs"),
         ("train.use_gpu=3", "train.use_gpu"),
-        ("labels=ravdess9", "labels"),
+        ("labels=[all,ravdess7]", "labels"),
         ("recipe=nope", "unknown recipe"),
     ],
 )

@@ -1,4 +1,4 @@
-"""RAVDESS names, label sets and speaker-independent splits."""
+"""RAVDESS names and speaker-independent splits."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ import pytest
 from knd.data.ravdess import (
     ACTORS,
     EMOBOX_FOLDS,
-    EMOTIONS,
     actor_folds,
-    emotion_to_label_table,
-    label_id,
-    label_names,
     parse_name,
     split_actors,
 )
@@ -43,17 +39,6 @@ def test_parse_a_real_ravdess_name():
 def test_malformed_names_are_rejected_with_the_reason(name, reason):
     with pytest.raises(ValueError, match=reason):
         parse_name(name)
-
-
-def test_label_sets():
-    assert label_names("ravdess8") == EMOTIONS
-    seven = label_names("ravdess7")
-    assert len(seven) == 7 and "calm" not in seven
-    assert label_id(2, "ravdess7") == label_id(1, "ravdess7") == seven.index("neutral")
-    assert [label_id(e, "ravdess8") for e in range(1, 9)] == list(range(8))
-    assert emotion_to_label_table("ravdess7")[8] == seven.index("surprised")
-    with pytest.raises(ValueError, match="unknown label set"):
-        label_names("ravdess9")
 
 
 def test_split_is_disjoint_and_covers_every_actor():

@@ -14,7 +14,7 @@ def test_the_loop_config_pickles_and_reads_its_groups_and_resume_from_the_config
         "train", ["data=d", "model.name=fused_cnn", "model.groups=[logmel,egemaps]", "resume=r"]
     )
     meta = {"labels": ["a", "b"], "norm": {"mean": [0.0] * 4096, "std": [1.0] * 4096}}
-    loop = LoopConfig(cfg, meta, 12, 4, True, False, "/runs/x", "x")
+    loop = LoopConfig(cfg, meta, 12, 4, True, False, (-1, *range(8)), "/runs/x", "x")
     again = pickle.loads(pickle.dumps({"loop": loop}))["loop"]
     assert again == loop and isinstance(again.hooks, TrainHooks)
     assert again.groups == ("logmel", "egemaps") and again.resume == "r"

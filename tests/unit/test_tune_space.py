@@ -143,9 +143,11 @@ def six_actor_columns(seed: int) -> dict[str, np.ndarray]:
     """Eight random clips of each of actors 3..8, as the columns CrossValidation reads."""
     rng = np.random.default_rng(seed)
     actors = np.repeat(np.arange(3, 9), 8)
+    emotion = rng.integers(1, 9, len(actors)).astype(np.int64)
     return {
         "logmel": rng.normal(size=(len(actors), 16, 20)).astype(np.float16),
-        "emotion": rng.integers(1, 9, len(actors)).astype(np.int64),
+        "label": emotion - 1,
+        "emotion": emotion,
         "actor": actors,
         "path": np.array([f"a{a}_{i}.wav" for i, a in enumerate(actors)]),
     }
@@ -164,7 +166,7 @@ def test_cross_validation_trains_each_fold_without_its_actors():
     actors = data["actor"]
     cfg = tiny_cpu_small(**{"optim.epochs": 2})
     folds = [[3, 5, 7], [4, 6, 8]]
-    cv = CrossValidation(cfg, data, folds, torch.device("cpu"))
+    cv = CrossValidation(cfg, data, folds, torch.device("cpu"), 8)
     for fold, model in zip(folds, cv.models, strict=True):
         assert set(actors[model.train_rows]).isdisjoint(fold)
         assert set(actors[model.val_rows]) == set(fold)
@@ -174,7 +176,7 @@ def test_cross_validation_trains_each_fold_without_its_actors():
     assert out["uar"] == pytest.approx((out["uar_fold_1"] + out["uar_fold_2"]) / 2)
     assert state["epoch"] == 0 and cv.state_dict()["epoch"] == 1
     with pytest.raises(ValueError, match=r"actors \[9\] has no clips"):
-        CrossValidation(cfg, data, [[3], [9]], torch.device("cpu"))
+        CrossValidation(cfg, data, [[3], [9]], torch.device("cpu"), 8)
 
 
 def test_a_seed_gives_the_same_folds_and_no_global_numpy_draw_changes_them():
@@ -184,7 +186,7 @@ def test_a_seed_gives_the_same_folds_and_no_global_numpy_draw_changes_them():
     def scores(global_seed: int) -> list:
         np.random.seed(global_seed)  # mixup draws from the learner's generator, not this one
         torch.manual_seed(cfg.train.seed)
-        cv = CrossValidation(cfg, data, [[3, 5, 7], [4, 6, 8]], torch.device("cpu"))
+        cv = CrossValidation(cfg, data, [[3, 5, 7], [4, 6, 8]], torch.device("cpu"), 8)
         out = cv.run_epoch()
         return [out["uar_fold_1"], out["uar_fold_2"], out["train_loss"]]
 
