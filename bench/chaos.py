@@ -367,7 +367,12 @@ def bench_train(
 
     run_dir, name = storage.join(prefix, "runs"), "node-lost" if lose_node else "across-nodes"
     args = [f"data={features}", f"run_dir={run_dir}", f"name={name}", "recipe=cpu_small"]
-    args += ["model.width=8", "split.test_actors=[1]", "split.val_actors=[]", "wandb.enabled=false"]
+    args += [
+        "model.width=8",
+        "split.test_speakers=[1]",
+        "split.val_speakers=[]",
+        "wandb.enabled=false",
+    ]
     args += [f"optim.epochs={epochs}", "train.num_workers=2", "train.max_failures=2"]
     epoch_log = tempfile.mktemp(prefix="knd-chaos-epochs-")
     snapshot = storage.join(run_dir, name, RAY_RUN_SNAPSHOT)
@@ -416,7 +421,7 @@ def bench_tune(cluster, features: str, prefix: str) -> dict:
     space.write_text(yaml.safe_dump(fixed | {"optim.lr": {"grid": [3.0e-3, 1.0e-3]}}))
     storage_path, name = storage.join(prefix, "tune"), "node-lost"
     experiment = storage.join(storage_path, name)
-    args = [f"data={features}", f"space={space}", "test_actors=[1]", "folds=2", "num_samples=1"]
+    args = [f"data={features}", f"space={space}", "test_speakers=[1]", "folds=2", "num_samples=1"]
     args += [f"storage_path={storage_path}", f"name={name}", "max_epochs=3", "max_concurrent=2"]
     # The search is what a node loss interrupts; the retrain of its winner is test_tune's.
     args.append("retrain_best=false")

@@ -169,16 +169,16 @@ def cnn_run(features: str, recipe: str, fold: int, seed: int, args) -> dict | No
     overrides = [
         f"data={features}",
         f"recipe={recipe}",
-        f"split.test_actors=[{','.join(map(str, test))}]",
+        f"split.test_speakers=[{','.join(map(str, test))}]",
         f"train.seed={seed}",
         f"run_dir={args.work}/runs",
         f"name={name}",
         "wandb.enabled=false",
     ]
     base = load_config("train", overrides[:2])
-    if base.split.val_actors:  # a recipe that selects its epoch: on the next EmoBox group
+    if base.split.val_speakers:  # a recipe that selects its epoch: on the next EmoBox group
         val = EMOBOX_FOLDS[fold % len(EMOBOX_FOLDS)]
-        overrides.append(f"split.val_actors=[{','.join(map(str, val))}]")
+        overrides.append(f"split.val_speakers=[{','.join(map(str, val))}]")
     if args.epochs:
         overrides.append(f"optim.epochs={args.epochs}")
     if args.num_cpus:

@@ -42,6 +42,7 @@ from knd.config.loading import (
 )
 from knd.data.label_sets import label_set  # noqa: E402
 from knd.data.ravdess import split_actors  # noqa: E402
+from knd.data.speakers import default_split  # noqa: E402
 from knd.learning.checkpoint import make_meta  # noqa: E402
 from knd.learning.engine import ArrayBatches, Learner, row_stats  # noqa: E402
 from knd.learning.inference import score_actors  # noqa: E402
@@ -80,9 +81,8 @@ def plain_loop(cfg, data: str, device: str, threads: int, evaluate: bool) -> dic
     manifest = read_manifest(data)
     if manifest is None:
         raise SystemExit(f"no prepared features at {data} (run knd prepare)")
-    split = split_actors(
-        cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
-    )
+    test, val = default_split(manifest, cfg.split.test_speakers, cfg.split.val_speakers)
+    split = split_actors(test, val, actors=manifest_actors(manifest))
     train = load_features(data, actors=split.train, groups=cfg.model.groups)
     dev = torch.device(device)
     gpu = dev.type == "cuda"

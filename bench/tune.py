@@ -72,7 +72,7 @@ def tune_config(args, data: str, space_file: str, storage: str, name: str, cpus:
         [
             f"data={data}",
             f"space={space_file}",
-            f"test_actors={TEST_ACTORS}".replace(" ", ""),
+            f"test_speakers={TEST_ACTORS}".replace(" ", ""),
             f"folds={args.folds}",
             "num_samples=1",
             f"max_epochs={args.epochs}",

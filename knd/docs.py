@@ -7,7 +7,7 @@
   :func:`knd.config.keys.command_keys` (what ``knd <command> --help`` prints);
 - ``<!-- knd:benchmarks -->`` with :func:`benchmarks_markdown`: every ``bench/results/*.json``
   as tables, with the machine it was measured on;
-- ``<!-- knd:default COMMAND KEY -->`` (e.g. ``<!-- knd:default train split.val_actors -->``)
+- ``<!-- knd:default COMMAND KEY -->`` (e.g. ``<!-- knd:default train split.val_speakers -->``)
   with that key's default as ``knd COMMAND --help`` shows it (:func:`fill_defaults`), so prose
   that states a default never types it by hand.
 """

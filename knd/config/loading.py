@@ -4,6 +4,7 @@ layered and checked against the schema (an unknown key or a bad value names the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import types
@@ -15,6 +16,8 @@ import yaml
 
 from knd.config.commands import COMMANDS
 from knd.config.schema import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def config_dir() -> Path:
@@ -118,6 +121,7 @@ def load_config(command: str, overrides: list[str] | None = None, **values: Any)
     cli = merge(parse_overrides(list(overrides or []), keep_text=True), values)
     config_file = cli.pop("config", None)
     from_file = load_yaml(config_file) if config_file else {}
+    cli, from_file = (renamed(schema, layer) for layer in (cli, from_file))
     if getattr(schema, "applies_recipe", False):
         recipe = cli.get("recipe", from_file.get("recipe", tree.get("recipe")))
         tree = merge(tree, {"recipe": recipe})
@@ -129,6 +133,30 @@ def load_config(command: str, overrides: list[str] | None = None, **values: Any)
         example = " ".join(f"{k}=..." for k in missing)
         raise ConfigError(f"missing required key {missing[0]!r} (knd {command} {example})")
     return cfg
+
+
+def renamed(schema: type, tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with the keys ``schema`` renamed (``renamed_keys``: old dotted key -> new) under
+    their new names, each with a one-line notice: the old names work for one more release."""
+    out = tree
+    for old, new in getattr(schema, "renamed_keys", {}).items():
+        *path, leaf = old.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        log.warning("%s is now %s; the old key works until the next release", old, new)
+        value = node[leaf]
+        out = merge(_without(out, old), _nest(new, value))
+    return out
+
+
+def _without(tree: dict[str, Any], dotted: str) -> dict[str, Any]:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return {k: v for k, v in tree.items() if k != head}
+    return {**tree, head: _without(tree[head], rest)}
 
 
 def load_recipe(name: str) -> dict[str, Any]:

@@ -129,12 +129,13 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    test_actors: tuple[int, ...] = _help("held-out test actors (speaker-independent)", ge=1, le=24)
-    val_actors: tuple[int, ...] = _help(
-        "validation actors, disjoint from the test actors "
-        "([]: none; train on every other actor and keep the last epoch)",
-        ge=1,
-        le=24,
+    test_speakers: tuple[str, ...] | None = _help(
+        "held-out test speakers, by the corpus's speaker ids (RAVDESS: actor numbers); none: the "
+        "corpus's first fold (RAVDESS: EmoBox's group 1, actors 1, 11, 20, 21)"
+    )
+    val_speakers: tuple[str, ...] | None = _help(
+        "validation speakers, disjoint from the test speakers ([]: none; train on every other "
+        "speaker and keep the last epoch); none: the corpus's second fold"
     )
 
 
@@ -311,6 +312,10 @@ class TrainConfig:
     ray: RayConfig = _help("Ray connection")
 
     cross_checks: typing.ClassVar = staticmethod(_labels_checks)
+    renamed_keys: typing.ClassVar[dict[str, str]] = {
+        "split.test_actors": "split.test_speakers",
+        "split.val_actors": "split.val_speakers",
+    }
 
 
 @dataclass(frozen=True)
@@ -319,12 +324,15 @@ class EvaluateConfig:
     checkpoint: str | None = _help("checkpoint folder written by knd train")
     data: str | None = _help("features written by knd prepare")
     out: str | None = _help("report folder (none: beside the checkpoint)")
-    actors: tuple[int, ...] | None = _help(
-        "actors to evaluate (none: the checkpoint's test actors)", ge=1, le=24
+    speakers: tuple[str, ...] | None = _help(
+        "speakers to evaluate (none: the checkpoint's test speakers on the corpus it trained on, "
+        "every speaker of another corpus)"
     )
     batch_size: int = _help(
         "inference batch size (does not change predictions)", ge=1, le=1_000_000
     )
+
+    renamed_keys: typing.ClassVar[dict[str, str]] = {"actors": "speakers"}
 
 
 @dataclass(frozen=True)
@@ -336,7 +344,10 @@ class TuneConfig:
     space: str = _help("search space YAML (configs/tune/*.yaml)")
     recipe: str = _help("base recipe the space overrides", plain_name=True)
     labels: tuple[str, ...] = _labels_field()
-    test_actors: tuple[int, ...] = _help("actor group no trial ever sees", ge=1, le=24)
+    test_speakers: tuple[str, ...] | None = _help(
+        "speaker group no trial ever sees (none: the corpus's first fold; RAVDESS: actors 1, 11, "
+        "20, 21)"
+    )
     folds: int = _help("actor-disjoint validation folds per configuration", ge=2, le=24)
     num_samples: int = _help("configurations to try (times each grid point)", ge=1)
     max_epochs: int = _help("epochs per fold (ASHA's max_t)", ge=1, le=100_000)
@@ -358,6 +369,7 @@ class TuneConfig:
     ray: RayConfig = _help("Ray connection")
 
     cross_checks: typing.ClassVar = staticmethod(_labels_checks)
+    renamed_keys: typing.ClassVar[dict[str, str]] = {"test_actors": "test_speakers"}
 
 
 @dataclass(frozen=True)

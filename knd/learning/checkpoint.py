@@ -78,6 +78,7 @@ def make_meta(
         "labels": list(labels.names),
         "label_merges": dict(labels.merges),
         "feature_params": features["feature_params"],
+        "corpus_checksum": features.get("corpus_checksum"),
         "groups": {g: specs[g]["hash"] for g in inputs if g in specs},
         "model": {
             "name": cfg.model.name,

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from knd.config.loading import build, load_config, load_yaml, merge, replace, to_dict
+from knd.config.loading import build, load_config, load_yaml, merge, renamed, replace, to_dict
 from knd.config.schema import ConfigError, TrainConfig, TuneConfig
 from knd.data import storage
 from knd.data.label_sets import LabelSet, label_set, spec_name
@@ -34,6 +34,7 @@ from knd.data.shards import (
     manifest_groups,
     read_manifest,
 )
+from knd.data.speakers import default_split, speaker_names
 from knd.learning.search_space import (
     check_search,
     param_space,
@@ -67,7 +68,7 @@ def stored_base(tree: dict, recipe: str) -> TrainConfig:
     older experiment still resumes; every stored value wins.
     """
     today = load_config("train", [f"data={tree['data']}", f"recipe={recipe}"])
-    return build(TrainConfig, merge(to_dict(today), tree))
+    return build(TrainConfig, merge(to_dict(today), renamed(TrainConfig, tree)))
 
 
 def trial_train_config(params: dict, meta: dict) -> TrainConfig:
@@ -192,16 +193,11 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         ConfigError: a bad search space.
     """
     present = manifest_actors(manifest)
-    test = sorted({int(a) for a in cfg.test_actors})
-    if not set(test) & set(present):
-        raise ValueError(f"{cfg.data}: none of the test actors {test} is in the corpus {present}")
-    missing = sorted(set(test) - set(present))
-    if missing:
-        log.warning("test actors %s are not in the corpus; testing on the others", missing)
+    test = list(default_split(manifest, cfg.test_speakers, ())[0])
     folds = [list(f) for f in actor_folds(present, cfg.folds, exclude=test)]
     path = space_path(cfg.space)
     space = load_yaml(path)
-    bases = _space_bases(cfg, space, present, test)
+    bases = _space_bases(cfg, space, present, test, manifest)
     check_search(cfg.search, param_space(space, bases, cfg.recipe, path), path)  # fail now
     check_groups(cfg.data, manifest, dict.fromkeys(space_groups(space, bases.values())))
     labels = label_set(cfg.labels, manifest_emotions(manifest))
@@ -212,7 +208,8 @@ def experiment_meta(cfg: TuneConfig, manifest: dict) -> dict:
         "recipe": cfg.recipe,
         "bases": {name: to_dict(base) for name, base in bases.items()},
         "actors": present,
-        "test_actors": [a for a in test if a in present],
+        "test_actors": test,
+        "test_speakers": speaker_names(test, manifest),
         "train_actors": [a for a in present if a not in test],
         "folds": folds,
         "max_epochs": cfg.max_epochs,
@@ -250,7 +247,9 @@ def experiment_groups(meta: dict) -> dict[str, str]:
     return {group: spec["hash"] for group, spec in specs.items()}
 
 
-def _space_bases(cfg: TuneConfig, space: dict, present: list[int], test: list[int]) -> dict:
+def _space_bases(
+    cfg: TuneConfig, space: dict, present: list[int], test: list[int], manifest: dict
+) -> dict:
     """The base train config of every recipe the space may pick, with the search's split."""
     # knd train picks its checkpoint on validation actors: best_config.yaml sets aside one group
     # of about four (an EmoBox group where they fit), so it trains on most non-test actors.
@@ -261,7 +260,10 @@ def _space_bases(cfg: TuneConfig, space: dict, present: list[int], test: list[in
         base = load_config(
             "train", [f"data={cfg.data}", f"recipe={recipe}", f"labels=[{spec_name(cfg.labels)}]"]
         )
-        split = {"split.test_actors": test, "split.val_actors": val}
+        split = {
+            "split.test_speakers": speaker_names(test, manifest),
+            "split.val_speakers": speaker_names(val, manifest),
+        }
         bases[recipe] = replace(base, **split, **{"optim.epochs": cfg.max_epochs})
     return bases
 

@@ -32,6 +32,7 @@ from knd.data.shards import (
     shard_paths,
     to_numpy_batch,
 )
+from knd.data.speakers import default_split
 from knd.learning.engine import ArrayBatches, ordered_batches
 
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -311,9 +312,8 @@ def load_split(cfg: TrainConfig) -> SplitData:
         ValueError: no prepared features, or a split that does not fit the corpus.
     """
     _, manifest = read_features(cfg.data, groups=cfg.model.inputs)
-    split = split_actors(
-        cfg.split.test_actors, cfg.split.val_actors, actors=manifest_actors(manifest)
-    )
+    test, val = default_split(manifest, cfg.split.test_speakers, cfg.split.val_speakers)
+    split = split_actors(test, val, actors=manifest_actors(manifest))
     labels = label_set(cfg.labels, manifest_emotions(manifest))
     counts = manifest.get("rows_per_actor", {})
     num_train = sum(int(counts.get(str(a), 0)) for a in split.train)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from knd.data.speakers import speaker_names
 from knd.learning.checkpoint import load_model
 from knd.learning.inference import score_actors
 from knd.learning.metrics import metrics_report
@@ -47,12 +48,13 @@ def score_and_report(
     """
     model, meta = load_model(checkpoint)
     val = score_actors(model, meta, data, val_actors).metrics if val_actors else None
-    test = score_actors(model, meta, data, test_actors).metrics
+    scored = score_actors(model, meta, data, test_actors)
     report = metrics_report(
         meta["labels"],
-        test=test,
+        test=scored.metrics,
         val=val,
         test_actors=test_actors,
+        test_speakers=speaker_names(test_actors, scored.table.manifest),
         **(facts or {}),
         feature_groups=list(meta["model"].get("groups", ["logmel"])),
         checkpoint=checkpoint,

@@ -18,6 +18,8 @@ import numpy as np
 from knd.config.loading import to_dict
 from knd.config.schema import EvaluateConfig
 from knd.data import storage
+from knd.data.shards import manifest_actors, read_manifest
+from knd.data.speakers import speaker_names, speaker_numbers
 from knd.learning.checkpoint import load_model
 from knd.learning.inference import score_actors
 from knd.learning.metrics import metrics_report, split_metrics
@@ -63,7 +65,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         ValueError: features made with other parameters, or none of the asked actors present.
     """
     model, meta = load_model(cfg.checkpoint)
-    actors = tuple(cfg.actors) if cfg.actors else tuple(meta["split"]["test"])
+    actors = _speakers(cfg, meta)
     scores = score_actors(model, meta, cfg.data, actors, cfg.batch_size)
     table, targets, preds, part = scores.table, scores.targets, scores.preds, scores.metrics
     labels = meta["labels"]
@@ -75,6 +77,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         test=part,
         val=None,
         test_actors=sorted({int(a) for a in table.actor}),
+        test_speakers=speaker_names(sorted({int(a) for a in table.actor}), table.manifest),
         checkpoint=cfg.checkpoint,
         data=cfg.data,
         feature_groups=list(meta["model"].get("groups", ["logmel"])),
@@ -90,6 +93,21 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         part["n"], report["test_actors"], part["accuracy"], part["uar"], part["macro_f1"], out,
     )  # fmt: skip
     return EvaluateResult(out=out, metrics=report)
+
+
+def _speakers(cfg: EvaluateConfig, meta: dict) -> tuple[int, ...]:
+    """The speaker numbers to evaluate: those asked for, else the checkpoint's test speakers on
+    the corpus it trained on, and every speaker of another corpus (none of them seen)."""
+    manifest = read_manifest(cfg.data)
+    if manifest is None:
+        raise FileNotFoundError(f"no prepared features at {cfg.data} (run knd prepare)")
+    if cfg.speakers:
+        return speaker_numbers(cfg.speakers, manifest, "speakers")
+    trained_on = meta.get("corpus_checksum")
+    if trained_on is None or trained_on == manifest.get("corpus_checksum"):
+        return tuple(meta["split"]["test"])
+    log.info("%s is not the corpus this checkpoint trained on: evaluating every speaker", cfg.data)
+    return tuple(manifest_actors(manifest))
 
 
 def _parent(uri: str) -> str:

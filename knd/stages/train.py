@@ -9,9 +9,9 @@ split and a worker's batches, is :mod:`knd.learning.feed`. Each worker runs
 optimiser; :mod:`knd.learning.engine`) -> resume from the last checkpoint if any -> epochs ->
 validation metrics synced across ranks -> ``ray.train.report(metrics, checkpoint)``.
 
-Model selection never uses the test actors. With validation actors (``split.val_actors``) the
+Model selection never uses the test actors. With validation actors (``split.val_speakers``) the
 kept checkpoint is the best epoch by ``train.checkpoint_metric``; with none
-(``split.val_actors=[]``) every non-test actor trains on a fixed schedule and the last epoch
+(``split.val_speakers=[]``) every non-test actor trains on a fixed schedule and the last epoch
 is kept. ``metrics.json`` says which (``model_selection``). The driver then copies that
 checkpoint to ``<run_dir>/<name>/checkpoint/``, scores the validation and test actors with it,
 and writes ``metrics.json`` and ``confusion.png`` beside it; ``history.jsonl`` has one line

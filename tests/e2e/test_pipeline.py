@@ -45,7 +45,7 @@ def test_every_command_in_sequence(tmp_path):
 
     knd(
         "train", f"data={features}", f"run_dir={runs}", "name=e2e", "ray.num_cpus=2",
-        "split.test_actors=[1]", "split.val_actors=[2]", "optim.epochs=1",
+        "split.test_speakers=[1]", "split.val_speakers=[2]", "optim.epochs=1",
         "model.width=8", "train.num_workers=1",  # DDP over 2 ranks: test_train's shared run
     )  # fmt: skip
     run = runs / "e2e"

@@ -148,7 +148,7 @@ def test_prepare_then_train_jobs_write_their_artefacts(cluster, tiny_corpus, tmp
         [
             "jobs/train.py", f"data={features}", f"run_dir={runs}", "name=job",
             "recipe=cpu_small", "optim.epochs=1", "train.num_workers=1", "wandb.enabled=false",
-            "split.test_actors=[1]", "split.val_actors=[2]",
+            "split.test_speakers=[1]", "split.val_speakers=[2]",
         ],
     )  # fmt: skip
     assert status == "SUCCEEDED", logs[-3000:]

@@ -34,8 +34,8 @@ EPOCHS, KILL_EPOCH = 5, 3
 # learning curve on 5 tiny actors is known; the default recipe's own run is the no-validation test.
 TINY = [
     "recipe=cpu_small",
-    "split.test_actors=[1,2]",
-    "split.val_actors=[3]",
+    "split.test_speakers=[1,2]",
+    "split.val_speakers=[3]",
     "model.width=16",
     "optim.batch_size=32",
     "optim.lr=0.005",
@@ -235,7 +235,7 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
 
 # The default recipe's shape: no validation speaker, a one-cycle schedule, the last epoch kept.
 NO_VALIDATION = [
-    "recipe=plain_cnn", "split.val_actors=[]", "optim.schedule=onecycle", "train.num_workers=1",
+    "recipe=plain_cnn", "split.val_speakers=[]", "optim.schedule=onecycle", "train.num_workers=1",
     "train.num_to_keep=1",
 ]  # fmt: skip
 
@@ -414,7 +414,7 @@ def test_metrics_synced_over_two_gloo_ranks_equal_one_process(trained, tmp_path)
 
 
 def test_without_a_validation_group_every_non_test_actor_trains_and_the_last_epoch_is_kept(spot):
-    """``split.val_actors=[]`` (the default recipe): no speaker is spent on model selection; the
+    """``split.val_speakers=[]`` (the default recipe): no speaker is spent on model selection; the
     one-cycle schedule went on across the driver's death (the run above)."""
     from knd.learning.checkpoint import load_meta
 

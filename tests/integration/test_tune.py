@@ -41,7 +41,7 @@ def tune_args(features: str, space: str, storage: Path | str, name: str, *extra:
     return [
         f"data={features}",
         f"space={space}",
-        "test_actors=[1,2]",
+        "test_speakers=[1,2]",
         "folds=2",
         "num_samples=1",
         f"storage_path={storage}",
@@ -230,7 +230,7 @@ def test_best_config_is_the_train_config_of_the_best_trial(resumed, analysis, ti
     assert "optim.lr" in params
     for key, value in (TINY | params).items():  # a dotted key names a field of the train config
         assert reduce(getattr, key.split("."), cfg) == pytest.approx(value), key
-    assert list(cfg.split.test_actors) == TEST_ACTORS
+    assert list(cfg.split.test_speakers) == TEST_ACTORS
 
 
 def test_asha_stops_a_hopeless_trial_on_s3(tiny_features, ray_session, s3_server, tmp_path):

@@ -13,6 +13,7 @@ from knd.config.commands import COMMANDS
 from knd.config.keys import describe
 from knd.config.loading import config_dir, load_config, parse_overrides, replace, to_dict
 from knd.config.schema import ConfigError
+from knd.data.speakers import default_split
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -50,11 +51,13 @@ def test_the_default_recipe_spends_no_speakers_on_model_selection():
     assert cfg.model.groups == ("logmel", "prosody", "egemaps")
     prepare = load_config("prepare", ["input=/tmp/a", "output=/tmp/b"])
     assert set(cfg.model.groups) <= set(prepare.features.groups)  # the defaults fit together
-    assert cfg.split.val_actors == () and cfg.split.test_actors == (1, 11, 20, 21)
+    assert cfg.split.val_speakers == () and cfg.split.test_speakers is None  # the first fold
     assert (cfg.optim.schedule, cfg.optim.batch_size, cfg.optim.epochs) == ("onecycle", 32, 20)
     # The old default keeps its validation group when asked for by name.
     old = load_config("train", ["data=/tmp/f", "recipe=cpu_small"])
-    assert old.split.val_actors == (4, 10, 12, 14) and old.optim.schedule == "cosine"
+    assert old.split.val_speakers is None and old.optim.schedule == "cosine"  # the second fold
+    ravdess = {"rows_per_actor": {str(a): 60 for a in range(1, 25)}}
+    assert default_split(ravdess, None, None) == ((1, 11, 20, 21), (4, 10, 12, 14))
 
 
 def test_shipped_yaml_starts_with_the_command_that_runs_it():
@@ -81,10 +84,10 @@ def test_missing_required_key_is_named():
 def test_overrides_are_typed():
     cfg = load_config(
         "train",
-        ["data=/tmp/f", "optim.lr=1e-3", "split.test_actors=[2,3]", "train.use_gpu=true"],
+        ["data=/tmp/f", "optim.lr=1e-3", "split.test_speakers=[2,3]", "train.use_gpu=true"],
     )
     assert cfg.optim.lr == pytest.approx(1e-3)
-    assert cfg.split.test_actors == (2, 3)
+    assert cfg.split.test_speakers == ("2", "3")
     assert cfg.train.use_gpu is True
 
 

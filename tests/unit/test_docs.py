@@ -61,7 +61,7 @@ def test_cli_reference_shows_the_defaults_that_help_shows_for_every_key(capsys):
     assert "| `model.name` | " in train and help_defaults("train", capsys)["model.name"] == (
         load_config("train", ["data=x"]).model.name
     )
-    assert page_defaults(train)["split.val_actors"] == "[]"
+    assert page_defaults(train)["split.val_speakers"] == "[]"
     assert "| `optim.lr` | float (`0 < x <= 10`) | `0.003` | peak learning rate (AdamW) |" in train
     assert "| `data` | str or none | **required** |" in train
     assert "| `labels` | list of str | `all` |" in train
@@ -71,14 +71,14 @@ def test_help_gives_each_key_its_type_and_range(capsys):
     assert main(["train", "--help"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
              if line.startswith("  ")}  # fmt: skip
-    assert lines["split.test_actors"].endswith("[list of int; 1 <= x <= 24]")
+    assert lines["split.test_speakers"].endswith("[list of str or none]")
     assert lines["optim.schedule"].endswith("[cosine | onecycle]")
     assert lines["name"].endswith("[str or none; a plain name]")
     assert lines["train.max_failures"].endswith("[int; x >= -1]")
 
 
 def test_a_default_stated_in_prose_is_the_one_help_shows(capsys):
-    text = "val <!-- knd:default train split.val_actors --> and <!-- knd:default tune folds -->."
+    text = "val <!-- knd:default train split.val_speakers --> and <!-- knd:default tune folds -->."
     tune_folds = help_defaults("tune", capsys)["folds"]
     assert fill_defaults(text) == f"val `[]` and `{tune_folds}`."
     with pytest.raises(KeyError, match="has no key 'split.nope'"):
@@ -87,7 +87,7 @@ def test_a_default_stated_in_prose_is_the_one_help_shows(capsys):
     for page in (REPO / "docs").rglob("*.md"):
         assert "<!-- knd:default" not in fill_defaults(page.read_text()), page
     concepts = fill_defaults((REPO / "docs" / "concepts.md").read_text())
-    assert "`split.val_actors` (default `[]`)" in concepts
+    assert "`split.val_speakers` (default `[]`)" in concepts
     assert "`train.checkpoint_metric` (default `val_loss`" in concepts
 
 

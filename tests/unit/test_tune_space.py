@@ -34,7 +34,7 @@ def bases_for(recipes, max_epochs: int = 4) -> dict:
     return {
         r: replace(
             load_config("train", ["data=/tmp/f", f"recipe={r}"]),
-            **{"optim.epochs": max_epochs, "split.test_actors": [1, 2]},
+            **{"optim.epochs": max_epochs, "split.test_speakers": [1, 2]},
         )
         for r in recipes
     }
@@ -104,7 +104,7 @@ def test_trial_config_caps_epochs_and_keeps_the_search_split():
     assert trial_train_config({"optim.epochs": 2}, meta).optim.epochs == 2
     tree = best_train_config({"optim.lr": 0.02, "model.width": 8}, meta)
     assert set(tree) == {"recipe", "labels", "split", "model", "optim", "augment"}
-    assert tree["optim"]["lr"] == 0.02 and tree["split"]["test_actors"] == [1, 2]
+    assert tree["optim"]["lr"] == 0.02 and tree["split"]["test_speakers"] == ["1", "2"]
 
 
 def test_best_config_text_names_its_command_and_loads_as_a_train_config(tmp_path):
@@ -114,7 +114,7 @@ def test_best_config_text_names_its_command_and_loads_as_a_train_config(tmp_path
     path = tmp_path / "best_config.yaml"
     path.write_text(text)
     cfg = load_config("train", ["data=/data/f", f"config={path}"])
-    assert (cfg.optim.lr, cfg.optim.epochs, cfg.split.test_actors) == (0.02, 4, (1, 2))
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.split.test_speakers) == (0.02, 4, ("1", "2"))
 
 
 def test_an_experiment_written_before_a_train_key_existed_still_builds_its_trials():
@@ -122,9 +122,11 @@ def test_an_experiment_written_before_a_train_key_existed_still_builds_its_trial
     base = meta["bases"]["cpu_small"]
     del base["train"]["checkpoint_metric"]
     base["optim"]["lr"] = 0.123
+    base["split"] = {"test_actors": [1, 2], "val_actors": [3]}  # before speakers had ids
     cfg = trial_train_config({}, meta)
     assert cfg.train.checkpoint_metric == "val_loss"  # today's cpu_small default
-    assert cfg.optim.lr == 0.123 and cfg.split.test_actors == (1, 2)  # stored values win
+    assert cfg.optim.lr == 0.123  # stored values win
+    assert (cfg.split.test_speakers, cfg.split.val_speakers) == (("1", "2"), ("3",))
 
 
 def test_fold_summary_is_mean_and_population_std():
@@ -276,7 +278,7 @@ def test_the_experiment_records_its_features_under_their_own_key_and_old_ones_st
         "rows_per_actor": {str(a): 4 for a in range(1, 9)},
     }
     manifest = manifest_from_v1(manifest_v1)
-    cfg = load_config("tune", ["data=/tmp/f", "test_actors=[1,2]", "folds=2"])
+    cfg = load_config("tune", ["data=/tmp/f", "test_speakers=[1,2]", "folds=2"])
     meta = experiment_meta(cfg, manifest)
     assert not any(key.startswith("feature_") for key in meta)
     assert meta["features"]["params"] == {"n_mels": 64}
