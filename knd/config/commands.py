@@ -43,7 +43,8 @@ def _run_folder(cfg: Any) -> str:
 
 COMMANDS: dict[str, Command] = {
     "synth": Command(
-        "knd.stages.synth", SynthConfig, "make a deterministic synthetic RAVDESS-format corpus",
+        "knd.stages.synth", SynthConfig,
+        "make a deterministic synthetic corpus in RAVDESS's or another corpus's format",
         writes=("out",),
     ),
     "download": Command(

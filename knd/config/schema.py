@@ -19,6 +19,17 @@ MODEL_NAMES = tuple(ARCHITECTURES)
 FEATURE_GROUPS = ("logmel", "prosody", "egemaps", "embedding", "waveform")
 """Every feature group ``knd prepare`` can compute (:mod:`knd.audio.features` describes each)."""
 
+SYNTH_LAYOUT_SPEAKERS = {
+    "ravdess": 24,
+    "crema_d": 24,
+    "emodb": 10,
+    "tess": 2,
+    "savee": 4,
+    "table": 24,
+}
+"""Every corpus layout ``knd synth`` can write, with its number of speakers: what the config checks
+``actors`` against (:mod:`knd.data.synth_layouts` names the files, and checks that it agrees)."""
+
 
 class ConfigError(ValueError):
     """A configuration problem, described in one line that names the key."""
@@ -258,12 +269,32 @@ class WandbConfig:
 class SynthConfig:
     required: typing.ClassVar[tuple[str, ...]] = ("out",)
     out: str | None = _help("output folder")
-    actors: int = _help("number of actors (1..24)", ge=1, le=24)
+    actors: int | None = _help(
+        "number of speakers, the layout's first N (none: all of them; emodb has 10, tess 2, "
+        "savee 4, the others 24)",
+        ge=1,
+        le=24,
+    )
     seed: int = _help("random seed; the same seed gives byte-identical files", ge=0)
     workers: int = _help("parallel processes (0: one per CPU)", ge=0, le=10_000)
     style: Literal["classic", "speech"] = _help(
         "classic: the original voice; speech: coarticulated phones, idiolects, subtler emotions"
     )
+    layout: Literal[tuple(SYNTH_LAYOUT_SPEAKERS)] = _help(
+        "the corpus whose file names and folders the clips get (the audio is the synthetic "
+        "voice's in each): ravdess (Actor_NN/03-01-EE-II-SS-RR-AA.wav), crema_d "
+        "(AudioWAV/AAAA_SSS_EEE_LL.wav), emodb (wav/SSTTTEV.wav; boredom is rendered as calm), "
+        "tess (OAF_<emotion>/OAF_<word>_<emotion>.wav), savee (ALL/DC_a01.wav), table "
+        "(clips/<hex>.wav and labels.csv: path,label,speaker,gender)"
+    )
+
+    @staticmethod
+    def cross_checks(cfg: SynthConfig) -> list[tuple[str, str]]:
+        """A layout has as many speakers as its corpus (or as the voice has actors)."""
+        most = SYNTH_LAYOUT_SPEAKERS[cfg.layout]
+        if cfg.actors is not None and cfg.actors > most:
+            return [("actors", f"layout {cfg.layout} has {most} speakers, got {cfg.actors}")]
+        return []
 
 
 @dataclass(frozen=True)

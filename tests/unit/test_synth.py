@@ -88,6 +88,16 @@ def test_same_seed_gives_byte_identical_files(corpus):
         assert encode_wav(synthesize(parse_name(rel), seed=0)) == (corpus / rel).read_bytes(), rel
 
 
+def test_layout_ravdess_is_the_default_byte_for_byte(corpus, tmp_path):
+    # knd synth layout=... renames the clips for other corpora; RAVDESS's names and bytes (what
+    # every test and benchmark reads) stay what the corpus written without a layout holds.
+    write_corpus(str(tmp_path), ACTORS, seed=0, workers=1, progress=False, layout="ravdess")
+    assert files_of(tmp_path) == files_of(corpus)
+    assert files_of(corpus) == [f"Actor_08/{c.file_name()}" for c in actor_clips(8)]
+    for rel in files_of(corpus):
+        assert (tmp_path / rel).read_bytes() == (corpus / rel).read_bytes(), rel
+
+
 def test_other_seed_or_clip_gives_other_audio():
     clip, other_clip = actor_clips(7)[10], actor_clips(7)[11]
     base = encode_wav(synthesize(clip, seed=0))
@@ -114,6 +124,7 @@ def test_unknown_actor_is_refused(tmp_path):
         write_corpus(str(tmp_path), [25], progress=False)
     with pytest.raises(ValueError, match="actors must be 1..24"):
         write_corpus(str(tmp_path), 0, progress=False)
+    assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------------------------
