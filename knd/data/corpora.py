@@ -1,0 +1,229 @@
+"""Labelled corpora: one emotion vocabulary and the built-in layouts that parse names.
+
+A *layout* reads a clip's labels from its path exactly as a corpus is distributed (RAVDESS,
+CREMA-D, EmoDB, TESS, SAVEE); :data:`LAYOUTS` holds them by name.
+
+Pure: no Ray and no torch, so the driver and the workers alike can call it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from knd.data import ravdess, storage
+
+VOCABULARY: tuple[str, ...] = (
+    "neutral",
+    "calm",
+    "happy",
+    "sad",
+    "angry",
+    "fearful",
+    "disgust",
+    "surprised",
+    "boredom",
+)
+"""The one emotion vocabulary; its first eight are RAVDESS's emotion codes 01..08 in order, so a
+RAVDESS label id is the same in both."""
+
+
+@dataclass(frozen=True)
+class ClipLabels:
+    """What a corpus says about one clip, whichever way it says it (a name or a table row)."""
+
+    label: str
+    """A :data:`VOCABULARY` name for the built-in layouts; as written (or mapped) for a table."""
+    speaker: str
+    """The corpus's own speaker id as a string (RAVDESS ``"1"``..``"24"``, EmoDB ``"03"``)."""
+    gender: str = "unknown"
+    """``male``, ``female`` or ``unknown``."""
+    sentence: str | None = None
+    """The sentence, text or word code the speaker read, where the corpus names one."""
+    intensity: str | None = None
+    """RAVDESS ``normal``/``strong``, CREMA-D ``LO``/``MD``/``HI``/``XX``."""
+    corpus: str | None = None
+    split: str | None = None
+    """A split the table assigns (e.g. ``train``/``test``), if it assigns one."""
+
+
+def labels_in_order(labels: Iterable[str]) -> tuple[str, ...]:
+    """The distinct labels: :data:`VOCABULARY`'s first, in its order, then the others sorted.
+
+    A dataset's label list, so that a label id means the same emotion across corpora wherever
+    the vocabulary covers it.
+    """
+    distinct = set(labels)
+    known = tuple(name for name in VOCABULARY if name in distinct)
+    return known + tuple(sorted(distinct - set(VOCABULARY)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in layouts
+
+
+class _Fault(ValueError):
+    """A reason a name does not fit a layout; :meth:`Layout.parse` adds the layout and the stem."""
+
+
+def _pick(choices: Mapping[str, str] | tuple[str, ...], value: str, what: str) -> str:
+    """``choices[value]`` (a tuple's ``value`` itself), or a fault listing the choices."""
+    if value not in choices:
+        raise _Fault(f"{what} {value!r} is not one of {' '.join(choices)}")
+    return choices[value] if isinstance(choices, Mapping) else value
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one corpus names its files, and the labels those names carry."""
+
+    name: str
+    """The key in :data:`LAYOUTS` (what ``corpus=`` names)."""
+    title: str
+    """The corpus's own name, for messages."""
+    labels: tuple[str, ...]
+    """Every label its names carry, in :data:`VOCABULARY` order."""
+    reader: Callable[[PurePosixPath], ClipLabels] = field(repr=False, compare=False)
+
+    def parse(self, relpath: str) -> ClipLabels:
+        """The labels a path carries (any folder prefix; ``.wav``, ``.flac``, ``.ogg``, ``.mp3``).
+
+        Raises:
+            ValueError: the path is not this corpus's; the message names the corpus, the reason
+                and the file's stem.
+        """
+        path = PurePosixPath(str(relpath).replace("\\", "/"))
+        try:
+            if path.suffix.lower() not in storage.AUDIO_SUFFIXES:
+                known = " ".join(storage.AUDIO_SUFFIXES)
+                raise _Fault(f"extension {path.suffix!r} is not one of {known}")
+            return self.reader(path)
+        except _Fault as e:
+            article = "an" if self.title[0] in "AEIOU" else "a"
+            raise ValueError(f"not {article} {self.title} name ({e}): {path.stem!r}") from None
+
+
+def _ravdess(path: PurePosixPath) -> ClipLabels:
+    clip = ravdess.parse_name(str(path))  # its ValueError already names RAVDESS and the stem
+    return ClipLabels(
+        label=clip.emotion_name,
+        speaker=str(clip.actor),
+        gender=clip.gender,
+        sentence=str(clip.statement),
+        intensity=("normal", "strong")[clip.intensity - 1],
+        corpus="ravdess",
+    )
+
+
+CREMA_D_SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI",
+                     "WSI")  # fmt: skip
+CREMA_D_EMOTIONS = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful", "HAP": "happy",
+                    "NEU": "neutral", "SAD": "sad"}  # fmt: skip
+CREMA_D_LEVELS = ("LO", "MD", "HI", "XX")
+
+
+def _crema_d(path: PurePosixPath) -> ClipLabels:
+    parts = path.stem.split("_")
+    if len(parts) != 4:
+        raise _Fault(f"{len(parts)} fields, expected AAAA_SSS_EEE_LL")
+    actor, sentence, emotion, level = parts
+    if not (len(actor) == 4 and actor.isdigit() and 1001 <= int(actor) <= 1091):
+        raise _Fault(f"actor {actor!r} is not 1001..1091")
+    _pick(CREMA_D_SENTENCES, sentence, "sentence")
+    label = _pick(CREMA_D_EMOTIONS, emotion, "emotion")
+    _pick(CREMA_D_LEVELS, level, "level")
+    # Gender is not in the name: the corpus ships it in VideoDemographics.csv.
+    return ClipLabels(label, actor, sentence=sentence, intensity=level, corpus="crema_d")
+
+
+EMODB_SPEAKERS = {"03": "male", "08": "female", "09": "female", "10": "male", "11": "male",
+                  "12": "male", "13": "female", "14": "female", "15": "male",
+                  "16": "female"}  # fmt: skip
+"""EmoDB's ten speakers and their genders, as its documentation gives them."""
+EMODB_TEXTS = ("a01", "a02", "a04", "a05", "a07", "b01", "b02", "b03", "b09", "b10")
+EMODB_EMOTIONS = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fearful", "F": "happy",
+                  "T": "sad", "N": "neutral"}  # fmt: skip
+_EMODB_NAME = re.compile(r"^(\d\d)([a-z]\d\d)(.)([a-z])$")
+
+
+def _emodb(path: PurePosixPath) -> ClipLabels:
+    match = _EMODB_NAME.match(path.stem)
+    if not match:
+        raise _Fault("expected SSTTTEV, e.g. 03a01Fa")
+    speaker, text, emotion, _version = match.groups()
+    gender = _pick(EMODB_SPEAKERS, speaker, "speaker")
+    _pick(EMODB_TEXTS, text, "text")
+    label = _pick(EMODB_EMOTIONS, emotion, "emotion")
+    return ClipLabels(label, speaker, gender, sentence=text, corpus="emodb")
+
+
+TESS_SPEAKERS = ("OAF", "YAF")
+TESS_EMOTIONS = {"angry": "angry", "disgust": "disgust", "fear": "fearful", "happy": "happy",
+                 "neutral": "neutral", "ps": "surprised", "pleasant_surprise": "surprised",
+                 "pleasant_surprised": "surprised", "sad": "sad"}  # fmt: skip
+
+
+def _tess(path: PurePosixPath) -> ClipLabels:
+    # The archive mixes case (OAF_Fear/, YAF_pleasant_surprised/), so compare in lower case.
+    speaker, _, rest = path.stem.lower().partition("_")
+    word, _, emotion = rest.partition("_")
+    if not (speaker and word and emotion):
+        raise _Fault("expected <speaker>_<word>_<emotion>, e.g. OAF_back_angry")
+    speaker = _pick(TESS_SPEAKERS, speaker.upper(), "speaker")
+    label = _pick(TESS_EMOTIONS, emotion, "emotion")
+    return ClipLabels(label, speaker, "female", sentence=word, corpus="tess")
+
+
+SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
+SAVEE_CODES = {"a": "angry", "d": "disgust", "f": "fearful", "h": "happy", "n": "neutral",
+               "sa": "sad", "su": "surprised"}  # fmt: skip
+SAVEE_SENTENCES = {"n": 30}
+"""Sentences per code: 30 neutral, 15 of every other emotion (120 per speaker)."""
+_SAVEE_NAME = re.compile(r"^(?:([^_]+)_)?([a-z]+)(\d\d)$")
+
+
+def _savee(path: PurePosixPath) -> ClipLabels:
+    match = _SAVEE_NAME.match(path.stem)
+    if not match:
+        raise _Fault("expected <speaker>_<code><nn>, e.g. DC_sa03, or <speaker>/<code><nn>")
+    prefix, code, number = match.groups()
+    # The original archive (AudioData/DC/sa03.wav) names the speaker by its folder alone.
+    speaker = prefix if prefix is not None else path.parent.name
+    if not speaker:
+        raise _Fault("no speaker: neither a DC_ prefix nor a DC/ folder")
+    _pick(SAVEE_SPEAKERS, speaker, "speaker")
+    label = _pick(SAVEE_CODES, code, "emotion code")
+    count = SAVEE_SENTENCES.get(code, 15)
+    if not 1 <= int(number) <= count:
+        raise _Fault(f"sentence {number} is not 01..{count:02d} for code {code!r}")
+    return ClipLabels(label, speaker, "male", sentence=f"{code}{number}", corpus="savee")
+
+
+def _layout(name: str, title: str, labels: Iterable[str], reader: Callable) -> Layout:
+    return Layout(name, title, labels_in_order(labels), reader)
+
+
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        _layout("ravdess", "RAVDESS", ravdess.EMOTIONS, _ravdess),
+        _layout("crema_d", "CREMA-D", CREMA_D_EMOTIONS.values(), _crema_d),
+        _layout("emodb", "EmoDB", EMODB_EMOTIONS.values(), _emodb),
+        _layout("tess", "TESS", TESS_EMOTIONS.values(), _tess),
+        _layout("savee", "SAVEE", SAVEE_CODES.values(), _savee),
+    )
+}
+"""The built-in layouts by name; ``docs/guides/corpora.md`` gives each one's pattern and licence."""
+
+
+def layout(name: str) -> Layout:
+    """The built-in layout called ``name``.
+
+    Raises:
+        ValueError: no layout has that name; the message lists those that exist.
+    """
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown corpus layout {name!r}; expected one of {sorted(LAYOUTS)}")
+    return LAYOUTS[name]

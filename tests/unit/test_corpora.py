@@ -1,0 +1,158 @@
+"""Labelled corpora: the vocabulary, each built-in layout's names, label tables and matching."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import pytest
+
+from knd.data import ravdess
+from knd.data.corpora import LAYOUTS, VOCABULARY, ClipLabels, labels_in_order, layout
+
+
+def test_the_vocabulary_starts_with_ravdess_codes_in_order():
+    assert VOCABULARY[: len(ravdess.EMOTIONS)] == ravdess.EMOTIONS
+    assert len(set(VOCABULARY)) == len(VOCABULARY)
+    assert VOCABULARY[8] == "boredom"
+
+
+def test_labels_in_order_puts_the_vocabulary_first_then_the_rest_sorted():
+    assert labels_in_order(["sad", "contempt", "angry", "sad", "amused", "neutral"]) == (
+        "neutral", "sad", "angry", "amused", "contempt",
+    )  # fmt: skip
+    assert labels_in_order([]) == ()
+
+
+def test_every_layout_lists_its_labels_in_vocabulary_order():
+    assert sorted(LAYOUTS) == ["crema_d", "emodb", "ravdess", "savee", "tess"]
+    for name, corpus in LAYOUTS.items():
+        assert corpus.name == name
+        assert corpus.labels == labels_in_order(corpus.labels)
+        assert set(corpus.labels) <= set(VOCABULARY)
+    assert LAYOUTS["ravdess"].labels == ravdess.EMOTIONS
+    assert LAYOUTS["emodb"].labels[-1] == "boredom"
+    assert "calm" not in LAYOUTS["crema_d"].labels and "surprised" not in LAYOUTS["crema_d"].labels
+    assert layout("tess") is LAYOUTS["tess"]
+    with pytest.raises(ValueError, match=r"unknown corpus layout 'iemocap'.*'crema_d'"):
+        layout("iemocap")
+
+
+PARSED = [
+    # (layout, path as the corpus ships it, label, speaker, gender, sentence, intensity)
+    ("ravdess", "Actor_03/03-01-05-02-01-02-03.wav", "angry", "3", "male", "1", "strong"),
+    ("ravdess", "Actor_24/03-01-01-01-02-01-24.wav", "neutral", "24", "female", "2", "normal"),
+    ("ravdess", "x\\Actor_08\\03-01-08-01-01-01-08.flac", "surprised", "8", "female", "1",
+     "normal"),
+    ("crema_d", "AudioWAV/1001_DFA_ANG_XX.wav", "angry", "1001", "unknown", "DFA", "XX"),
+    ("crema_d", "AudioWAV/1091_WSI_HAP_HI.wav", "happy", "1091", "unknown", "WSI", "HI"),
+    ("crema_d", "1045_IEO_FEA_LO.mp3", "fearful", "1045", "unknown", "IEO", "LO"),
+    ("crema_d", "s3://b/c/AudioWAV/1002_ITS_DIS_MD.wav", "disgust", "1002", "unknown", "ITS", "MD"),
+    ("crema_d", "AudioWAV/1076_MTI_NEU_XX.wav", "neutral", "1076", "unknown", "MTI", "XX"),
+    ("crema_d", "AudioWAV/1012_TSI_SAD_MD.wav", "sad", "1012", "unknown", "TSI", "MD"),
+    ("emodb", "wav/03a01Fa.wav", "happy", "03", "male", "a01", None),
+    ("emodb", "wav/08b10Lb.wav", "boredom", "08", "female", "b10", None),
+    ("emodb", "16a07Wc.ogg", "angry", "16", "female", "a07", None),
+    ("emodb", "wav/13b09Ea.wav", "disgust", "13", "female", "b09", None),
+    ("emodb", "wav/11a02Ad.wav", "fearful", "11", "male", "a02", None),
+    ("emodb", "wav/14b03Ta.wav", "sad", "14", "female", "b03", None),
+    ("emodb", "wav/15a05Nc.wav", "neutral", "15", "male", "a05", None),
+    ("tess", "OAF_angry/OAF_back_angry.wav", "angry", "OAF", "female", "back", None),
+    ("tess", "YAF_pleasant_surprised/YAF_back_ps.wav", "surprised", "YAF", "female", "back", None),
+    ("tess", "OAF_Fear/OAF_bean_Fear.wav", "fearful", "OAF", "female", "bean", None),
+    ("tess", "OAF_Pleasant_surprise/OAF_chain_pleasant_surprise.wav", "surprised", "OAF",
+     "female", "chain", None),
+    ("tess", "YAF_disgust/yaf_Youth_disgust.WAV", "disgust", "YAF", "female", "youth", None),
+    ("tess", "TESS\\YAF_sad\\YAF_dog_sad.wav", "sad", "YAF", "female", "dog", None),
+    ("tess", "OAF_happy/OAF_youth_happy.wav", "happy", "OAF", "female", "youth", None),
+    ("tess", "YAF_neutral/YAF_bite_neutral.wav", "neutral", "YAF", "female", "bite", None),
+    ("savee", "ALL/DC_sa03.wav", "sad", "DC", "male", "sa03", None),
+    ("savee", "JK_n21.wav", "neutral", "JK", "male", "n21", None),
+    ("savee", "KL_su15.flac", "surprised", "KL", "male", "su15", None),
+    ("savee", "AudioData/DC/sa03.wav", "sad", "DC", "male", "sa03", None),
+    ("savee", "AudioData\\JE\\a01.wav", "angry", "JE", "male", "a01", None),
+    ("savee", "AudioData/KL/n30.wav", "neutral", "KL", "male", "n30", None),
+    ("savee", "DC_d01.wav", "disgust", "DC", "male", "d01", None),
+    ("savee", "JE_f15.wav", "fearful", "JE", "male", "f15", None),
+    ("savee", "JK_h07.wav", "happy", "JK", "male", "h07", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("corpus", "path", "label", "speaker", "gender", "sentence", "intensity"), PARSED
+)
+def test_a_real_shaped_name_parses_to_its_labels(
+    corpus, path, label, speaker, gender, sentence, intensity
+):
+    labels = LAYOUTS[corpus].parse(path)
+    assert labels == ClipLabels(label, speaker, gender, sentence, intensity, corpus=corpus)
+    assert label in LAYOUTS[corpus].labels
+
+
+def test_every_code_of_every_layout_is_exercised():
+    """Each layout's every label comes out of at least one of the names above."""
+    for name, corpus in LAYOUTS.items():
+        seen = {label for c, _, label, *_ in PARSED if c == name}
+        if name != "ravdess":  # RAVDESS's codes are parse_name's and tested with it
+            assert seen == set(corpus.labels), name
+
+
+REJECTED = [
+    # (layout, path, what the reason says)
+    ("ravdess", "Actor_01/03-01-09-01-01-01-01.wav", r"not a RAVDESS name \(emotion 09"),
+    ("ravdess", "Actor_01/03-01-05-01-01-01-25.wav", "actor 25 is not 01..24"),
+    ("ravdess", "03-01-05-01-01-01.wav", "expected MM-VV-EE-II-SS-RR-AA"),
+    ("ravdess", "03-01-05-01-01-01-01", "not a RAVDESS name .*extension '' is not one of"),
+    ("ravdess", "03-01-05-01-01-01-01.txt", r"extension '\.txt'"),
+    ("crema_d", "AudioWAV/1001_DFA_ANG.wav", r"not a CREMA-D name \(3 fields, expected AAAA_SSS"),
+    ("crema_d", "1001_DFA_ANG_XX_2.wav", "5 fields"),
+    ("crema_d", "1092_DFA_ANG_XX.wav", "actor '1092' is not 1001..1091"),
+    ("crema_d", "1000_DFA_ANG_XX.wav", "actor '1000'"),
+    ("crema_d", "101_DFA_ANG_XX.wav", "actor '101'"),
+    ("crema_d", "1001_ABC_ANG_XX.wav", "sentence 'ABC' is not one of IEO"),
+    ("crema_d", "1001_DFA_CAL_XX.wav", "emotion 'CAL' is not one of ANG DIS FEA HAP NEU SAD"),
+    ("crema_d", "1001_DFA_ANG_ZZ.wav", "level 'ZZ' is not one of LO MD HI XX"),
+    ("crema_d", "1001_DFA_ang_XX.wav", "emotion 'ang'"),
+    ("emodb", "wav/04a01Fa.wav", r"not an EmoDB name \(speaker '04' is not one of 03 08"),
+    ("emodb", "wav/03a03Fa.wav", "text 'a03' is not one of a01"),
+    ("emodb", "wav/03a01Xa.wav", "emotion 'X' is not one of W L E A F T N"),
+    ("emodb", "wav/03a01Fab.wav", "expected SSTTTEV"),
+    ("emodb", "wav/03a01F.wav", "expected SSTTTEV"),
+    ("emodb", "wav/03a01FA.wav", "expected SSTTTEV"),
+    ("tess", "OAF_angry/OAF_back.wav", r"not a TESS name \(expected <speaker>_<word>_<emotion>"),
+    ("tess", "XAF_angry/XAF_back_angry.wav", "speaker 'XAF' is not one of OAF YAF"),
+    ("tess", "OAF_calm/OAF_back_calm.wav", "emotion 'calm' is not one of angry"),
+    ("tess", "OAF_back_angry.txt", "extension"),
+    ("savee", "DC_x03.wav", r"not a SAVEE name \(emotion code 'x' is not one of a d f h n sa su"),
+    ("savee", "XX_sa03.wav", "speaker 'XX' is not one of DC JE JK KL"),
+    ("savee", "AudioData/ZZ/sa03.wav", "speaker 'ZZ'"),
+    ("savee", "sa03.wav", "no speaker"),
+    ("savee", "DC_sa3.wav", "expected <speaker>_<code><nn>"),
+    ("savee", "DC_sa03_b.wav", "expected"),
+    ("savee", "DC_a16.wav", "sentence 16 is not 01..15 for code 'a'"),
+    ("savee", "DC_n31.wav", "sentence 31 is not 01..30"),
+    ("savee", "DC_n00.wav", "sentence 00"),
+]
+
+
+@pytest.mark.parametrize(("corpus", "path", "reason"), REJECTED)
+def test_a_malformed_name_is_rejected_with_the_reason_and_the_stem(corpus, path, reason):
+    with pytest.raises(ValueError, match=reason) as raised:
+        LAYOUTS[corpus].parse(path)
+    stem = PurePosixPath(path.replace("\\", "/")).stem
+    assert str(raised.value).endswith(f": {stem!r}"), raised.value
+    assert LAYOUTS[corpus].title in str(raised.value)
+
+
+@pytest.mark.parametrize("junk", ["", "hello.wav", "notes.txt", "README", "Actor_01/", ".wav"])
+def test_junk_is_rejected_by_every_layout(junk):
+    for corpus in LAYOUTS.values():
+        with pytest.raises(ValueError, match=f"not an? {corpus.title} name"):
+            corpus.parse(junk)
+
+
+def test_the_ravdess_layout_agrees_with_parse_name_on_every_clip():
+    for actor in (1, 2, 23, 24):
+        for clip in ravdess.actor_clips(actor):
+            labels = LAYOUTS["ravdess"].parse(f"Actor_{actor:02d}/{clip.file_name()}")
+            assert labels.label == clip.emotion_name and labels.gender == clip.gender
+            assert labels.speaker == str(actor) and labels.sentence == str(clip.statement)
