@@ -1,17 +1,25 @@
-"""Labelled corpora: one emotion vocabulary and the built-in layouts that parse names.
+"""Labelled corpora: one emotion vocabulary, built-in layouts parsed from names, and label tables.
 
 A *layout* reads a clip's labels from its path exactly as a corpus is distributed (RAVDESS,
-CREMA-D, EmoDB, TESS, SAVEE); :data:`LAYOUTS` holds them by name.
+CREMA-D, EmoDB, TESS, SAVEE). Any other corpus comes with a *label table* (``.csv``, ``.tsv``,
+``.jsonl`` or ``.parquet``, local or ``s3://``) with one row per file: ``path``, ``label``,
+``speaker`` and optionally ``gender``, ``corpus``, ``split``, read by :func:`read_label_table`.
 
 Pure: no Ray and no torch, so the driver and the workers alike can call it.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Any
+
+import pyarrow.fs as pafs
 
 from knd.data import ravdess, storage
 
@@ -227,3 +235,162 @@ def layout(name: str) -> Layout:
     if name not in LAYOUTS:
         raise ValueError(f"unknown corpus layout {name!r}; expected one of {sorted(LAYOUTS)}")
     return LAYOUTS[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Label tables
+
+TABLE_FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
+REQUIRED_COLUMNS = ("path", "label", "speaker")
+MAX_TABLE_BYTES = 1 << 30
+MAX_TABLE_ROWS = 10_000_000
+"""A table beyond these is refused: every row is held in the driver's memory."""
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of a label table, its values stripped strings as written."""
+
+    row: int
+    """1-based number of the data row (the header is not a row), for messages."""
+    path: str
+    label: str
+    speaker: str
+    gender: str = "unknown"
+    corpus: str | None = None
+    split: str | None = None
+
+
+def _cell(value: Any) -> str:
+    """A table value as a stripped string; a missing or null one as ``""``."""
+    if value is None or (isinstance(value, float) and value != value):  # NaN: a null in floats
+        return ""
+    return str(value).strip()
+
+
+def _text(data: bytes, uri: str) -> str:
+    try:
+        return data.decode("utf-8-sig")  # the BOM a spreadsheet writes is not part of a name
+    except UnicodeDecodeError as e:
+        reason = f"{e.reason} at byte {e.start}"
+        raise ValueError(f"label table {uri} is not UTF-8 text ({reason})") from None
+
+
+def _csv_records(data: bytes, uri: str, delimiter: str) -> tuple[list[str], list[dict]]:
+    reader = csv.reader(io.StringIO(_text(data, uri), newline=""), delimiter=delimiter)
+    header = next(reader, [])
+    records = []
+    for values in reader:
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) > len(header):
+            raise ValueError(
+                f"label table {uri} row {len(records) + 1}: {len(values)} fields, the header "
+                f"has {len(header)} (a comma or tab in a value must be quoted)"
+            )
+        records.append(dict(zip(header, values, strict=False)))
+        _check_rows(uri, len(records))
+    return header, records
+
+
+def _jsonl_records(data: bytes, uri: str) -> tuple[list[str], list[dict]]:
+    columns: dict[str, None] = {}
+    records = []
+    for number, line in enumerate(_text(data, uri).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"label table {uri} line {number} is not JSON: {e.msg}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"label table {uri} line {number} is not a JSON object")
+        columns.update(dict.fromkeys(record))
+        records.append(record)
+        _check_rows(uri, len(records))
+    return list(columns), records
+
+
+def _parquet_records(data: bytes, uri: str) -> tuple[list[str], list[dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(pa.BufferReader(data))
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"label table {uri} is not a Parquet file: {e}") from None
+    _check_rows(uri, file.metadata.num_rows)
+    return list(file.schema_arrow.names), file.read().to_pylist()
+
+
+_FORMAT_READERS: dict[str, Callable[[bytes, str], tuple[list[str], list[dict]]]] = {
+    ".csv": lambda data, uri: _csv_records(data, uri, ","),
+    ".tsv": lambda data, uri: _csv_records(data, uri, "\t"),
+    ".jsonl": _jsonl_records,
+    ".parquet": _parquet_records,
+}
+
+
+def _check_rows(uri: str, count: int) -> None:
+    if count > MAX_TABLE_ROWS:
+        raise ValueError(
+            f"label table {uri} has over {MAX_TABLE_ROWS:,} rows; split the corpus into tables "
+            "of at most that many and prepare each"
+        )
+
+
+def _read_bounded(uri: str) -> bytes:
+    fs, path = storage.resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"label table not found: {uri}")
+    if info.size is not None and info.size > MAX_TABLE_BYTES:
+        raise ValueError(
+            f"label table {uri} is {info.size:,} bytes, over the {MAX_TABLE_BYTES:,}-byte limit; "
+            "split the corpus into smaller tables and prepare each"
+        )
+    return storage.read_bytes(uri)
+
+
+def read_label_table(uri: str) -> list[TableRow]:
+    """The rows of a label table (``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``; local or ``s3://``).
+
+    Column names are matched stripped and in lower case; values stay strings as written, stripped
+    (a speaker ``007`` stays ``007``; a number in a JSON or Parquet table becomes its decimal
+    text). A missing optional column reads as ``gender="unknown"``, ``corpus=None``,
+    ``split=None``. Blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: there is no table at ``uri``.
+        ValueError: an unknown format, a required column missing, a malformed row, or a table
+            over :data:`MAX_TABLE_BYTES` or :data:`MAX_TABLE_ROWS`; the message names the table.
+    """
+    suffix = PurePosixPath(str(uri)).suffix.lower()
+    if suffix not in _FORMAT_READERS:
+        raise ValueError(f"label table {uri}: unknown format {suffix!r}; expected {TABLE_FORMATS}")
+    columns, records = _FORMAT_READERS[suffix](_read_bounded(uri), uri)
+    names = {str(c): str(c).strip().lower() for c in columns}
+    twice = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
+    if len(names) < len(columns) or twice:
+        raise ValueError(f"label table {uri} has a column twice: {columns}")
+    for column in REQUIRED_COLUMNS:
+        if column not in names.values():
+            raise ValueError(
+                f"label table {uri} has no column {column!r} (required: "
+                f"{', '.join(REQUIRED_COLUMNS)}; found: {', '.join(map(str, columns)) or 'none'})"
+            )
+    rows = []
+    for number, record in enumerate(records, 1):
+        values = {names[str(k)]: _cell(v) for k, v in record.items()}
+        rows.append(
+            TableRow(
+                row=number,
+                path=values.get("path", ""),
+                label=values.get("label", ""),
+                speaker=values.get("speaker", ""),
+                gender=values.get("gender") or "unknown",
+                corpus=values.get("corpus") or None,
+                split=values.get("split") or None,
+            )
+        )
+    return rows

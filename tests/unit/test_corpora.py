@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+import pandas as pd
 import pytest
 
-from knd.data import ravdess
-from knd.data.corpora import LAYOUTS, VOCABULARY, ClipLabels, labels_in_order, layout
+from knd.data import corpora, ravdess
+from knd.data.corpora import (
+    LAYOUTS,
+    TABLE_FORMATS,
+    VOCABULARY,
+    ClipLabels,
+    TableRow,
+    labels_in_order,
+    layout,
+    read_label_table,
+)
 
 
 def test_the_vocabulary_starts_with_ravdess_codes_in_order():
@@ -156,3 +166,108 @@ def test_the_ravdess_layout_agrees_with_parse_name_on_every_clip():
             labels = LAYOUTS["ravdess"].parse(f"Actor_{actor:02d}/{clip.file_name()}")
             assert labels.label == clip.emotion_name and labels.gender == clip.gender
             assert labels.speaker == str(actor) and labels.sentence == str(clip.statement)
+
+
+# --- Label tables ---------------------------------------------------------------------------
+
+TABLE = pd.DataFrame(
+    {
+        "path": ["a/one.wav", "b/two.flac", " spaced.wav ", "s3://bucket/x/three.wav"],
+        "label": ["angry", "contempt", "NA", "sad"],
+        "speaker": ["007", "12", "x-1", "007"],
+        "gender": ["female", "", "male", "unknown"],
+        "split": ["train", "", "test", ""],
+    }
+)
+ROWS = [
+    TableRow(1, "a/one.wav", "angry", "007", "female", None, "train"),
+    TableRow(2, "b/two.flac", "contempt", "12", "unknown", None, None),
+    TableRow(3, "spaced.wav", "NA", "x-1", "male", None, "test"),
+    TableRow(4, "s3://bucket/x/three.wav", "sad", "007", "unknown", None, None),
+]
+
+
+def write_table(frame: pd.DataFrame, path) -> str:
+    """``frame`` as the table format ``path``'s suffix names, the way pandas writes each."""
+    suffix = str(path).rsplit(".", 1)[-1]
+    if suffix in ("csv", "tsv"):
+        frame.to_csv(path, index=False, sep="," if suffix == "csv" else "\t")
+    elif suffix == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", TABLE_FORMATS)
+def test_a_table_reads_to_the_same_rows_in_every_format(tmp_path, suffix):
+    rows = read_label_table(write_table(TABLE, tmp_path / f"labels{suffix}"))
+    assert rows == ROWS
+    assert isinstance(rows[0].speaker, str) and rows[0].speaker == "007"
+
+
+def test_a_hand_written_csv_keeps_ids_as_written(tmp_path):
+    (tmp_path / "t.csv").write_text(
+        "\ufeff Path ,LABEL,speaker,corpus\r\n"  # a spreadsheet's BOM, spaces, upper case
+        'a.wav,angry,007,mine\r\n\r\n"b, with comma.wav", neutral ,0012,\r\n'
+    )
+    assert read_label_table(str(tmp_path / "t.csv")) == [
+        TableRow(1, "a.wav", "angry", "007", corpus="mine"),
+        TableRow(2, "b, with comma.wav", "neutral", "0012"),
+    ]
+
+
+def test_json_numbers_and_nulls_read_as_text_and_missing(tmp_path):
+    lines = ['{"path": "a.wav", "label": "sad", "speaker": 7, "gender": null}', "",
+             '{"path": "b.wav", "label": "happy", "split": "dev"}']  # fmt: skip
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    assert read_label_table(str(tmp_path / "t.jsonl")) == [
+        TableRow(1, "a.wav", "sad", "7"),
+        TableRow(2, "b.wav", "happy", "", split="dev"),
+    ]
+
+
+@pytest.mark.parametrize("suffix", TABLE_FORMATS)
+@pytest.mark.parametrize("column", ["path", "label", "speaker"])
+def test_a_table_missing_a_required_column_is_refused_naming_it(tmp_path, suffix, column):
+    uri = write_table(TABLE.drop(columns=[column]), tmp_path / f"labels{suffix}")
+    with pytest.raises(ValueError, match=f"label table {uri} has no column '{column}'"):
+        read_label_table(uri)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("t.csv", "path,label\na.wav,angry,7,extra\n", "row 1: 4 fields, the header has 2"),
+        ("t.csv", b"path,label,speaker\n\xff.wav,a,1\n", "is not UTF-8"),
+        ("t.csv", "", "has no column 'path'"),
+        ("t.csv", "path,label,speaker,Path\n", "has a column twice"),
+        ("t.jsonl", '{"path": "a.wav"}\n[1, 2]\n', "line 2 is not a JSON object"),
+        ("t.jsonl", '{"path": "a.wav"\n', "line 1 is not JSON"),
+        ("t.parquet", "not parquet", "is not a Parquet file"),
+        ("t.xlsx", "", r"unknown format '\.xlsx'"),
+    ],
+)
+def test_a_malformed_table_is_refused_with_a_clear_message(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=match):
+        read_label_table(str(path))
+
+
+def test_a_missing_table_is_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="label table not found"):
+        read_label_table(str(tmp_path / "nope.csv"))
+
+
+@pytest.mark.parametrize("suffix", TABLE_FORMATS)
+def test_a_table_over_the_bounds_is_refused(tmp_path, monkeypatch, suffix):
+    uri = write_table(TABLE, tmp_path / f"labels{suffix}")
+    monkeypatch.setattr(corpora, "MAX_TABLE_ROWS", 3)
+    with pytest.raises(ValueError, match="has over 3 rows"):
+        read_label_table(uri)
+    monkeypatch.setattr(corpora, "MAX_TABLE_ROWS", 4)
+    assert len(read_label_table(uri)) == 4
+    monkeypatch.setattr(corpora, "MAX_TABLE_BYTES", 100)
+    with pytest.raises(ValueError, match="bytes, over the 100-byte limit"):
+        read_label_table(uri)
