@@ -3,7 +3,9 @@
 A *layout* reads a clip's labels from its path exactly as a corpus is distributed (RAVDESS,
 CREMA-D, EmoDB, TESS, SAVEE). Any other corpus comes with a *label table* (``.csv``, ``.tsv``,
 ``.jsonl`` or ``.parquet``, local or ``s3://``) with one row per file: ``path``, ``label``,
-``speaker`` and optionally ``gender``, ``corpus``, ``split``, read by :func:`read_label_table`.
+``speaker`` and optionally ``gender``, ``corpus``, ``split``. :func:`match_table` pairs its rows
+with the files found under the input and accounts for every row and every file: each ends in
+exactly one of the entries to prepare or the rejections, with a one-line reason.
 
 Pure: no Ray and no torch, so the driver and the workers alike can call it.
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow.fs as pafs
 
@@ -36,6 +40,8 @@ VOCABULARY: tuple[str, ...] = (
 )
 """The one emotion vocabulary; its first eight are RAVDESS's emotion codes 01..08 in order, so a
 RAVDESS label id is the same in both."""
+
+GENDERS: tuple[str, ...] = ("male", "female", "unknown")
 
 
 @dataclass(frozen=True)
@@ -394,3 +400,139 @@ def read_label_table(uri: str) -> list[TableRow]:
             )
         )
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Matching a table to the files
+
+
+class Entry(NamedTuple):
+    """One clip to prepare."""
+
+    uri: str
+    """Where to read it (``input_root`` joined with the row's path, or the path as written)."""
+    relpath: str
+    """Its name in the dataset: relative to ``input_root`` when it lies there, else the path as
+    written."""
+    labels: ClipLabels
+
+
+@dataclass(frozen=True)
+class TableMatch:
+    """Every row and every listed file, each in exactly one of ``entries`` or ``rejected``."""
+
+    entries: list[Entry]
+    """Sorted by ``relpath``."""
+    rejected: list[tuple[str, str]]
+    """``(name, reason)`` sorted by name; the reason is one line naming the table's row(s)."""
+
+
+_GENDER_SPELLINGS = {"male": "male", "m": "male", "female": "female", "f": "female",
+                     "unknown": "unknown"}  # fmt: skip
+
+
+def _is_absolute(path: str) -> bool:
+    return storage.is_remote(path) or path.startswith("/")
+
+
+def _roots(input_root: str) -> tuple[str, ...]:
+    """The prefixes an absolute path into the input starts with (as written, and resolved)."""
+    if storage.is_remote(input_root):
+        return (input_root.rstrip("/") + "/",)
+    plain = os.path.normpath(os.path.abspath(os.path.expanduser(input_root)))
+    return tuple(sorted({plain.rstrip("/") + "/", storage.absolute(input_root).rstrip("/") + "/"}))
+
+
+def _key(path: str, roots: tuple[str, ...]) -> str:
+    """The name a row's path has in the dataset: relative to the input when it lies under it.
+
+    An absolute path into the input counts as its relative path, so that one file is never both
+    prepared through its row and rejected as having none.
+    """
+    if not _is_absolute(path):
+        return posixpath.normpath(path.replace("\\", "/"))
+    full = path if storage.is_remote(path) else posixpath.normpath(path)
+    inside = next((full[len(root) :] for root in roots if full.startswith(root)), None)
+    return inside or path
+
+
+def _row_fault(row: TableRow, label: str, tag: str) -> str | None:
+    """Why a row cannot be prepared whatever the files, or None."""
+    for value, what in ((row.path, "path"), (label, "label"), (row.speaker, "speaker")):
+        if not value:
+            return f"{tag}: empty {what}"
+    if row.gender.lower() not in _GENDER_SPELLINGS:
+        return f"{tag}: gender {row.gender!r} is not one of {', '.join(GENDERS)} (or m, f)"
+    return None
+
+
+def _file_fault(key: str, present: set[str], input_root: str, tag: str) -> str | None:
+    """Why a row's file is not there, or None (an absolute or ``s3://`` path is looked up)."""
+    if _is_absolute(key):
+        return None if storage.exists(key) else f"{tag}: no file {key!r}"
+    return None if key in present else f"{tag}: no file {key!r} under {input_root}"
+
+
+def _rows_named(numbers: list[int]) -> str:
+    head = ", ".join(str(n) for n in numbers[:-1])
+    return f"rows {head} and {numbers[-1]}"
+
+
+def _entry(row: TableRow, key: str, label: str, input_root: str) -> Entry:
+    labels = ClipLabels(
+        label=label,
+        speaker=row.speaker,
+        gender=_GENDER_SPELLINGS[row.gender.lower()],
+        corpus=row.corpus,
+        split=row.split,
+    )
+    uri = row.path if _is_absolute(row.path) else storage.join(input_root, *key.split("/"))
+    return Entry(uri, key, labels)
+
+
+def match_table(
+    rows: list[TableRow],
+    table_name: str,
+    input_root: str,
+    listed: list[str],
+    label_map: dict[str, str] | None = None,
+) -> TableMatch:
+    """Pair a label table's rows with the audio files found under ``input_root``.
+
+    A relative ``path`` names a file under ``input_root`` and must be in ``listed``; an absolute
+    or ``s3://`` one is used as it is and must exist (one existence check per such row), and
+    counts as its relative path when it lies under ``input_root``. A row is rejected for an
+    empty path, label or speaker, an unknown gender, a path another row names too (one
+    rejection naming all those rows) or a missing file; a listed file no row names is rejected
+    as having no row. ``label_map`` renames labels after reading (``{"anger": "angry"}``;
+    several to one merges them); other labels stay as written.
+
+    Args:
+        rows: from :func:`read_label_table`.
+        table_name: how messages name the table (e.g. ``labels.csv``).
+        input_root: the folder or ``s3://`` prefix the files were listed under.
+        listed: the audio files under ``input_root``, as posix paths relative to it.
+        label_map: label renames, applied to every row.
+    """
+    label_map = label_map or {}
+    roots = _roots(input_root)
+    present = {posixpath.normpath(p.replace("\\", "/")) for p in listed}
+    by_key: dict[str, list[TableRow]] = {}
+    for row in rows:
+        by_key.setdefault(_key(row.path, roots) if row.path else "", []).append(row)
+    entries: list[Entry] = []
+    rejected: list[tuple[str, str]] = []
+    for key, group in by_key.items():
+        if key and len(group) > 1:
+            rows_named = _rows_named([row.row for row in group])
+            rejected.append((key, f"{table_name} {rows_named}: the same path {key!r}"))
+            continue
+        for row in group:  # one row, or every row with an empty path
+            tag, label = f"{table_name} row {row.row}", label_map.get(row.label, row.label)
+            fault = _row_fault(row, label, tag) or _file_fault(key, present, input_root, tag)
+            if fault:
+                rejected.append((key or tag, fault))
+            else:
+                entries.append(_entry(row, key, label, input_root))
+    rejected += [(path, f"no row in {table_name}") for path in sorted(present - by_key.keys())]
+    return TableMatch(sorted(entries, key=lambda e: e.relpath), sorted(rejected))

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from knd.data import corpora, ravdess
+from knd.data import corpora, ravdess, storage
 from knd.data.corpora import (
     LAYOUTS,
     TABLE_FORMATS,
     VOCABULARY,
     ClipLabels,
+    Entry,
+    TableMatch,
     TableRow,
     labels_in_order,
     layout,
+    match_table,
     read_label_table,
 )
 
@@ -271,3 +277,152 @@ def test_a_table_over_the_bounds_is_refused(tmp_path, monkeypatch, suffix):
     monkeypatch.setattr(corpora, "MAX_TABLE_BYTES", 100)
     with pytest.raises(ValueError, match="bytes, over the 100-byte limit"):
         read_label_table(uri)
+
+
+# --- Matching a table to the files -------------------------------------------------------------
+
+
+def rows_named(reason: str) -> list[int]:
+    """The row numbers a rejection's reason names (``row 3``, ``rows 2, 4 and 6``)."""
+    found = re.search(r"\brows? ((?:\d+(?:, | and )?)+)", reason)
+    return [int(n) for n in re.findall(r"\d+", found.group(1))] if found else []
+
+
+def assert_accounted(match: TableMatch, rows: list[TableRow], listed: list[str]) -> None:
+    """Every row and every listed file ends in exactly one of entries or rejections."""
+    names = [e.relpath for e in match.entries] + [name for name, _ in match.rejected]
+    for path in listed:
+        assert names.count(path) == 1, (path, match)
+    named_rows = [n for _, reason in match.rejected for n in rows_named(reason)]
+    assert len(named_rows) == len(set(named_rows)), match.rejected
+    assert len(match.entries) + len(named_rows) == len(rows), match
+    assert all("\n" not in reason for _, reason in match.rejected)
+
+
+def touch(root, *names: str) -> list[str]:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"RIFF")
+    return list(names)
+
+
+def test_rows_match_the_listed_files_and_relative_paths_join_the_input(tmp_path):
+    listed = touch(tmp_path, "a/one.wav", "b/two.flac")
+    rows = [TableRow(1, "a/one.wav", "angry", "007", "F", "mine", "train"),
+            TableRow(2, "./b/two.flac", "contempt", "3")]  # fmt: skip
+    match = match_table(rows, "labels.csv", str(tmp_path), listed)
+    assert match.rejected == []
+    assert match.entries == [
+        Entry(str(tmp_path / "a" / "one.wav"), "a/one.wav",
+              ClipLabels("angry", "007", "female", corpus="mine", split="train")),
+        Entry(str(tmp_path / "b" / "two.flac"), "b/two.flac", ClipLabels("contempt", "3")),
+    ]  # fmt: skip
+    assert_accounted(match, rows, listed)
+
+
+def test_every_kind_of_rejection_names_its_row(tmp_path):
+    root = tmp_path / "in"
+    listed = touch(root, "a.wav", "dup.wav", "extra/c.wav", "empty_label.wav", "nosp.wav",
+                   "g.wav", "inside.wav")  # fmt: skip
+    outside = touch(tmp_path, "elsewhere/o.wav")
+    rows = [
+        TableRow(1, "a.wav", "angry", "1"),
+        TableRow(2, "gone/b.wav", "sad", "1"),
+        TableRow(3, "empty_label.wav", "", "1"),
+        TableRow(4, "nosp.wav", "sad", ""),
+        TableRow(5, "dup.wav", "sad", "2"),
+        TableRow(6, "", "sad", "2"),
+        TableRow(7, "./dup.wav", "happy", "2"),
+        TableRow(8, "g.wav", "sad", "2", gender="other"),
+        TableRow(9, str(tmp_path / "nowhere.wav"), "sad", "2"),
+        TableRow(10, str(tmp_path / outside[0]), "sad", "3"),
+        TableRow(11, str(root / "inside.wav"), "calm", "3"),
+    ]
+    match = match_table(rows, "labels.csv", str(root), listed)
+    assert match.rejected == sorted([
+        ("dup.wav", "labels.csv rows 5 and 7: the same path 'dup.wav'"),
+        ("empty_label.wav", "labels.csv row 3: empty label"),
+        ("extra/c.wav", "no row in labels.csv"),
+        ("g.wav", "labels.csv row 8: gender 'other' is not one of male, female, unknown (or m, f)"),
+        ("gone/b.wav", f"labels.csv row 2: no file 'gone/b.wav' under {root}"),
+        ("labels.csv row 6", "labels.csv row 6: empty path"),
+        ("nosp.wav", "labels.csv row 4: empty speaker"),
+        (str(tmp_path / "nowhere.wav"), f"labels.csv row 9: no file '{tmp_path / 'nowhere.wav'}'"),
+    ])  # fmt: skip
+    # An absolute path is read where it is; under the input it is that file's relative name.
+    assert [(e.uri, e.relpath) for e in match.entries] == sorted([
+        (str(tmp_path / outside[0]), str(tmp_path / outside[0])),
+        (str(root / "a.wav"), "a.wav"),
+        (str(root / "inside.wav"), "inside.wav"),
+    ], key=lambda pair: pair[1])  # fmt: skip
+    assert_accounted(match, rows, listed)
+
+
+def test_a_label_map_renames_and_merges_and_other_labels_stay_as_written(tmp_path):
+    listed = touch(tmp_path, "1.wav", "2.wav", "3.wav", "4.wav")
+    rows = [TableRow(1, "1.wav", "anger", "a"), TableRow(2, "2.wav", "mad", "a"),
+            TableRow(3, "3.wav", "contempt", "b"), TableRow(4, "4.wav", "x", "b")]  # fmt: skip
+    label_map = {"anger": "angry", "mad": "angry", "x": ""}
+    match = match_table(rows, "t.tsv", str(tmp_path), listed, label_map)
+    assert [e.labels.label for e in match.entries] == ["angry", "angry", "contempt"]
+    assert match.rejected == [("4.wav", "t.tsv row 4: empty label")]
+    assert labels_in_order(e.labels.label for e in match.entries) == ("angry", "contempt")
+
+
+ROW_VALUES = st.tuples(
+    st.sampled_from(["a.wav", "./a.wav", "b.wav", "c/d.wav", "gone.wav", "/abs/gone.wav", ""]),
+    st.sampled_from(["sad", ""]),
+    st.sampled_from(["1", ""]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(ROW_VALUES, max_size=8),
+    listed=st.sets(st.sampled_from(["a.wav", "b.wav", "c/d.wav", "e.wav"])),
+)
+def test_nothing_is_silently_dropped(rows, listed):
+    """Random tables over a few paths (duplicates, empty values, missing files, unlisted ones)."""
+    table = [TableRow(i, path, label, speaker) for i, (path, label, speaker) in enumerate(rows, 1)]
+    listed = sorted(listed)
+    match = match_table(table, "labels.csv", "/nonexistent-input", listed)
+    assert_accounted(match, table, listed)
+
+
+def test_an_s3_table_and_s3_and_local_absolute_paths(s3_server, tmp_path):
+    """Through moto's S3 server: a table on S3, files under an s3:// input, and rows naming
+    s3:// and local files outside the input by their absolute paths."""
+    root = f"{s3_server.url}/corpora/in"
+    for name in ("x/1.wav", "x/2.wav", "unlisted.wav"):
+        storage.write_bytes(storage.join(root, *name.split("/")), b"RIFF")
+    elsewhere = f"{s3_server.url}/corpora/other/3.wav"
+    storage.write_bytes(elsewhere, b"RIFF")
+    local = touch(tmp_path, "4.wav")
+    table = pd.DataFrame({
+        "path": ["x/1.wav", f"{root}/x/2.wav", elsewhere, f"{s3_server.url}/corpora/nope.wav",
+                 str(tmp_path / local[0])],
+        "label": ["anger", "sad", "happy", "sad", "sad"],
+        "speaker": ["007", "8", "9", "9", "10"],
+    })  # fmt: skip
+    for suffix in (".csv", ".parquet"):
+        uri = f"{s3_server.url}/corpora/labels{suffix}"
+        write_table(table, tmp_path / f"labels{suffix}")
+        storage.write_bytes(uri, (tmp_path / f"labels{suffix}").read_bytes())
+        rows = read_label_table(uri)
+        assert [r.speaker for r in rows] == ["007", "8", "9", "9", "10"]
+    prefix = root.removeprefix("s3://") + "/"
+    listed = [u.removeprefix("s3://").removeprefix(prefix) for u in storage.list_files(root)]
+    assert listed == ["unlisted.wav", "x/1.wav", "x/2.wav"]
+    match = match_table(rows, "labels.parquet", root, listed, {"anger": "angry"})
+    assert [(e.uri, e.relpath, e.labels.label) for e in match.entries] == [
+        (str(tmp_path / "4.wav"), str(tmp_path / "4.wav"), "sad"),
+        (elsewhere, elsewhere, "happy"),
+        (f"{root}/x/1.wav", "x/1.wav", "angry"),
+        (f"{root}/x/2.wav", "x/2.wav", "sad"),
+    ]
+    assert match.rejected == [
+        (f"{s3_server.url}/corpora/nope.wav",
+         f"labels.parquet row 4: no file '{s3_server.url}/corpora/nope.wav'"),
+        ("unlisted.wav", "no row in labels.parquet"),
+    ]  # fmt: skip
+    assert_accounted(match, rows, listed)
