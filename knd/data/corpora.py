@@ -249,8 +249,9 @@ def layout(name: str) -> Layout:
 TABLE_FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
 REQUIRED_COLUMNS = ("path", "label", "speaker")
 MAX_TABLE_BYTES = 1 << 30
+"""A label table larger than this is refused: all of it is held in the driver's memory."""
 MAX_TABLE_ROWS = 10_000_000
-"""A table beyond these is refused: every row is held in the driver's memory."""
+"""A label table with more rows than this is refused, for the same reason."""
 
 
 @dataclass(frozen=True)
