@@ -290,7 +290,8 @@ def _csv_records(data: bytes, uri: str, delimiter: str) -> tuple[list[str], list
     for values in reader:
         if not any(v.strip() for v in values):
             continue
-        if len(values) > len(header):
+        # A spreadsheet pads rows with empty cells past the header's; only a value there is wrong.
+        if any(v.strip() for v in values[len(header) :]):
             raise ValueError(
                 f"label table {uri} row {len(records) + 1}: {len(values)} fields, the header "
                 f"has {len(header)} (a comma or tab in a value must be quoted)"
@@ -376,10 +377,10 @@ def read_label_table(uri: str) -> list[TableRow]:
     if suffix not in _FORMAT_READERS:
         raise ValueError(f"label table {uri}: unknown format {suffix!r}; expected {TABLE_FORMATS}")
     columns, records = _FORMAT_READERS[suffix](_read_bounded(uri), uri)
-    names = {str(c): str(c).strip().lower() for c in columns}
-    twice = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
-    if len(names) < len(columns) or twice:
+    named = [str(c).strip().lower() for c in columns if str(c).strip()]
+    if len(set(named)) < len(named):
         raise ValueError(f"label table {uri} has a column twice: {columns}")
+    names = {str(c): str(c).strip().lower() for c in columns}
     for column in REQUIRED_COLUMNS:
         if column not in names.values():
             raise ValueError(

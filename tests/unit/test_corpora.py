@@ -223,6 +223,12 @@ def test_a_hand_written_csv_keeps_ids_as_written(tmp_path):
     ]
 
 
+def test_a_spreadsheets_empty_trailing_columns_are_ignored(tmp_path):
+    (tmp_path / "t.csv").write_text("path,label,speaker,,\na.wav,sad,1,,\nb.wav,sad,2,,,\n")
+    rows = read_label_table(str(tmp_path / "t.csv"))
+    assert rows == [TableRow(1, "a.wav", "sad", "1"), TableRow(2, "b.wav", "sad", "2")]
+
+
 def test_json_numbers_and_nulls_read_as_text_and_missing(tmp_path):
     lines = ['{"path": "a.wav", "label": "sad", "speaker": 7, "gender": null}', "",
              '{"path": "b.wav", "label": "happy", "split": "dev"}']  # fmt: skip
