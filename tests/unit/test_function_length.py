@@ -14,10 +14,11 @@ MAX_LINES = 60
 def function_lengths() -> dict[str, int]:
     """``{"module.py:function": lines}`` of every function and method in ``knd/``."""
     lengths = {}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                key, lines = f"{path.name}:{node.name}", node.end_lineno - node.lineno + 1
+                name = path.relative_to(PACKAGE).as_posix()
+                key, lines = f"{name}:{node.name}", node.end_lineno - node.lineno + 1
                 lengths[key] = max(lengths.get(key, 0), lines)  # same-named methods: the longest
     return lengths
 
