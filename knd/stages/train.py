@@ -477,6 +477,24 @@ def _log_continuation(run_path: str, resume: str | None) -> None:
         )  # fmt: skip
 
 
+def _fit_and_keep(
+    cfg: TrainConfig, data: SplitData, loop: LoopConfig, root: str
+) -> tuple[dict, str]:
+    """Run the Ray Train job; copy the checkpoint it keeps to ``<run>/checkpoint``.
+
+    Returns:
+        ``(the kept checkpoint's metrics, its folder)``.
+    """
+    trainer = _trainer(cfg, data, loop, root)
+    # One console line per epoch, from history.jsonl (rank 0 appends to it every epoch).
+    with follow_epochs(lambda: read_history(loop.run_path), cfg.optim.epochs):
+        result = trainer.fit()
+    best, best_metrics = kept_checkpoint(result, cfg, has_val=data.val is not None)
+    checkpoint_uri = storage.join(loop.run_path, CHECKPOINT_DIR)
+    _copy_checkpoint(best, checkpoint_uri)
+    return best_metrics, checkpoint_uri
+
+
 def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     """Train, keep one checkpoint chosen without the test actors, report val and test metrics.
 
@@ -511,13 +529,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
 
     _log_continuation(run_path, cfg.resume)
     loop = _loop_config(cfg, data, meta, run_path, name, hooks)
-    trainer = _trainer(cfg, data, loop, root)
-    # One console line per epoch, from history.jsonl (rank 0 appends to it every epoch).
-    with follow_epochs(lambda: read_history(run_path), cfg.optim.epochs):
-        result = trainer.fit()
-    best, best_metrics = kept_checkpoint(result, cfg, has_val=data.val is not None)
-    checkpoint_uri = storage.join(run_path, CHECKPOINT_DIR)
-    _copy_checkpoint(best, checkpoint_uri)
+    best_metrics, checkpoint_uri = _fit_and_keep(cfg, data, loop, root)
 
     history = read_history(run_path)
     report = score_and_report(
@@ -534,8 +546,7 @@ def run(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     test = report["test"]
     log.info(
         "kept epoch %d (%s): test accuracy %.3f, UAR %.3f, macro-F1 %.3f; report in %s",
-        best_metrics["epoch"], selection, test["accuracy"], test["uar"], test["macro_f1"],
-        run_path,
+        best_metrics["epoch"], selection, test["accuracy"], test["uar"], test["macro_f1"], run_path,
     )  # fmt: skip
     return TrainResult(
         run_dir=run_path,
