@@ -178,7 +178,13 @@ def bench_prepare(cluster, audio: str, prefix: str, kill_at: float, groups: str)
     """``knd prepare`` uninterrupted, then with a worker node lost at about ``kill_at``."""
     from knd.config.loading import load_config
     from knd.data import storage
-    from knd.stages.prepare import files_per_task, list_inputs, run, staging_folders
+    from knd.stages.prepare import (
+        files_per_task,
+        label_inputs,
+        list_inputs,
+        run,
+        staging_folders,
+    )
 
     options = ["batch_size=4", *([f"features.groups=[{groups}]"] if groups else [])]
 
@@ -190,8 +196,13 @@ def bench_prepare(cluster, audio: str, prefix: str, kill_at: float, groups: str)
     ref = run(cfg("features-ref"))
     ref_s = time.perf_counter() - started
     chaos_cfg = cfg("features-chaos")
-    _, _, listing = list_inputs(audio)
-    staging = storage.join(chaos_cfg.output, staging_folders(chaos_cfg, listing)[0])
+    uris, paths, listing = list_inputs(audio)
+
+    def staging_of(c) -> str:
+        digest = label_inputs(c, uris, paths).digest
+        return storage.join(c.output, staging_folders(c, listing, labels_digest=digest)[0])
+
+    staging = staging_of(chaos_cfg)
     parts = math.ceil(ref.num_rows / files_per_task(ref.num_rows, 2.0, chaos_cfg))
     ready = lambda: staged_count(staging, ".done.json") >= kill_at * parts  # noqa: E731
     result, chaos_s, kill = with_node_loss(cluster, lambda: run(chaos_cfg), ready)
@@ -203,7 +214,7 @@ def bench_prepare(cluster, audio: str, prefix: str, kill_at: float, groups: str)
         **prepare_outcome(ref.output, chaos_cfg.output),
     }
     again_cfg = cfg("features-driver-killed")
-    staging = storage.join(again_cfg.output, staging_folders(again_cfg, listing)[0])
+    staging = staging_of(again_cfg)
     args = [f"input={audio}", f"output={again_cfg.output}", *options]
     ready = lambda: staged_count(staging, ".done.json") >= kill_at * parts  # noqa: E731
     again, timings = with_driver_killed("prepare", args, ready, lambda: run(again_cfg), ref_s)

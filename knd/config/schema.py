@@ -315,7 +315,16 @@ class PrepareConfig:
     required: typing.ClassVar[tuple[str, ...]] = ("input", "output")
     input: str | None = _help("audio folder or s3:// prefix")
     output: str | None = _help("features folder or s3:// prefix")
-    require_labels: bool = _help("reject files whose names are not RAVDESS names")
+    corpus: str = _help(
+        "where labels come from: ravdess, crema_d, emodb, tess, savee (the corpus's own names and "
+        "folders), or a label table (.csv, .tsv, .jsonl or .parquet with path, label, speaker)"
+    )
+    label_map: dict[str, str] | None = _help(
+        "rename or merge labels, e.g. {anger: angry, frustrated: angry} (none: as written)"
+    )
+    require_labels: bool = _help(
+        "reject files whose names the corpus layout cannot read (false: keep them unlabelled)"
+    )
     features: FeatureConfig = _help("feature parameters")
     rows_per_shard: int = _help("rows per Parquet shard", ge=1, le=10_000_000)
     batch_size: int = _help(

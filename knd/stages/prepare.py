@@ -63,10 +63,9 @@ from knd.audio.waveform import decode_audio
 from knd.config.loading import to_dict
 from knd.config.schema import FeatureConfig, PrepareConfig
 from knd.data import storage
+from knd.data.labelling import LabelledFiles, label_files, unlabelled
 from knd.data.lease import OutputLease
-from knd.data.ravdess import EMOTIONS, parse_name
 from knd.data.shards import (
-    LABEL_COLUMNS,
     MANIFEST,
     MANIFEST_VERSION,
     REJECTED,
@@ -115,29 +114,11 @@ class PrepareResult:
 # The per-file work, shared by the Ray tasks and the benchmark's baselines
 
 
-def _describe(clip_name: str, require_labels: bool) -> dict[str, Any]:
-    try:
-        clip = parse_name(clip_name)
-    except ValueError:
-        if require_labels:
-            raise
-        return {name: UNKNOWN for name in LABEL_COLUMNS} | {"gender": "unknown"}
-    return {
-        "actor": clip.actor,
-        "emotion": clip.emotion,
-        "intensity": clip.intensity,
-        "statement": clip.statement,
-        "repetition": clip.repetition,
-        "label": clip.emotion - 1,  # ravdess8 id; ravdess7 is derived at train time
-        "gender": clip.gender,
-    }
-
-
 def process_files(
     uris: list[str],
     paths: list[str],
     params: FeatureConfig,
-    require_labels: bool,
+    labels: list[dict[str, Any]],
     hashes: list[str] | None = None,
 ) -> pa.Table:
     """Read, hash, label and featurise files; a file that fails is a row with an ``error``.
@@ -146,7 +127,7 @@ def process_files(
         uris: where to read each file (local path or ``s3://``).
         paths: each file's path relative to the input, stored and reported.
         params: feature parameters.
-        require_labels: reject files whose names are not RAVDESS names.
+        labels: each file's label fields (:attr:`knd.data.labelling.LabelledFiles.fields`).
         hashes: each file's sha256 when already known (the hash pass), else computed here.
 
     Returns:
@@ -160,9 +141,8 @@ def process_files(
     for i, (uri, path) in enumerate(zip(uris, paths, strict=True)):
         row: dict[str, Any] = {"path": path, "sha256": None, "duration": None}
         row |= dict.fromkeys(stores)
-        row |= {name: UNKNOWN for name in LABEL_COLUMNS} | {"gender": "unknown", "error": None}
+        row |= unlabelled() | labels[i] | {"error": None}
         try:
-            row |= _describe(path, require_labels)
             if fs is None:  # one filesystem (one S3 connection pool) per batch, not per file
                 fs, _ = storage.resolve(uri)
             data = storage.read_bytes(uri, fs)
@@ -215,7 +195,7 @@ def featurize_part(
     staging: str,
     folder: str,
     params: FeatureConfig,
-    require_labels: bool,
+    labels: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """The featurise pass: process files, write the good ones as shard ``staging/part``.
 
@@ -226,7 +206,7 @@ def featurize_part(
         Small per-file rows (every column but the feature groups', plus ``shard``: the shard's path
         relative to ``output`` once committed under ``folder``, None for a failed file).
     """
-    table = process_files(uris, paths, params, require_labels, hashes)
+    table = process_files(uris, paths, params, labels, hashes)
     good = table.filter(pc.is_null(table["error"]))
     stage, shard = Staging(storage.join(output, staging)), None
     if good.num_rows:
@@ -283,7 +263,7 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str], str]:
 
 
 def select_files(
-    hashed: list[dict[str, Any]], require_labels: bool
+    hashed: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Split hash rows into files to featurise (sorted by path) and ``(path, reason)`` rejections.
 
@@ -296,11 +276,6 @@ def select_files(
     for row in hashed:
         if row["error"]:
             rejected.append((row["path"], row["error"]))
-            continue
-        try:
-            _describe(row["path"], require_labels)
-        except ValueError as e:
-            rejected.append((row["path"], failure_reason(e)))
             continue
         good.append(row)
     keeper: dict[str, str] = {}
@@ -349,11 +324,15 @@ def build_manifest(
     cfg: PrepareConfig,
     listing: str,
     specs: dict[str, dict] | None = None,
+    labelled: LabelledFiles | None = None,
 ) -> dict[str, Any]:
     """The manifest of a dataset about to be committed (``kept``: its small per-file rows;
-    ``specs``: :func:`~knd.audio.features.group_specs` of ``cfg.features`` when known)."""
+    ``specs``: :func:`~knd.audio.features.group_specs` of ``cfg.features`` when known;
+    ``labelled``: the files' labels, by default RAVDESS's names)."""
     params = cfg.features
     content = hashlib.sha256("\n".join(sorted(r["sha256"] for r in kept)).encode()).hexdigest()
+    labelled = labelled or label_inputs(cfg, [r["path"] for r in kept], [r["path"] for r in kept])
+    speakers = {int(r["actor"]) for r in kept}
     return {
         "version": MANIFEST_VERSION,
         "knd_version": knd.__version__,
@@ -361,7 +340,8 @@ def build_manifest(
         "feature_groups": specs or group_specs(params),
         "num_rows": len(kept),
         "rows_per_actor": _counts([r["actor"] for r in kept]),
-        "rows_per_emotion": _counts([r["emotion"] for r in kept], EMOTIONS),
+        "rows_per_emotion": _counts([r["emotion"] for r in kept], labelled.emotions),
+        **labelled.manifest_keys(speakers),
         "corpus_checksum": content,
         "input": cfg.input,
         "input_listing": listing,
@@ -389,43 +369,58 @@ def prepare_files(
     map_tasks: TaskMap,
     cpus: float,
     lease: OutputLease | None = None,
+    labelled: LabelledFiles | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]], dict[str, Any] | None]:
-    """Hash, select, featurise (workers write the shards) and commit.
+    """Label, hash, select, featurise (workers write the shards) and commit.
 
     Args:
         map_tasks: how tasks run (:func:`knd.runtime.tasks.ray_map`, ``serial_map`` or a pool's).
         cpus: CPUs the tasks share (sizes the tasks).
         lease: the output's lease, renewed while tasks run and checked before the commit.
+        labelled: the files' labels (:func:`label_inputs`), when the caller has them.
 
     Returns:
         ``(kept rows, rejections, manifest)``; the manifest is None when nothing usable remained,
         in which case nothing is committed.
     """
     renew = lease.renew if lease else (lambda: None)
-    order = sorted(range(len(paths)), key=lambda i: paths[i])
-    uris, paths = [uris[i] for i in order], [paths[i] for i in order]
+    labelled = labelled or label_inputs(cfg, uris, paths)
+    order = sorted(range(len(labelled.paths)), key=lambda i: labelled.paths[i])
+    uris, paths = [labelled.uris[i] for i in order], [labelled.paths[i] for i in order]
     size = min(MAX_HASH_FILES_PER_TASK, max(1, math.ceil(len(paths) / (cpus * HASH_TASKS_PER_CPU))))
     hash_tasks = [{"uris": uris[s], "paths": paths[s]} for s in _chunks(len(paths), size)]
     hashed = run_tasks(map_tasks, hash_files, hash_tasks, {}, lambda files: renew())
-    keep, rejected = select_files(hashed, cfg.require_labels)
+    keep, rejected = select_files(hashed)
+    rejected += labelled.rejected
     uri_of = dict(zip(paths, uris, strict=True))
 
     specs = group_specs(cfg.features)
-    folders = staging_folders(cfg, listing, specs)
-    rows = _featurise(cfg, keep, uri_of, folders, map_tasks, cpus, renew)
+    folders = staging_folders(cfg, listing, specs, labelled.digest)
+    rows = _featurise(cfg, keep, uri_of, folders, map_tasks, cpus, renew, labelled.fields)
     rejected += [(r["path"], r["error"]) for r in rows if r.get("error")]
     rejected.sort()
     kept = sorted((r for r in rows if not r.get("error")), key=lambda r: r["path"])
     for path, reason in rejected:
         log.warning("rejected %s: %s", path, reason)
-    return kept, rejected, _commit(cfg, kept, rejected, folders, listing, lease, specs)
+    manifest = _commit(cfg, kept, rejected, folders, listing, lease, specs, labelled)
+    return kept, rejected, manifest
+
+
+def label_inputs(cfg: PrepareConfig, uris: list[str], paths: list[str]) -> LabelledFiles:
+    """The labels of the listed files from ``cfg.corpus`` (:mod:`knd.data.labelling`)."""
+    return label_files(cfg.corpus, cfg.input, uris, paths, cfg.require_labels, cfg.label_map)
 
 
 def staging_folders(
-    cfg: PrepareConfig, listing: str, specs: dict[str, dict] | None = None
+    cfg: PrepareConfig,
+    listing: str,
+    specs: dict[str, dict] | None = None,
+    labels_digest: str = "",
 ) -> tuple[str, str]:
     """``(staging, folder)`` of this dataset: named by a hash of what defines it, so a rerun of an
     interrupted run stages into the same folder and finds the parts it finished.
+    ``labels_digest`` (:attr:`knd.data.labelling.LabelledFiles.digest`) covers the files' labels:
+    a label table edited between two runs makes another dataset.
 
     Locally the folder appears under its final name only once complete (one rename); on S3 a
     rename is a copy, so shards go straight to their folder and the manifest alone commits them.
@@ -434,7 +429,8 @@ def staging_folders(
     logmel = feature_hash(cfg.features)
     # The shard format's version is part of the identity: parts a version-1 run staged (their
     # log-mel in a ``features`` column) must not be committed under a version-2 manifest.
-    key = staging_key([listing, logmel, groups, cfg.require_labels, MANIFEST_VERSION])
+    identity = [listing, logmel, groups, cfg.require_labels, MANIFEST_VERSION, labels_digest]
+    key = staging_key(identity)
     folder = f"shards-{logmel[:8]}-{key[:8]}"
     return (folder if storage.is_remote(cfg.output) else f".tmp-{folder}"), folder
 
@@ -480,9 +476,13 @@ def _parse_record(data: bytes) -> list[dict[str, Any]]:
 
 
 def _featurise_tasks(
-    todo: list[dict[str, Any]], uri_of: dict[str, str], per_task: int
+    todo: list[dict[str, Any]],
+    uri_of: dict[str, str],
+    per_task: int,
+    fields: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """The featurise tasks of ``todo``, ``per_task`` files each, each with its part's name."""
+    """The featurise tasks of ``todo``, ``per_task`` files each, each with its part's name and
+    its files' label ``fields``."""
     # A new name per run: a part still being written by a task of a killed run is never this
     # run's part (it is deleted at the commit, unlisted).
     run_token = uuid.uuid4().hex[:6]
@@ -494,6 +494,7 @@ def _featurise_tasks(
                 "uris": [uri_of[r["path"]] for r in part],
                 "paths": [r["path"] for r in part],
                 "hashes": [r["sha256"] for r in part],
+                "labels": [fields[r["path"]] for r in part],
                 "part": f"part-{run_token}-{i:05d}.parquet",
             }
         )
@@ -508,6 +509,7 @@ def _featurise(
     map_tasks: TaskMap,
     cpus: float,
     renew: Callable[[], None],
+    fields: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """The featurise pass over the selected files: each task writes its shard into staging.
 
@@ -529,9 +531,8 @@ def _featurise(
         "staging": staging,
         "folder": folder,
         "params": cfg.features,
-        "require_labels": cfg.require_labels,
     }
-    tasks = _featurise_tasks(todo, uri_of, files_per_task(len(keep), cpus, cfg))
+    tasks = _featurise_tasks(todo, uri_of, files_per_task(len(keep), cpus, cfg), fields)
     with file_progress(len(keep), "knd prepare", cfg.ray.verbose) as bar:
         bar.update(len(done))
 
@@ -558,6 +559,7 @@ def _commit(
     listing: str,
     lease: OutputLease | None,
     specs: dict[str, dict],
+    labelled: LabelledFiles,
 ) -> dict[str, Any] | None:
     """Move the staged shards into place and write the manifest last (the commit point).
 
@@ -578,7 +580,7 @@ def _commit(
     # this run would have been skipped): it is replaced.
     committed = stage.commit_folder(storage.join(cfg.output, folder))
     counted = [counts[s] for s in shards]
-    manifest = build_manifest(kept, shards, counted, rejected, cfg, listing, specs)
+    manifest = build_manifest(kept, shards, counted, rejected, cfg, listing, specs, labelled)
     if lease:
         lease.check()  # a run that lost its lease must not commit over the winner's
     storage.write_text(storage.join(cfg.output, REJECTED), _rejected_csv(rejected))
@@ -593,12 +595,15 @@ def _commit(
 
 
 def _already_prepared(
-    cfg: PrepareConfig, listing: str, specs: dict[str, dict]
+    cfg: PrepareConfig, listing: str, specs: dict[str, dict], labels_digest: str
 ) -> dict[str, Any] | None:
     """The committed manifest when it holds exactly this dataset and all its shards exist."""
     current = read_manifest(cfg.output)
+    # A manifest from before other corpora were read labelled RAVDESS names the one way.
+    by_names = cfg.corpus == "ravdess" and not cfg.label_map
     if (
         current is None
+        or current.get("labels_digest", labels_digest if by_names else None) != labels_digest
         or {g: s["hash"] for g, s in manifest_groups(current).items()}
         != {g: s["hash"] for g, s in specs.items()}
         or current.get("input_listing") != listing
@@ -634,7 +639,8 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     if not uris:
         suffixes = ", ".join(storage.AUDIO_SUFFIXES)
         raise FileNotFoundError(f"no audio files ({suffixes}) under {cfg.input}")
-    current = _already_prepared(cfg, listing, specs)
+    labelled = label_inputs(cfg, uris, paths)
+    current = _already_prepared(cfg, listing, specs, labelled.digest)
     if current is not None:
         log.info(
             "nothing to do: %s already holds these %d files prepared with feature hash %s "
@@ -655,7 +661,9 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         ray_start = time.perf_counter() - ray_started
         cpus = ray.cluster_resources().get("CPU", 1.0)
         log.info("preparing %d audio files from %s (feature hash %s)", len(uris), cfg.input, wanted)
-        kept, rejected, manifest = prepare_files(cfg, uris, paths, listing, ray_map, cpus, lease)
+        kept, rejected, manifest = prepare_files(
+            cfg, uris, paths, listing, ray_map, cpus, lease, labelled
+        )
     _log_outcome(cfg, len(uris), kept, rejected, manifest, time.perf_counter() - started, ray_start)
     reused = sum(1 for r in kept if r.get("reused"))
     if manifest is None:

@@ -14,6 +14,7 @@ from samples import checkpoint_meta, checkpoint_meta_v1, encode, tone
 from knd.audio.features import group_specs
 from knd.config.loading import load_config
 from knd.config.schema import ConfigError
+from knd.data.labelling import label_files
 from knd.data.shards import (
     check_groups,
     load_features,
@@ -67,7 +68,8 @@ def _prepare(tmp_path, params, name: str) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         uris.append(str(target))
-    table = process_files(uris, list(files), params, require_labels=True)
+    labelled = label_files("ravdess", str(tmp_path / "audio"), uris, list(files))
+    table = process_files(uris, list(files), params, [labelled.fields[p] for p in files])
     assert table["error"].null_count == len(files), table["error"].to_pylist()
     fs, root = resolve(str(folder))
     write_shard(shard_rows_table(table.filter(pc.is_null(table["error"]))), fs, f"{root}/shards/p")
