@@ -368,3 +368,19 @@ def manifest_speakers(manifest: dict[str, Any]) -> dict[int, str]:
     if names is None:
         return {a: str(a) for a in manifest_actors(manifest)}
     return {int(i): str(name) for i, name in names.items()}
+
+
+def emotion_counts(path: str, actors: Iterable[int]) -> dict[int, int]:
+    """``{emotion code: clips}`` of ``actors`` in a prepared feature set (label columns only)."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return {}
+    fs, files = shard_paths(path, manifest)
+    wanted = pa.array(sorted({int(a) for a in actors}), pa.int32())
+    counts: dict[int, int] = {}
+    for f in files:
+        table = pq.read_table(f, filesystem=fs, columns=["actor", "emotion"])
+        codes = table.filter(pc.is_in(table["actor"], wanted))["emotion"].to_numpy()
+        for code, n in zip(*np.unique(codes, return_counts=True), strict=True):
+            counts[int(code)] = counts.get(int(code), 0) + int(n)
+    return counts

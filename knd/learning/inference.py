@@ -8,6 +8,7 @@ for the same clip on the same device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,16 @@ class ActorScores:
     preds: np.ndarray
     probs: np.ndarray
     metrics: dict
-    """:func:`knd.learning.metrics.split_metrics` of ``preds`` against ``targets``."""
+    """:func:`knd.learning.metrics.split_metrics` of ``preds`` against ``targets`` (over the
+    ``shared`` labels, named in ``metrics["labels"]``, when the data lacks some of the model's)."""
+    shared: tuple[str, ...] | None = None
+    """The model's labels the data has, when it lacks some (a cross-corpus evaluation)."""
+
+
+def shared_labels(labels: Any, emotions: Sequence[str]) -> tuple[str, ...]:
+    """The classes of the label set ``labels`` that clips labelled ``emotions`` can have."""
+    present = {labels.target(e) for e in emotions}
+    return tuple(n for i, n in enumerate(labels.names) if i in present)
 
 
 def score_actors(
@@ -155,5 +165,17 @@ def score_actors(
     inputs = {g: v for g, v in table.inputs().items() if g in groups}
     preds, probs = predict(model, meta, inputs, batch_size, device)
     targets = labels.targets(table.emotion, emotions)
-    metrics = split_metrics(preds, targets, len(meta["labels"]), actors=table.actor)
-    return ActorScores(table, targets, preds, probs, metrics)
+    shared = shared_labels(labels, emotions)
+    if len(shared) == len(labels.names):
+        metrics = split_metrics(preds, targets, len(labels.names), actors=table.actor)
+        return ActorScores(table, targets, preds, probs, metrics)
+    # Another corpus without some of the model's labels: the model chooses among the labels
+    # both have (probabilities restricted and renormalised), and is scored on those.
+    columns = np.array([labels.names.index(n) for n in shared])
+    kept = probs[:, columns] / np.maximum(probs[:, columns].sum(axis=1, keepdims=True), 1e-12)
+    position = {int(c): i for i, c in enumerate(columns)}
+    shared_targets = np.array([position[int(t)] for t in targets], dtype=np.int64)
+    metrics = split_metrics(kept.argmax(axis=1), shared_targets, len(shared), actors=table.actor)
+    metrics["labels"] = list(shared)
+    preds = columns[kept.argmax(axis=1)].astype(np.int64)
+    return ActorScores(table, targets, preds, probs, metrics, shared)

@@ -12,13 +12,15 @@ import io
 import logging
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from knd.config.loading import to_dict
 from knd.config.schema import EvaluateConfig
 from knd.data import storage
-from knd.data.shards import manifest_actors, read_manifest
+from knd.data.label_sets import DROPPED, checkpoint_label_set
+from knd.data.shards import emotion_counts, manifest_actors, manifest_emotions, read_manifest
 from knd.data.speakers import speaker_names, speaker_numbers
 from knd.learning.checkpoint import load_model
 from knd.learning.inference import score_actors
@@ -72,8 +74,9 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     trained_on = set(meta["split"]["train"]) & set(actors)
     if trained_on:
         log.warning("actors %s were in this checkpoint's training set", sorted(trained_on))
+    cross = _cross_corpus(cfg, meta, scores, actors)
     report = metrics_report(
-        labels,
+        list(scores.shared or labels),
         test=part,
         val=None,
         test_actors=sorted({int(a) for a in table.actor}),
@@ -82,6 +85,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         data=cfg.data,
         feature_groups=list(meta["model"].get("groups", ["logmel"])),
         epoch=meta.get("epoch"),
+        **({"cross_corpus": cross} if cross else {}),
     )
     out = cfg.out or storage.join(_parent(cfg.checkpoint), "evaluation")
     history = read_history(_parent(cfg.checkpoint))  # the curves of the run that made it
@@ -93,6 +97,29 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         part["n"], report["test_actors"], part["accuracy"], part["uar"], part["macro_f1"], out,
     )  # fmt: skip
     return EvaluateResult(out=out, metrics=report)
+
+
+def _cross_corpus(cfg: EvaluateConfig, meta: dict, scores: Any, actors: tuple[int, ...]) -> dict:
+    """What an evaluation on data with other labels than the model's left out (empty when the
+    data's labels cover the model's and none of its clips went unscored)."""
+    emotions = manifest_emotions(scores.table.manifest)
+    labels = checkpoint_label_set(meta)
+    counts = emotion_counts(cfg.data, actors)
+    left_out = {
+        emotions[code - 1]: n
+        for code, n in sorted(counts.items())
+        if 1 <= code <= len(emotions) and labels.target(emotions[code - 1]) == DROPPED
+    }
+    if scores.shared is None and not left_out:
+        return {}
+    if left_out:
+        log.info("left out %d clips of labels the model does not know: %s",
+                 sum(left_out.values()), left_out)  # fmt: skip
+    return {
+        "model_labels": list(labels.names),
+        "shared_labels": list(scores.shared or labels.names),
+        "left_out": left_out,
+    }
 
 
 def _speakers(cfg: EvaluateConfig, meta: dict) -> tuple[int, ...]:
