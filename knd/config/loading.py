@@ -3,6 +3,7 @@ layered and checked against the schema (an unknown key or a bad value names the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -168,23 +169,28 @@ def load_recipe(name: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
-def build(schema: type, tree: dict[str, Any], prefix: str = ""):
-    """Instantiate ``schema`` from a nested dict, checking every key and coercing every value."""
+def build(schema: type, tree: dict[str, Any], prefix: str = "", exact: bool = False):
+    """Instantiate ``schema`` from a nested dict, checking every key and coercing every value
+    (a field with a default may be left out; a schema with ``accepts_other_keys`` takes keys it
+    does not declare, unchecked; ``exact``: JSON a program wrote, see :func:`coerce`)."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section of keys")
     hints = typing.get_type_hints(schema)
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key in tree:
-        if key not in fields:
-            close = [n for n in fields if n.startswith(key[:3])]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {prefix + key!r}{hint}")
+    unknown = [key for key in tree if key not in fields]
+    if unknown and not getattr(schema, "accepts_other_keys", False):
+        close = [n for n in fields if n.startswith(unknown[0][:3])]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown key {prefix + unknown[0]!r}{hint}")
     kwargs = {}
     for name, f in fields.items():
-        if name not in tree:
-            raise ConfigError(f"key {prefix + name!r} has no value (add it to the YAML)")
-        kwargs[name] = coerce(tree[name], hints[name], prefix + name)
-        check_value(kwargs[name], f.metadata, prefix + name)
+        if name in tree:
+            _check_size(tree[name], f.metadata, prefix + name)  # before a huge one is coerced
+            kwargs[name] = coerce(tree[name], hints[name], prefix + name, exact)
+            check_value(kwargs[name], f.metadata, prefix + name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            hint = "" if exact else " (add it to the YAML)"
+            raise ConfigError(f"key {prefix + name!r} has no value{hint}")
     cfg = schema(**kwargs)
     for name, problem in getattr(schema, "cross_checks", lambda c: [])(cfg):
         raise ConfigError(f"{prefix + name}: {problem}")
@@ -197,20 +203,24 @@ _BOUNDS = {
     "le": (lambda v, b: v <= b, "<="),
     "lt": (lambda v, b: v < b, "<"),
 }
+_JSON_TYPES = {int: (int,), float: (int, float), str: (str,)}  # what an exact value may be
 
 
 def check_value(value: Any, rules: Any, key: str) -> None:
-    """Check a coerced value against its field's rules; raise a ConfigError naming ``key``.
-
-    Floats must be finite; ``ge``/``gt``/``le``/``lt`` bound numbers (each element of a tuple);
-    ``plain_name`` asks for one file or folder name.
-    """
+    """Check a coerced value (each element of a tuple, each value of a dict too) against its
+    field's rules (``_help`` in :mod:`knd.config.schema`); raise a ConfigError naming ``key``."""
     if value is None:
         return
-    if isinstance(value, tuple):
-        for v in value:
-            check_value(v, rules, key)
+    if isinstance(value, tuple) and value and all(type(v) is float for v in value):
+        # 10^5 statistics: the first non-finite, or else the extremes, fail as any other would
+        value = tuple(v for v in value if not math.isfinite(v))[:1] or (min(value), max(value))
+    if isinstance(value, tuple | dict):
+        named = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for name, v in named:
+            check_value(v, rules, key if name is None else f"{key}.{name}")
         return
+    if isinstance(value, str):  # a tuple's or a dict's size was checked by build, before coercion
+        _check_size(value, rules, key)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -223,12 +233,21 @@ def check_value(value: Any, rules: Any, key: str) -> None:
         )
 
 
+def _check_size(value: Any, rules: Any, key: str) -> None:
+    sized = {str: "chars", tuple: "items", list: "items", dict: "items"}.get(type(value), "")
+    for rule, (ok, sign) in _BOUNDS.items():
+        bound = rules.get(f"{sized}_{rule}")
+        if sized and bound is not None and not ok(len(value), bound):
+            raise ConfigError(f"{key}: must hold {sign} {bound} {sized}, got {len(value)}")
+
+
 def _is_plain_name(value: str) -> bool:
     return value not in ("", ".", "..") and not any(c in value for c in "/\\\0")
 
 
-def coerce(value: Any, kind: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise a ConfigError naming ``key``."""
+def coerce(value: Any, kind: Any, key: str, exact: bool = False) -> Any:
+    """Convert a YAML value to the annotated type, or raise a ConfigError naming ``key``
+    (``exact``: a JSON value, already of its type: no number from text nor text from a number)."""
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if isinstance(value, _Typed):
@@ -237,13 +256,12 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
         if origin in (typing.Union, types.UnionType) and str in args and value.parsed is not None:
             return str(value)
         value = value.parsed
+    if exact and kind in _JSON_TYPES and type(value) not in _JSON_TYPES[kind]:
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
     if dataclasses.is_dataclass(kind):
-        return build(kind, value, key + ".")
+        return build(kind, value, key + ".", exact)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], key)
+        return _coerce_union(value, args, key, exact)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
@@ -253,11 +271,21 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping like {{a: b}}, got {value!r}")
         return {coerce(k, args[0], key): coerce(v, args[1], key) for k, v in value.items()}
     if origin is tuple:
-        if isinstance(value, int | str) and not isinstance(value, bool):
+        if not exact and isinstance(value, int | str) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list like [1,2], got {value!r}")
-        return tuple(coerce(v, args[0], key) for v in value)
+        if exact and all(type(v) in _JSON_TYPES.get(args[0], ()) for v in value):
+            with contextlib.suppress(OverflowError):  # an integer past float's range: one by one
+                return tuple(map(args[0], value))  # at once: a meta's statistics hold 10^5 numbers
+        return tuple(coerce(v, args[0], key, exact) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section of keys, got {value!r}")
+        return {
+            coerce(k, args[0], key, exact): coerce(v, args[1], f"{key}.{k}", exact)
+            for k, v in value.items()
+        }
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -281,6 +309,19 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r} (quote it)")
         return str(value)
     return value
+
+
+def _coerce_union(value: Any, kinds: tuple[Any, ...], key: str, exact: bool) -> Any:
+    """The value as the first of the union's types it fits (or the first type's complaint)."""
+    if value is None and type(None) in kinds:
+        return None
+    complaints = []
+    for kind in (k for k in kinds if k is not type(None)):
+        try:
+            return coerce(value, kind, key, exact)
+        except ConfigError as e:
+            complaints.append(e)
+    raise complaints[0]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ themselves come from ``configs/*.yaml`` (:mod:`knd.config.loading`).
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
 from knd.config.architectures import ARCHITECTURES, group_problem
@@ -35,13 +35,14 @@ class ConfigError(ValueError):
     """A configuration problem, described in one line that names the key."""
 
 
-def _help(text: str, **check: Any) -> Any:
+def _help(text: str, default: Any = MISSING, default_factory: Any = MISSING, **check: Any) -> Any:
     """A schema field with its help text and optional checks on its value.
 
     ``ge``/``gt``/``le``/``lt`` bound a number (each element of a tuple); ``plain_name`` asks for
-    a single folder or file name (no ``/``, no ``..``, not empty). Every float must be finite.
+    a single folder or file name (no ``/``, no ``..``, not empty); ``items_*`` bound how many a
+    list or section holds, ``chars_*`` each string's length. Every float must be finite.
     """
-    return field(metadata={"help": text, **check})
+    return field(default=default, default_factory=default_factory, metadata={"help": text, **check})
 
 
 LABEL_PRESETS = ("all", "ravdess8", "ravdess7")

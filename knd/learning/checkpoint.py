@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import pickle
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from knd.audio.features import GROUPS
 from knd.config.architectures import ARCHITECTURES
-from knd.config.schema import TrainConfig
+from knd.config.loading import build
+from knd.config.schema import ConfigError, TrainConfig
 from knd.data import storage
+from knd.learning.meta_schema import META_VERSION, Meta, MetaV1
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 TRAIN_STATE_FILE = "train_state.pt"
-META_VERSION = 2
 
 
 def make_meta(
@@ -199,7 +198,7 @@ def load_meta(folder: str) -> dict:
 
     Raises:
         FileNotFoundError: no ``meta.json`` (not a checkpoint folder, or an incomplete one).
-        ValueError: ``meta.json`` is not valid JSON.
+        ValueError: ``meta.json`` is not valid JSON, or not a valid meta (:func:`meta_problem`).
     """
     uri = storage.join(folder, META_FILE)
     if not storage.exists(uri):
@@ -211,183 +210,28 @@ def load_meta(folder: str) -> dict:
         )
     try:
         meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: also an over-long integer
         raise ValueError(f"{uri}: not valid JSON ({str(e).splitlines()[0]})") from None
-    problem = _v1_problem(meta) or meta_problem(meta_from_v1(meta))
+    problem = meta_problem(meta)
     if problem:
         raise ValueError(f"{uri}: not a valid checkpoint meta ({problem})")
     return meta_from_v1(meta)
 
 
 MAX_META_BYTES = 16 << 20
-MAX_CLASSES = 64
-MAX_WIDTH = 1024
-MAX_BANDS = 1024
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _v1_problem(meta: Any) -> str | None:
-    """What is wrong with the keys only a version-1 meta has (None for a version-2 meta)."""
-    if not isinstance(meta, dict):
-        return f"expected an object, got {type(meta).__name__}"
-    if meta.get("version", 1) != 1:
-        return None
-    for key, kind in {"norm": dict, "feature_hash": str, "feature_shape": list}.items():
-        if key not in meta:
-            return f"missing key {key!r}"
-        if not isinstance(meta[key], kind):
-            return f"{key}: expected {kind.__name__}, got {type(meta[key]).__name__}"
-    shape = meta["feature_shape"]
-    if len(shape) != 2 or not all(_is_int(x) and 1 <= x <= 1_000_000 for x in shape):
-        return f"feature_shape: expected [n_mels, n_frames], got {shape!r}"
-    if not isinstance(meta.get("groups", {}), dict):
-        return "groups: expected {group: hash}"
-    if not isinstance(meta.get("group_norm", {}), dict):
-        return "group_norm: expected an object"
-    return None
 
 
 def meta_problem(meta: Any) -> str | None:
-    """What is wrong with a parsed version-2 ``meta.json`` (None when it fits the schema).
-
-    Checks what loading and using the model reads: types, and sizes bounded so a hostile file
-    cannot ask for a huge model (``width``), label set or normalisation vector.
-    """
+    """What is wrong with a parsed ``meta.json`` (None when it fits the schema of
+    :mod:`~knd.learning.meta_schema`; a version 1 is read as version 2 once ``MetaV1`` fits)."""
     if not isinstance(meta, dict):
         return f"expected an object, got {type(meta).__name__}"
-    required = {
-        "version": int, "labels": list, "model": dict, "groups": dict, "group_norm": dict,
-        "feature_params": dict, "label_set": str, "split": dict,
-    }  # fmt: skip
-    for key, kind in required.items():
-        if key not in meta:
-            return f"missing key {key!r}"
-        if not isinstance(meta[key], kind):
-            return f"{key}: expected {kind.__name__}, got {type(meta[key]).__name__}"
-    if meta["version"] != META_VERSION:
-        return f"version: expected 1 or {META_VERSION}, got {meta['version']!r} (a newer knd?)"
-    labels = meta["labels"]
-    if not 2 <= len(labels) <= MAX_CLASSES or not all(
-        isinstance(x, str) and 0 < len(x) <= 64 for x in labels
-    ):
-        return f"labels: expected 2..{MAX_CLASSES} names"
-    model = meta["model"]
-    if not isinstance(model.get("name"), str) or len(model["name"]) > 64:
-        return "model.name: expected a model name"
-    if "width" in model and not (_is_int(model["width"]) and 1 <= model["width"] <= MAX_WIDTH):
-        return f"model.width: expected an integer in 1..{MAX_WIDTH}, got {model['width']!r}"
-    if "dropout" in model and not (_is_number(model["dropout"]) and 0 <= model["dropout"] < 1):
-        return f"model.dropout: expected a number in [0, 1), got {model['dropout']!r}"
-    problem = _groups_problem(meta)
-    if problem:
-        return problem
-    for key in ("train", "val", "test"):
-        actors = meta["split"].get(key)
-        if not isinstance(actors, list) or not all(_is_int(a) for a in actors):
-            return f"split.{key}: expected a list of actor numbers"
-    return None
-
-
-MAX_GROUP_VALUES = 1 << 17
-"""Values in one group's statistics (an encoder's: layers x 2 x hidden, e.g. 25 x 2048)."""
-
-
-def _numbers_problem(values: Any, depth: int) -> str | None:
-    """None when ``values`` is a list (of lists, ``depth`` deep) of finite numbers."""
-    if not isinstance(values, list) or not values:
-        return "expected a non-empty list"
-    if depth == 1:
-        return None if all(_is_number(v) for v in values) else "expected finite numbers"
-    for row in values:
-        problem = _numbers_problem(row, depth - 1)
-        if problem:
-            return problem
-    return None
-
-
-def _stats_problem(key: str, stats: Any, frame_level: bool) -> str | None:
-    """What is wrong with one group's ``{"mean", "std"}``: a frame-level group's are one value
-    per channel (at most ``MAX_BANDS``), the others' a list or a table of values."""
-    if not isinstance(stats, dict):
-        return f"{key}: expected an object"
-    if frame_level:
-        return _channel_stats_problem(key, stats)
-    shapes = []
-    for part in ("mean", "std"):
-        values = stats.get(part)
-        depth = 2 if isinstance(values, list) and values and isinstance(values[0], list) else 1
-        problem = _numbers_problem(values, depth)
-        if problem:
-            return f"{key}.{part}: {problem}"
-        shape = np.shape(values)
-        if len(shape) != depth or not 1 <= int(np.prod(shape)) <= MAX_GROUP_VALUES:
-            return f"{key}.{part}: expected a list (or a table) of 1..{MAX_GROUP_VALUES} numbers"
-        shapes.append(shape)
-    if shapes[0] != shapes[1]:
-        return f"{key}: mean and std differ in shape"
-    return None
-
-
-def _channel_stats_problem(key: str, stats: dict) -> str | None:
-    for part in ("mean", "std"):
-        values = stats.get(part)
-        if not isinstance(values, list) or not 1 <= len(values) <= MAX_BANDS:
-            return f"{key}.{part}: expected a list of 1..{MAX_BANDS} numbers"
-        if not all(_is_number(v) for v in values):
-            return f"{key}.{part}: expected finite numbers"
-    if len(stats["mean"]) != len(stats["std"]):
-        return f"{key}: mean and std differ in length"
-    return None
-
-
-def _groups_problem(meta: dict) -> str | None:
-    """What is wrong with the feature-group keys (``model.groups`` and ``model.fusion_width``
-    are optional: v1 metas written before groups existed lack them)."""
-    model_groups = meta["model"].get("groups", ["logmel"])
-    if not isinstance(model_groups, list) or not all(g in GROUPS for g in model_groups):
-        return f"model.groups: expected a list of {list(GROUPS)}"
-    width = meta["model"].get("fusion_width", 32)
-    if not (_is_int(width) and 1 <= width <= MAX_WIDTH):
-        return f"model.fusion_width: expected an integer in 1..{MAX_WIDTH}, got {width!r}"
-    problem = _encoder_problem(meta["model"])
-    if problem:
-        return problem
-    hashes, group_norm = meta["groups"], meta["group_norm"]
-    if not all(isinstance(h, str) and len(h) <= 128 for h in hashes.values()):
-        return "groups: expected {group: hash}"
-    for group in model_inputs(meta):
-        if group not in hashes:
-            return f"groups: no hash for the model's group {group!r}"
-        if group not in group_norm:
-            return f"group_norm: no statistics for the model's group {group!r}"
-    for group, stats in group_norm.items():
-        if group not in GROUPS:
-            return f"group_norm: unknown group {group!r}"
-        frame_level = GROUPS[group].level == "frame"
-        problem = _stats_problem(f"group_norm.{group}", stats, frame_level)
-        if problem:
-            return problem
-    return None
-
-
-def _encoder_problem(model: dict) -> str | None:
-    layer = model.get("layer", -1)
-    if not (_is_int(layer) and -1 <= layer <= 1000):
-        return f"model.layer: expected an integer in -1..1000, got {layer!r}"
-    arch = ARCHITECTURES.get(model["name"])
-    if arch is not None and arch.encoder:
-        from knd.learning.heads import (
-            encoder_config_problem,  # torch: only for a fine-tuned encoder
-        )
-
-        return encoder_config_problem(model.get("encoder_config"))
+    try:
+        if meta.get("version", 1) == 1:
+            build(MetaV1, meta, exact=True)
+        build(Meta, meta_from_v1(meta), exact=True)
+    except ConfigError as e:
+        return str(e)[:300]  # a hostile value can be megabytes long
     return None
 
 
@@ -407,7 +251,7 @@ def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     spec = meta["model"]
     try:
         model = build_from_spec(spec, len(meta["labels"]), meta["group_norm"])
-    except (KeyError, ValueError) as e:  # e.g. an unknown model name
+    except (KeyError, ValueError) as e:  # e.g. statistics the architecture cannot read
         uri = storage.join(folder, META_FILE)
         raise ValueError(f"{uri}: not a valid checkpoint meta ({e})") from None
     uri = storage.join(folder, MODEL_FILE)

@@ -159,14 +159,14 @@ def encoder_spec(folder: str) -> dict:
     }
 
 
-def encoder_config_problem(config) -> str | None:
-    """What is wrong with a stored encoder config (None when it fits the bounds)."""
+def encoder_config_problem(config) -> tuple[str, str] | None:
+    """What is wrong with a stored encoder config: ``(key under model, problem)``, or None."""
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        return "model.encoder_config: expected a config with a model_type"
+        return "encoder_config", "expected a config with a model_type"
     for key, limit in MAX_ENCODER_SIZES.items():
         value = config.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-            return f"model.encoder_config.{key}: expected an integer in 1..{limit}"
+            return f"encoder_config.{key}", f"expected an integer in 1..{limit}"
     return None
 
 
