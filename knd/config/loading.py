@@ -266,10 +266,6 @@ def coerce(value: Any, kind: Any, key: str, exact: bool = False) -> Any:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping like {{a: b}}, got {value!r}")
-        return {coerce(k, args[0], key): coerce(v, args[1], key) for k, v in value.items()}
     if origin is tuple:
         if not exact and isinstance(value, int | str) and not isinstance(value, bool):
             value = [value]
