@@ -1,0 +1,160 @@
+"""Any labelled corpus: what a label table costs ``knd prepare``, and a cross-corpus table.
+
+    .venv/bin/python bench/corpora.py                 # 14,400 labels, 1,440-file prepare, cross
+    .venv/bin/python bench/corpora.py --skip-cross    # the prepare figures only
+
+Three figures, each against a baseline measured in the same run:
+
+- **labelling**: the driver's labelling of ``--rows`` files (:func:`knd.data.labelling.label_files`)
+  from RAVDESS names and from a CSV label table of the same clips (no audio read);
+- **prepare**: the whole prepare (hash pass, featurise, commit; one process, ``[logmel]``) of the
+  synthetic 1,440-file corpus labelled by its names and by a label table of the same files, in
+  files per second; the table path must not be slower per file;
+- **cross**: ``cpu_small`` trained on the synthetic corpus in EmoDB's layout, scored within
+  (its own test speakers) and on the RAVDESS-layout corpus in the speech style (every speaker,
+  the labels both have), beside the same within figure on RAVDESS.
+
+Figures go to ``bench/results/corpora.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import Machine
+
+from knd.config.loading import load_config
+from knd.data.labelling import label_files
+from knd.data.ravdess import actor_clips, parse_name
+from knd.runtime.tasks import serial_map
+from knd.stages.prepare import list_inputs, prepare_files
+
+RESULTS = Path(__file__).resolve().parent / "results" / "corpora.json"
+FEATURES = ["features.groups=[logmel]"]
+
+
+def write_table(path: Path, paths: list[str]) -> None:
+    """A label table of RAVDESS-named files: the labels their names say."""
+    from knd.data.ravdess import EMOTIONS
+
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "speaker", "gender"])
+        for p in paths:
+            clip = parse_name(p)
+            writer.writerow([p, EMOTIONS[clip.emotion - 1], clip.actor, clip.gender])
+
+
+def labelling(rows: int, scratch: Path) -> dict:
+    """Seconds to label ``rows`` RAVDESS names and the same clips through a table."""
+    names = [
+        f"Actor_{clip.actor:02d}/{clip.file_name()}"
+        for a in range(1, 25)
+        for clip in actor_clips(a)
+    ]
+    paths = [f"copy{i // len(names):03d}/{names[i % len(names)]}" for i in range(rows)]
+    table = scratch / "labels.csv"
+    write_table(table, paths)
+    out = {}
+    for name, corpus in (("names", "ravdess"), ("table", str(table))):
+        started = time.perf_counter()
+        labelled = label_files(corpus, str(scratch), paths, paths)
+        seconds = time.perf_counter() - started
+        assert len(labelled.paths) == rows and not labelled.rejected, name
+        out[name] = {"seconds": round(seconds, 3), "us_per_file": round(seconds / rows * 1e6, 1)}
+    out["table_vs_names_time"] = round(out["table"]["seconds"] / out["names"]["seconds"], 2)
+    return out
+
+
+def prepare_throughput(corpus: str, scratch: Path) -> dict:
+    """Files per second of the whole prepare by names and by a label table (one process)."""
+    uris, paths, listing = list_inputs(corpus)
+    table = scratch / "prepare-labels.csv"
+    write_table(table, paths)
+    out = {}
+    for name, key in (("names", "ravdess"), ("table", str(table))):
+        cfg = load_config(
+            "prepare",
+            [f"input={corpus}", f"output={scratch / name}", f"corpus={key}", *FEATURES],
+        )
+        started = time.perf_counter()
+        kept, rejected, _ = prepare_files(cfg, uris, paths, listing, serial_map, 1.0)
+        seconds = time.perf_counter() - started
+        assert len(kept) == len(paths) and not rejected, (name, rejected[:3])
+        out[name] = {"seconds": round(seconds, 1), "files_per_s": round(len(kept) / seconds, 1)}
+        print(f"prepare by {name}: {seconds:.1f} s, {out[name]['files_per_s']} files/s", flush=True)
+    out["table_vs_names_throughput"] = round(
+        out["table"]["files_per_s"] / out["names"]["files_per_s"], 2
+    )
+    return out
+
+
+def cross_corpus(scratch: Path) -> dict:
+    """Within- and cross-corpus UAR of ``cpu_small`` on two synthetic corpora."""
+    from knd.stages.evaluate import run as evaluate
+    from knd.stages.prepare import run as prepare
+    from knd.stages.synth import write_corpus
+    from knd.stages.train import run as train
+
+    corpora = {"emodb": ("emodb", "classic"), "ravdess": ("ravdess", "speech")}
+    features = {}
+    for name, (layout, style) in corpora.items():
+        audio = scratch / f"{name}-audio"
+        write_corpus(str(audio), None, seed=1, progress=False, style=style, layout=layout)
+        args = [f"input={audio}", f"output={scratch / name}", f"corpus={layout}", *FEATURES]
+        features[name] = prepare(load_config("prepare", args)).output
+    out = {}
+    for name, data in features.items():
+        args = [f"data={data}", "recipe=cpu_small", "optim.epochs=15", "wandb.enabled=false"]
+        args += [f"run_dir={scratch / 'runs'}", f"name={name}"]
+        trained = train(load_config("train", args))
+        out[f"{name}_within_uar"] = round(trained.metrics["test"]["uar"], 3)
+        other = next(n for n in features if n != name)
+        report = evaluate(
+            load_config(
+                "evaluate",
+                [
+                    f"checkpoint={trained.checkpoint}",
+                    f"data={features[other]}",
+                    f"out={scratch / f'{name}-on-{other}'}",
+                ],
+            )  # fmt: skip
+        ).metrics
+        out[f"{name}_on_{other}_uar"] = round(report["test"]["uar"], 3)
+        out[f"{name}_on_{other}_shared_labels"] = report["cross_corpus"]["shared_labels"]
+        print(f"{name}: within {out[f'{name}_within_uar']}, on {other} "
+              f"{out[f'{name}_on_{other}_uar']}", flush=True)  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=14_400)
+    parser.add_argument("--corpus", help="a RAVDESS-layout folder (default: synthesise 24 actors)")
+    parser.add_argument("--skip-cross", action="store_true")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from prepare import corpus_dir
+
+    scratch = Path(tempfile.mkdtemp(prefix="knd_bench_corpora_"))
+    machine = Machine()
+    results = {"labelling": labelling(args.rows, scratch)}
+    print(f"labelling {args.rows} files: {results['labelling']}", flush=True)
+    results["prepare"] = prepare_throughput(corpus_dir(args.corpus, 24), scratch)
+    if not args.skip_cross:
+        results["cross"] = cross_corpus(scratch)
+    results["machine"] = machine.record()
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
