@@ -39,13 +39,14 @@ class EvaluateResult:
     exit_code: int = 0
 
 
-def per_actor_rows(preds, targets, actors, num_classes: int) -> list[dict]:
-    """One row per actor: ``actor, n, accuracy, uar, macro_f1``."""
+def per_actor_rows(preds, targets, actors, num_classes: int, manifest: dict) -> list[dict]:
+    """One row per speaker: ``actor`` (its number), ``speaker`` (the corpus's id), ``n``,
+    ``accuracy, uar, macro_f1``."""
     rows = []
     for actor in np.unique(actors):
         mask = actors == actor
         m = split_metrics(preds[mask], targets[mask], num_classes)
-        row = {"actor": int(actor), "n": m["n"]}
+        row = {"actor": int(actor), "speaker": speaker_names([actor], manifest)[0], "n": m["n"]}
         row |= {k: round(m[k], 6) for k in ("accuracy", "uar", "macro_f1")}
         rows.append(row)
     return rows
@@ -90,7 +91,7 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     out = cfg.out or storage.join(_parent(cfg.checkpoint), "evaluation")
     history = read_history(_parent(cfg.checkpoint))  # the curves of the run that made it
     write_report(out, report, config=to_dict(cfg), history=history, title="knd evaluate")
-    rows = per_actor_rows(preds, targets, table.actor, len(labels))
+    rows = per_actor_rows(preds, targets, table.actor, len(labels), table.manifest)
     storage.write_text(storage.join(out, PER_ACTOR_FILE), _csv(rows))
     log.info(
         "evaluated %d clips of actors %s: accuracy %.3f, UAR %.3f, macro-F1 %.3f -> %s",

@@ -139,6 +139,8 @@ def test_a_model_of_one_corpus_evaluates_on_another_over_the_labels_both_have(
     )  # fmt: skip
     assert result.metrics["test"]["n"] == shared_clips  # every speaker: none was seen
     assert len(metrics["test"]["confusion"]) == 3
+    speakers = [r.split(",")[1] for r in (out / "per_actor.csv").read_text().splitlines()[1:]]
+    assert speakers == ["001", "002", "003"]  # the table's ids, per speaker
 
 
 def load_manifest(folder) -> dict:

@@ -339,8 +339,8 @@ def test_evaluate_writes_its_report_and_batch_size_does_not_change_predictions(t
     assert written["test"]["confusion"] == trained.result.metrics["test"]["confusion"]
     assert (out / "confusion.png").read_bytes().startswith(b"\x89PNG")
     rows = (out / "per_actor.csv").read_text().splitlines()
-    assert rows[0] == "actor,n,accuracy,uar,macro_f1"
-    assert [r.split(",")[:2] for r in rows[1:]] == [["1", "60"], ["2", "60"]]
+    assert rows[0] == "actor,speaker,n,accuracy,uar,macro_f1"
+    assert [r.split(",")[:3] for r in rows[1:]] == [["1", "1", "60"], ["2", "2", "60"]]
 
     model, meta = load_model(trained.result.checkpoint)
     table = load_features(trained.features, actors=TEST_ACTORS)
