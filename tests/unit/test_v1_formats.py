@@ -47,7 +47,7 @@ def test_v1_checkpoint_evaluates_on_v1_features(tmp_path):
     result = evaluate.run(cfg)
     assert result.metrics["test"]["n"] == 3
     rows = (tmp_path / evaluate.PER_ACTOR_FILE).read_text().splitlines()
-    assert rows[0].startswith("actor,speaker,n,") and rows[1].startswith("2,3,")
+    assert rows[0].startswith("actor,speaker,n,") and rows[1].startswith("2,2,3,")
 
 
 def test_v1_manifest_and_meta_read_as_version_2_with_their_hashes():
