@@ -253,8 +253,9 @@ def coerce(value: Any, kind: Any, key: str, exact: bool = False) -> Any:
     if isinstance(value, _Typed):
         if kind is str:
             return str(value)  # the text as typed: ``name=no`` stays "no"
-        if origin in (typing.Union, types.UnionType) and str in args and value.parsed is not None:
-            return str(value)
+        typed_text = value.parsed is not None and not isinstance(value.parsed, list)
+        if origin in (typing.Union, types.UnionType) and str in args and typed_text:
+            return str(value)  # a list typed (``data=[a,b]``) is the union's list, not text
         value = value.parsed
     if exact and kind in _JSON_TYPES and type(value) not in _JSON_TYPES[kind]:
         raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
@@ -287,24 +288,28 @@ def coerce(value: Any, kind: Any, key: str, exact: bool = False) -> Any:
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if kind in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            number = kind(value) if not isinstance(value, str) else kind(float(value))
-            if kind is int and float(value) != number:
-                raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        except (TypeError, ValueError, OverflowError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
-        return number
+        return _coerce_number(value, kind, key)
     if kind is str:
-        if isinstance(value, dict | list):
+        if isinstance(value, dict | list | tuple):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         if isinstance(value, bool):  # YAML read yes/no/on/off as a boolean
             raise ConfigError(f"{key}: expected a string, got {value!r} (quote it)")
         return str(value)
     return value
+
+
+def _coerce_number(value: Any, kind: type, key: str) -> int | float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        number = kind(value) if not isinstance(value, str) else kind(float(value))
+        if kind is int and float(value) != number:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    except (TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+    return number
 
 
 def _coerce_union(value: Any, kinds: tuple[Any, ...], key: str, exact: bool) -> Any:

@@ -338,7 +338,10 @@ class PrepareConfig:
 class TrainConfig:
     required: typing.ClassVar[tuple[str, ...]] = ("data",)
     applies_recipe: typing.ClassVar[bool] = True
-    data: str | None = _help("features written by knd prepare (folder or s3://)")
+    data: str | tuple[str, ...] | None = _help(
+        "features written by knd prepare (folder or s3://), or a list of several prepared with "
+        "the same feature parameters, read as one (speakers named <corpus>/<id>)"
+    )
     run_dir: str = _help("where checkpoints, metrics.json and confusion.png go")
     name: str | None = _help("run name (none: derived from recipe and time)", plain_name=True)
     recipe: str = _help("recipe in configs/recipes/ (model and schedule)", plain_name=True)
@@ -381,7 +384,10 @@ class TuneConfig:
     # ``data`` is required unless ``resume`` names an experiment (checked when the experiment opens,
     # :func:`knd.learning.experiment.open_experiment`).
     required: typing.ClassVar[tuple[str, ...]] = ()
-    data: str | None = _help("features written by knd prepare")
+    data: str | tuple[str, ...] | None = _help(
+        "features written by knd prepare, or a list of several prepared with the same feature "
+        "parameters, read as one (speakers named <corpus>/<id>)"
+    )
     space: str = _help("search space YAML (configs/tune/*.yaml)")
     recipe: str = _help("base recipe the space overrides", plain_name=True)
     labels: tuple[str, ...] = _labels_field()

@@ -25,6 +25,7 @@ import yaml
 from knd.config.loading import build, load_config, load_yaml, merge, renamed, replace, to_dict
 from knd.config.schema import ConfigError, TrainConfig, TuneConfig
 from knd.data import storage
+from knd.data.datasets import data_text, read_manifest
 from knd.data.label_sets import LabelSet, label_set, spec_name
 from knd.data.ravdess import EMOTIONS, actor_folds
 from knd.data.shards import (
@@ -32,7 +33,6 @@ from knd.data.shards import (
     manifest_actors,
     manifest_emotions,
     manifest_groups,
-    read_manifest,
 )
 from knd.data.speakers import default_split, speaker_names
 from knd.learning.search_space import (
@@ -67,7 +67,7 @@ def stored_base(tree: dict, recipe: str) -> TrainConfig:
     Keys that ``knd train`` gained after the experiment was written take today's defaults, so an
     older experiment still resumes; every stored value wins.
     """
-    today = load_config("train", [f"data={tree['data']}", f"recipe={recipe}"])
+    today = load_config("train", [f"recipe={recipe}"], data=tree["data"])
     return build(TrainConfig, merge(to_dict(today), renamed(TrainConfig, tree)))
 
 
@@ -258,7 +258,7 @@ def _space_bases(
     bases = {}
     for recipe in space_recipes(space, cfg.recipe):
         base = load_config(
-            "train", [f"data={cfg.data}", f"recipe={recipe}", f"labels=[{spec_name(cfg.labels)}]"]
+            "train", [f"recipe={recipe}", f"labels=[{spec_name(cfg.labels)}]"], data=cfg.data
         )
         split = {
             "split.test_speakers": speaker_names(test, manifest),
@@ -353,7 +353,7 @@ def best_config_text(params: dict, meta: dict, data: str) -> str:
         data: the features the command in the first line trains on.
     """
     tree = best_train_config(params, meta)
-    header = f"# knd train data={data} config={BEST_CONFIG_FILE}\n"
+    header = f"# knd train data={data_text(data)} config={BEST_CONFIG_FILE}\n"
     return header + yaml.safe_dump(tree, sort_keys=False)
 
 

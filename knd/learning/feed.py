@@ -20,12 +20,20 @@ import ray
 import torch
 
 from knd.config.schema import TrainConfig
+from knd.data.datasets import (
+    Data,
+    UnionPart,
+    checked_manifest,
+    data_paths,
+    data_text,
+    load_features,
+    read_manifest,
+    union_parts,
+)
 from knd.data.label_sets import LabelSet, label_set
 from knd.data.ravdess import ActorSplit, split_actors
 from knd.data.shards import (
-    checked_manifest,
     expected_groups,
-    load_features,
     manifest_actors,
     manifest_emotions,
     manifest_groups,
@@ -42,7 +50,7 @@ STREAM_BATCH = 256
 
 
 def read_features(
-    path: str,
+    path: Data,
     actors: Iterable[int] | None = None,
     expected_hash: str | None = None,
     groups: Iterable[str] | dict[str, str | None] | None = None,
@@ -51,7 +59,8 @@ def read_features(
     """A Ray Dataset over the committed shards of a prepared feature set, and its manifest.
 
     Args:
-        path: the ``output`` of ``knd prepare`` (folder or ``s3://``).
+        path: the ``output`` of ``knd prepare`` (folder or ``s3://``), or several read as one
+            (:mod:`knd.data.datasets`: ``actors`` and ``emotions`` in the union's numbering).
         actors: keep only these actors (None: all).
         emotions: keep only clips of these emotion codes (None: all).
         expected_hash: refuse features whose log-mel ``feature_hash`` differs.
@@ -65,8 +74,11 @@ def read_features(
     Raises:
         ValueError: no manifest, a missing group, or features made with other parameters.
     """
-    manifest, specs = checked_manifest(path, expected_groups(groups, expected_hash))
-    fs, files = shard_paths(path, manifest)
+    paths = data_paths(path)
+    if len(paths) > 1:
+        return _read_union(paths, actors, expected_hash, groups, emotions)
+    manifest, specs = checked_manifest(paths[0], expected_groups(groups, expected_hash))
+    fs, files = shard_paths(paths[0], manifest)
     wanted = None if actors is None else tuple(int(a) for a in actors)
     codes = None if emotions is None else tuple(int(e) for e in emotions)
     ds = ray.data.read_parquet(files, filesystem=fs)
@@ -77,6 +89,26 @@ def read_features(
         fn_kwargs={"specs": specs, "actors": wanted, "emotions": codes},
     )
     return ds, manifest
+
+
+def _read_union(paths, actors, expected_hash, groups, emotions) -> tuple[Any, dict[str, Any]]:
+    """Several feature sets as one Ray Dataset, each part renumbered into the union."""
+    merged = read_manifest(paths)
+    if merged is None:
+        raise ValueError(f"no prepared features at one of {paths} (run knd prepare first)")
+    parts = []
+    for part in union_parts(paths, merged, actors, emotions):
+        ds, _ = read_features(part.path, part.actors, expected_hash, groups, part.emotions)
+        parts.append(ds.map_batches(_renumbered, batch_format="numpy", fn_kwargs={"part": part}))
+    if not parts:
+        raise ValueError(f"{data_text(paths)}: no clips of these speakers and labels")
+    return (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]), merged
+
+
+def _renumbered(batch: dict[str, np.ndarray], part: UnionPart) -> dict[str, np.ndarray]:
+    batch["actor"], batch["emotion"] = part.renumber(batch["actor"], batch["emotion"])
+    batch["label"] = batch["emotion"] - 1
+    return batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +343,7 @@ def load_split(cfg: TrainConfig) -> SplitData:
     Raises:
         ValueError: no prepared features, or a split that does not fit the corpus.
     """
-    _, manifest = read_features(cfg.data, groups=cfg.model.inputs)
+    manifest, _ = checked_manifest(cfg.data, expected_groups(cfg.model.inputs, None))
     test, val = default_split(manifest, cfg.split.test_speakers, cfg.split.val_speakers)
     split = split_actors(test, val, actors=manifest_actors(manifest))
     labels = label_set(cfg.labels, manifest_emotions(manifest))

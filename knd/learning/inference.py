@@ -122,6 +122,23 @@ class ActorScores:
     """The model's labels the data has, when it lacks some (a cross-corpus evaluation)."""
 
 
+def per_corpus_metrics(preds, targets, num_classes: int, table: Any) -> dict:
+    """``{"per_corpus": {corpus: {accuracy, uar, macro_f1, n}}}`` of clips from several corpora
+    read as one (:mod:`knd.data.datasets`); empty for one corpus."""
+    from knd.data.datasets import corpus_of_speakers
+    from knd.learning.metrics import split_metrics
+
+    if not table.manifest.get("corpora"):
+        return {}
+    corpus = corpus_of_speakers(table.manifest, table.actor)
+    out = {}
+    for name in dict.fromkeys(corpus):
+        mine = corpus == name
+        m = split_metrics(preds[mine], targets[mine], num_classes)
+        out[str(name)] = {k: m[k] for k in ("accuracy", "uar", "macro_f1", "n")}
+    return {"per_corpus": out}
+
+
 def shared_labels(labels: Any, emotions: Sequence[str]) -> tuple[str, ...]:
     """The classes of the label set ``labels`` that clips labelled ``emotions`` can have."""
     present = {labels.target(e) for e in emotions}
@@ -147,8 +164,9 @@ def score_actors(
         ValueError: no clip of these actors, features missing a group the model reads, or
             made with other parameters.
     """
+    from knd.data.datasets import load_features, read_manifest
     from knd.data.label_sets import checkpoint_label_set
-    from knd.data.shards import load_features, manifest_emotions, read_manifest
+    from knd.data.shards import manifest_emotions
     from knd.learning.checkpoint import model_groups
     from knd.learning.metrics import split_metrics
 
@@ -168,6 +186,7 @@ def score_actors(
     shared = shared_labels(labels, emotions)
     if len(shared) == len(labels.names):
         metrics = split_metrics(preds, targets, len(labels.names), actors=table.actor)
+        metrics |= per_corpus_metrics(preds, targets, len(labels.names), table)
         return ActorScores(table, targets, preds, probs, metrics)
     # Another corpus without some of the model's labels: the model chooses among the labels
     # both have (probabilities restricted and renormalised), and is scored on those.

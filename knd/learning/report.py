@@ -374,6 +374,11 @@ def _breakdown_blocks(part: dict, labels: Sequence[str]) -> list[Block]:
              for lab, c in zip(labels, per_class, strict=True)],
         ),
     ]  # fmt: skip
+    if part.get("per_corpus"):
+        blocks.append(heading("Per corpus"))
+        rows = [[name, c["n"], c["accuracy"], c["uar"], c["macro_f1"]]
+                for name, c in part["per_corpus"].items()]  # fmt: skip
+        blocks.append(table(["corpus", "clips", "accuracy", "UAR", "macro-F1"], rows))
     if part.get("per_actor"):
         blocks.append(heading("Per actor"))
         per_actor = sorted(part["per_actor"].items(), key=lambda kv: int(kv[0]))

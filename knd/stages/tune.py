@@ -265,7 +265,8 @@ def load_columns(
     under its name, plus ``label`` (class ids of ``labels``), ``emotion, actor, path``) of
     ``actors`` and the labels kept only: a trial whose configuration reads fewer groups takes
     what it needs."""
-    from knd.data.shards import load_features, manifest_emotions, read_manifest
+    from knd.data.datasets import load_features, read_manifest
+    from knd.data.shards import manifest_emotions
 
     emotions = manifest_emotions(read_manifest(data) or {})
     codes = labels.kept_codes(emotions)
@@ -384,7 +385,7 @@ def _save_retrained(
 ) -> str:
     """Write the retrained model to ``best/checkpoint`` (with the meta of the features it trained
     on); its folder."""
-    from knd.data.shards import read_manifest
+    from knd.data.datasets import read_manifest
     from knd.learning.checkpoint import make_meta, save_checkpoint
     from knd.learning.models import build_from_spec
 

@@ -145,3 +145,40 @@ def test_a_model_of_one_corpus_evaluates_on_another_over_the_labels_both_have(
 
 def load_manifest(folder) -> dict:
     return json.loads((Path(folder) / "manifest.json").read_text())
+
+
+def test_two_corpora_train_as_one_with_speakers_namespaced_and_metrics_per_corpus(
+    corpora, ray_session, tmp_path
+):
+    from knd.stages.train import run as train
+
+    emodb = prepare(corpora["emodb"], tmp_path / "emodb", "emodb").output
+    table = prepare(corpora["table"], tmp_path / "table", str(corpora["table"] / "labels.csv"))
+    both = f"data=[{emodb},{table.output}]"
+    args = [both, "recipe=cpu_small", "model.width=8", "optim.epochs=2", "wandb.enabled=false"]
+    args += [f"run_dir={tmp_path / 'runs'}", "name=both"]
+    trained = train(load_config("train", args))
+    metrics = trained.metrics
+    # The union's labels: the table's eight (RAVDESS's) and EmoDB's boredom, in vocabulary order.
+    assert metrics["labels"] == [*EMOTIONS, "boredom"]
+    tested = {s.split("/")[0] for s in metrics["test_speakers"]}
+    assert tested and tested <= {"emodb", "table"}  # the table's corpus is named by its folder
+    per_corpus = metrics["test"]["per_corpus"]
+    assert set(per_corpus) == tested
+    assert sum(c["n"] for c in per_corpus.values()) == metrics["test"]["n"]
+    assert "## Per corpus" in (Path(trained.run_dir) / "report.md").read_text()
+    # Speakers are named <corpus>/<id> on the command line too.
+    named = [*args, "split.test_speakers=[emodb/03]", "name=named"]
+    assert train(load_config("train", named)).metrics["test_speakers"] == ["emodb/03"]
+
+
+def test_corpora_prepared_with_other_feature_parameters_are_refused_together(
+    corpora, ray_session, tmp_path
+):
+    from knd.stages.train import run as train
+
+    emodb = prepare(corpora["emodb"], tmp_path / "emodb", "emodb").output
+    other = prepare(corpora["tess"], tmp_path / "tess", "tess", "features.n_mels=32").output
+    args = [f"data=[{emodb},{other}]", "recipe=cpu_small", "wandb.enabled=false"]
+    with pytest.raises(ValueError, match="made with other parameters than"):
+        train(load_config("train", [*args, f"run_dir={tmp_path / 'runs'}"]))

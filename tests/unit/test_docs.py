@@ -63,7 +63,7 @@ def test_cli_reference_shows_the_defaults_that_help_shows_for_every_key(capsys):
     )
     assert page_defaults(train)["split.val_speakers"] == "[]"
     assert "| `optim.lr` | float (`0 < x <= 10`) | `0.003` | peak learning rate (AdamW) |" in train
-    assert "| `data` | str or none | **required** |" in train
+    assert "| `data` | str or list of str or none | **required** |" in train
     assert "| `labels` | list of str | `all` |" in train
 
 
