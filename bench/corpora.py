@@ -1,7 +1,7 @@
 """Any labelled corpus: what a label table costs ``knd prepare``, and a cross-corpus table.
 
-    .venv/bin/python bench/corpora.py                 # 14,400 labels, 1,440-file prepare, cross
-    .venv/bin/python bench/corpora.py --skip-cross    # the prepare figures only
+    .venv/bin/python bench/corpora.py                   # 14,400 labels, 1,440-file prepare, cross
+    .venv/bin/python bench/corpora.py --parts default   # the default recipe against a linear model
 
 Three figures, each against a baseline measured in the same run:
 
@@ -12,7 +12,10 @@ Three figures, each against a baseline measured in the same run:
   files per second; the table path must not be slower per file;
 - **cross**: ``cpu_small`` trained on the synthetic corpus in EmoDB's layout, scored within
   (its own test speakers) and on the RAVDESS-layout corpus in the speech style (every speaker,
-  the labels both have), beside the same within figure on RAVDESS.
+  the labels both have), beside the same within figure on RAVDESS;
+- **default** (``--parts default --layouts emodb,crema_d,table``): the default recipe on the default
+  features and split of each layout's synthetic corpus, beside a logistic regression on the
+  eGeMAPS functionals on the same speakers.
 
 Figures go to ``bench/results/corpora.json``.
 """
@@ -27,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import Machine
 
 from knd.config.loading import load_config
@@ -133,26 +137,87 @@ def cross_corpus(scratch: Path) -> dict:
     return out
 
 
+def linear_uar(data: str, train_actors: list[int], test_actors: list[int]) -> float:
+    """UAR of a logistic regression on the eGeMAPS functionals, standardised with the training
+    speakers' statistics, on the same split (the linear baseline of issue 30's table)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import recall_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from knd.data.shards import load_features
+
+    table = load_features(data, groups=["egemaps"])
+    x, y = table.groups["egemaps"].astype(np.float64), table.emotion
+    train, test = (np.isin(table.actor, a) for a in (train_actors, test_actors))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    model.fit(x[train], y[train])
+    return float(recall_score(y[test], model.predict(x[test]), average="macro"))
+
+
+def recipe_vs_linear(scratch: Path, layouts: list[str]) -> dict:
+    """The default recipe (default features and split) against the linear eGeMAPS baseline on
+    the same speakers, on the synthetic corpus in each layout."""
+    from knd.stages.prepare import run as prepare
+    from knd.stages.synth import write_corpus
+    from knd.stages.train import run as train
+
+    out = {}
+    for layout in layouts:
+        audio = scratch / f"default-{layout}"
+        write_corpus(str(audio), None, seed=2, progress=False, layout=layout)
+        corpus = str(audio / "labels.csv") if layout == "table" else layout
+        args = [f"input={audio}", f"output={scratch / f'default-{layout}-features'}"]
+        data = prepare(load_config("prepare", [*args, f"corpus={corpus}"])).output
+        args = [f"data={data}", "wandb.enabled=false", f"run_dir={scratch / 'runs'}"]
+        metrics = train(load_config("train", [*args, f"name=default-{layout}"])).metrics
+        linear = linear_uar(data, metrics["train_actors"], metrics["test_actors"])
+        out[layout] = {
+            "recipe": metrics["recipe"],
+            "test_speakers": metrics["test_speakers"],
+            "recipe_uar": round(metrics["test"]["uar"], 3),
+            "linear_egemaps_uar": round(linear, 3),
+        }
+        print(f"{layout}: {out[layout]}", flush=True)
+    return out
+
+
+PARTS = ("labelling", "prepare", "cross", "default")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=14_400)
     parser.add_argument("--corpus", help="a RAVDESS-layout folder (default: synthesise 24 actors)")
-    parser.add_argument("--skip-cross", action="store_true")
+    parser.add_argument(
+        "--parts", default="labelling,prepare,cross", help=f"which of {','.join(PARTS)} to run"
+    )
+    parser.add_argument(
+        "--layouts", default="emodb,crema_d,table", help="the default part's layouts"
+    )
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from prepare import corpus_dir
 
     scratch = Path(tempfile.mkdtemp(prefix="knd_bench_corpora_"))
     machine = Machine()
-    results = {"labelling": labelling(args.rows, scratch)}
-    print(f"labelling {args.rows} files: {results['labelling']}", flush=True)
-    results["prepare"] = prepare_throughput(corpus_dir(args.corpus, 24), scratch)
-    if not args.skip_cross:
+    # A partial run keeps the figures of the parts it did not run.
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "labelling" in parts:
+        results["labelling"] = labelling(args.rows, scratch)
+        print(f"labelling {args.rows} files: {results['labelling']}", flush=True)
+    if "prepare" in parts:
+        results["prepare"] = prepare_throughput(corpus_dir(args.corpus, 24), scratch)
+    if "cross" in parts:
         results["cross"] = cross_corpus(scratch)
-    results["machine"] = machine.record()
+    if "default" in parts:
+        layouts = args.layouts.split(",")
+        results["default_recipe_vs_linear"] = recipe_vs_linear(scratch, layouts)
+    results[f"machine_{'_'.join(parts)}"] = machine.record()
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if not k.startswith("machine")}, indent=2))
     return 0
 
 

@@ -27,17 +27,7 @@ import pyarrow.fs as pafs
 
 from knd.data import ravdess, storage
 
-VOCABULARY: tuple[str, ...] = (
-    "neutral",
-    "calm",
-    "happy",
-    "sad",
-    "angry",
-    "fearful",
-    "disgust",
-    "surprised",
-    "boredom",
-)
+VOCABULARY: tuple[str, ...] = (*ravdess.EMOTIONS, "boredom")
 """The one emotion vocabulary; its first eight are RAVDESS's emotion codes 01..08 in order, so a
 RAVDESS label id is the same in both."""
 
