@@ -111,8 +111,13 @@ def merged_manifest(paths: list[str], manifests: list[dict]) -> dict[str, Any]:
         "version": shards.MANIFEST_VERSION,
         "corpus": UNION,
         "corpora": [
-            {"data": p, "name": n, "first_speaker": i * SPEAKER_STRIDE}
-            for i, (p, n) in enumerate(zip(paths, names, strict=True))
+            {
+                "data": p,
+                "name": n,
+                "first_speaker": i * SPEAKER_STRIDE,
+                "emotions": list(manifest_emotions(m)),
+            }
+            for i, (p, n, m) in enumerate(zip(paths, names, manifests, strict=True))
         ],
         "feature_params": manifests[0]["feature_params"],
         "feature_groups": groups,
@@ -161,9 +166,9 @@ def union_parts(
     wanted = None if actors is None else {int(a) for a in actors}
     codes = None if emotions is None else {int(e) for e in emotions}
     parts = []
-    for i, path in enumerate(paths):
+    for i, (path, corpus) in enumerate(zip(paths, merged["corpora"], strict=True)):
         offset = i * SPEAKER_STRIDE
-        own = manifest_emotions(shards.read_manifest(path) or {})
+        own = corpus["emotions"]  # recorded when the manifests were merged: not read again
         to_union = np.array([-1] + [union.index(e) + 1 for e in own], dtype=np.int64)
         local_actors = local_codes = None
         if wanted is not None:
