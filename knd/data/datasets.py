@@ -116,6 +116,7 @@ def merged_manifest(paths: list[str], manifests: list[dict]) -> dict[str, Any]:
                 "name": n,
                 "first_speaker": i * SPEAKER_STRIDE,
                 "emotions": list(manifest_emotions(m)),
+                "corpus_checksum": m.get("corpus_checksum"),
             }
             for i, (p, n, m) in enumerate(zip(paths, names, manifests, strict=True))
         ],
@@ -129,6 +130,29 @@ def merged_manifest(paths: list[str], manifests: list[dict]) -> dict[str, Any]:
         "num_rows": sum(m.get("num_rows", 0) for m in manifests),
         "corpus_checksum": hashlib.sha256(checksums.encode()).hexdigest(),
     }
+
+
+def speaker_keys(manifest: dict[str, Any]) -> dict[int, str] | None:
+    """``{speaker number: key}``, a key naming the speaker wherever its corpus is read: the
+    corpus's checksum (its first 16 digits), a colon, the speaker's own id. A checkpoint records
+    its split's keys so that evaluating it on one corpus of a union, or on a union holding its
+    corpus, still knows which speakers it trained on. None when a corpus has no checksum."""
+    parts = manifest.get("corpora") or [
+        {"first_speaker": 0, "name": None, "corpus_checksum": manifest.get("corpus_checksum")}
+    ]
+    if any(not part.get("corpus_checksum") for part in parts):
+        return None
+    keys = {}
+    for number, name in manifest_speakers(manifest).items():
+        part = parts[number // SPEAKER_STRIDE]
+        own = name.removeprefix(f"{part['name']}/") if part["name"] else name
+        keys[number] = f"{part['corpus_checksum'][:16]}:{own}"
+    return keys
+
+
+def key_corpus(key: str) -> str:
+    """The corpus part of a :func:`speaker_keys` key."""
+    return key.split(":", 1)[0]
 
 
 def corpus_of_speakers(manifest: dict[str, Any], actors: np.ndarray) -> np.ndarray:

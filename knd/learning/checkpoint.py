@@ -7,7 +7,8 @@ A checkpoint folder (local or ``s3://``) holds
   and names, feature parameters, the hash of every feature group the model reads under
   ``groups`` and its training statistics under ``group_norm``: mean/std per channel of a
   frame-level group, per value of the others; model name/width/dropout/groups, epoch, actor
-  split, metrics),
+  split (and the same speakers under ``split_speakers`` as keys that hold across corpora and
+  unions), metrics),
 - ``train_state.pt`` (optional): optimiser state, epoch and step, for resuming training.
 
 A version-1 ``meta.json`` (no ``"version"``) kept the log-mel apart: its hash and shape in
@@ -89,10 +90,25 @@ def make_meta(
         },
         "group_norm": {g: plain(norm[g]) for g in inputs},
         "split": {part: [int(a) for a in split.get(part, ())] for part in ("train", "val", "test")},
+        **_split_speakers(features, split),
         "recipe": cfg.recipe,
         "run": run,
         **extra,
     }
+
+
+def _split_speakers(features: dict, split: dict) -> dict:
+    """``{"split_speakers": {part: [key, ...]}}``, the split as
+    :func:`~knd.data.datasets.speaker_keys` (empty when the features' corpus has no checksum)."""
+    from knd.data.datasets import speaker_keys
+
+    keys = speaker_keys(features)
+    if keys is None:
+        return {}
+    by_part = {}
+    for part in ("train", "val", "test"):
+        by_part[part] = [keys[int(a)] for a in split.get(part, ()) if int(a) in keys]
+    return {"split_speakers": by_part}
 
 
 def _own_model_keys(model) -> dict:

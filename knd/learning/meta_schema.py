@@ -35,6 +35,15 @@ class SplitMeta:
 
 
 @dataclass(frozen=True)
+class SplitSpeakersMeta:
+    """The split as speaker keys (:func:`knd.data.datasets.speaker_keys`)."""
+
+    train: tuple[str, ...] = _help("training speakers", items_le=10**5, chars_le=300, default=())
+    val: tuple[str, ...] = _help("validation speakers", items_le=10**5, chars_le=300, default=())
+    test: tuple[str, ...] = _help("test speakers", items_le=10**5, chars_le=300, default=())
+
+
+@dataclass(frozen=True)
 class ModelMeta:
     """What rebuilds the model (older metas lack the keys that have defaults; others pass)."""
 
@@ -70,6 +79,7 @@ class Meta:
     model: ModelMeta = _help("model")
     group_norm: dict[Literal[FEATURE_GROUPS], GroupStats] = _help("statistics of each group")
     split: SplitMeta = _help("actor split")
+    split_speakers: SplitSpeakersMeta | None = _help("the split by speaker key", default=None)
 
     @staticmethod
     def cross_checks(meta: Meta) -> list[tuple[str, str]]:

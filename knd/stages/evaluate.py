@@ -19,6 +19,7 @@ import numpy as np
 from knd.config.loading import to_dict
 from knd.config.schema import EvaluateConfig
 from knd.data import storage
+from knd.data.datasets import key_corpus, speaker_keys
 from knd.data.label_sets import DROPPED, checkpoint_label_set
 from knd.data.shards import emotion_counts, manifest_actors, manifest_emotions, read_manifest
 from knd.data.speakers import speaker_names, speaker_numbers
@@ -72,9 +73,6 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     scores = score_actors(model, meta, cfg.data, actors, cfg.batch_size)
     table, targets, preds, part = scores.table, scores.targets, scores.preds, scores.metrics
     labels = meta["labels"]
-    trained_on = set(meta["split"]["train"]) & set(actors)
-    if trained_on:
-        log.warning("actors %s were in this checkpoint's training set", sorted(trained_on))
     cross = _cross_corpus(cfg, meta, scores, actors)
     report = metrics_report(
         list(scores.shared or labels),
@@ -124,18 +122,50 @@ def _cross_corpus(cfg: EvaluateConfig, meta: dict, scores: Any, actors: tuple[in
 
 
 def _speakers(cfg: EvaluateConfig, meta: dict) -> tuple[int, ...]:
-    """The speaker numbers to evaluate: those asked for, else the checkpoint's test speakers on
-    the corpus it trained on, and every speaker of another corpus (none of them seen)."""
+    """The speaker numbers to evaluate: those asked for, else every speaker the checkpoint did not
+    train on: its test speakers on a corpus it trained on (alone, or as part of a union), and
+    every speaker of any other corpus (none of them seen)."""
     manifest = read_manifest(cfg.data)
     if manifest is None:
         raise FileNotFoundError(f"no prepared features at {cfg.data} (run knd prepare)")
     if cfg.speakers:
-        return speaker_numbers(cfg.speakers, manifest, "speakers")
+        numbers = speaker_numbers(cfg.speakers, manifest, "speakers")
+        _warn_if_trained_on(numbers, manifest, meta)
+        return numbers
+    split, keys = meta.get("split_speakers"), speaker_keys(manifest)
+    if split is None or keys is None:  # a checkpoint or features from before speaker keys
+        return _speakers_by_checksum(cfg, meta, manifest)
+    test = set(split["test"])
+    trained_corpora = {key_corpus(k) for part in split.values() for k in part}
+    unseen = [n for n, key in keys.items() if key_corpus(key) not in trained_corpora]
+    if unseen:
+        log.info("%d speakers of %s are of a corpus this checkpoint did not train on: all "
+                 "evaluated", len(unseen), cfg.data)  # fmt: skip
+    return tuple(sorted(unseen + [n for n, key in keys.items() if key in test]))
+
+
+def _speakers_by_checksum(cfg: EvaluateConfig, meta: dict, manifest: dict) -> tuple[int, ...]:
+    """:func:`_speakers` for a checkpoint without ``split_speakers``: its test speakers on the
+    corpus it trained on, else every speaker."""
     trained_on = meta.get("corpus_checksum")
     if trained_on is None or trained_on == manifest.get("corpus_checksum"):
         return tuple(meta["split"]["test"])
     log.info("%s is not the corpus this checkpoint trained on: evaluating every speaker", cfg.data)
     return tuple(manifest_actors(manifest))
+
+
+def _warn_if_trained_on(numbers: tuple[int, ...], manifest: dict, meta: dict) -> None:
+    """Warn when speakers asked for were in the checkpoint's training set (their metrics are
+    not a test's)."""
+    split, keys = meta.get("split_speakers"), speaker_keys(manifest)
+    if split is None or keys is None:
+        seen = set(meta["split"]["train"]) & set(numbers)
+    else:
+        trained = set(split["train"])
+        seen = {n for n in numbers if keys.get(n) in trained}
+    if seen:
+        names = speaker_names(sorted(seen), manifest)
+        log.warning("speakers %s were in this checkpoint's training set", names)
 
 
 def _parent(uri: str) -> str:

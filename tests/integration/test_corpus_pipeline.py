@@ -167,6 +167,16 @@ def test_two_corpora_train_as_one_with_speakers_namespaced_and_metrics_per_corpu
     assert set(per_corpus) == tested
     assert sum(c["n"] for c in per_corpus.values()) == metrics["test"]["n"]
     assert "## Per corpus" in (Path(trained.run_dir) / "report.md").read_text()
+    # Evaluated on one of its corpora alone, the checkpoint still knows which speakers it trained
+    # on there: only that corpus's test speakers are evaluated.
+    from knd.stages.evaluate import run as evaluate
+
+    corpus = sorted(tested)[0]
+    part = {"emodb": emodb, "table": table.output}[corpus]
+    on_part = [f"checkpoint={trained.checkpoint}", f"data={part}", f"out={tmp_path / 'alone'}"]
+    alone = evaluate(load_config("evaluate", on_part))
+    there = [s.split("/", 1)[1] for s in metrics["test_speakers"] if s.startswith(f"{corpus}/")]
+    assert alone.metrics["test_speakers"] == there
     # Speakers are named <corpus>/<id> on the command line too.
     from knd.learning.feed import load_split
 

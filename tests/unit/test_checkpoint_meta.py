@@ -62,6 +62,8 @@ HOSTILE = [
     ("huge table", _with(EMBEDDING, {"mean": HUGE, "std": HUGE}), "embedding.mean: expected a"),
     ("many params", _with(["feature_params"], MANY), "feature_params: must hold <= 1000 items"),
     ("many groups", _with(["model", "groups"], ["logmel"] * 65), "model.groups: must hold <= 64"),
+    ("speaker keys text", _with(["split_speakers"], "3"), "split_speakers: expected a section"),
+    ("speaker key a number", _with(["split_speakers"], {"test": [3]}), "split_speakers.test: exp"),
     # The sections the loader reads whole take no other key.
     ("unknown stats key", _with([*LOGMEL, "median"], [0.0]), "unknown key 'group_norm.logmel.m"),
     ("unknown split key", _with(["split", "holdout"], [7]), "unknown key 'split.holdout'"),

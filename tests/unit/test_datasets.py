@@ -12,6 +12,7 @@ from knd.data.datasets import (
     data_text,
     merged_manifest,
     read_manifest,
+    speaker_keys,
     union_parts,
 )
 
@@ -47,6 +48,14 @@ def test_speakers_are_namespaced_and_labels_are_the_union_in_vocabulary_order():
     assert merged["rows_per_emotion"]["neutral"] == 10 and merged["num_rows"] == 40
     assert [c["name"] for c in merged["corpora"]] == ["emodb", "tess"]
     assert data_text(["/f/emodb", "/f/tess"]) == "[/f/emodb,/f/tess]" and data_text("/f") == "/f"
+
+
+def test_a_speaker_has_one_key_alone_and_in_a_union_and_none_without_a_checksum():
+    merged = merged_manifest(["/f/emodb", "/f/tess"], [EMODB, TESS])
+    alone, union = speaker_keys(EMODB), speaker_keys(merged)
+    assert alone == {3: "emodb:03", 8: "emodb:08"}  # the sample's checksums are the names
+    assert union[3] == alone[3] and union[SPEAKER_STRIDE + 2] == speaker_keys(TESS)[2] == "tess:YAF"
+    assert speaker_keys({**EMODB, "corpus_checksum": None}) is None
 
 
 def test_two_tables_are_told_apart_by_their_folders():
