@@ -49,7 +49,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "download": Command(
         "knd.stages.download", DownloadConfig,
-        "download and extract the official RAVDESS speech set",
+        "download and extract the official RAVDESS speech set (other corpora: where to fetch them)",
         reads=("url",), writes=("out",),
     ),
     "prepare": Command(

@@ -301,6 +301,9 @@ class SynthConfig:
 @dataclass(frozen=True)
 class DownloadConfig:
     required: typing.ClassVar[tuple[str, ...]] = ("out",)
+    corpus: Literal[tuple(name for name in SYNTH_LAYOUT_SPEAKERS if name != "table")] = _help(
+        "the corpus: ravdess has a verified archive; the others name where to fetch it by hand"
+    )
     out: str | None = _help("folder to extract RAVDESS into")
     url: str = _help("address of the speech zip")
     md5: str = _help("expected MD5 of the zip")

@@ -15,6 +15,10 @@ Zenodo record 1188976) beside the verified zip. The stages are small and safe to
 A marker file records the MD5 of what was extracted; a rerun on a complete tree downloads
 nothing. A zip copied into ``DIR`` by hand (for machines that cannot reach Zenodo) is verified
 and extracted without any network access.
+
+``knd download corpus=NAME`` for the other corpora knd reads (:data:`BY_HAND`) downloads nothing:
+none has one stable archive with a checksum knd could verify, so it says in one line where the
+corpus lives, its licence, and the ``knd prepare corpus=`` that reads it once fetched by hand.
 """
 
 from __future__ import annotations
@@ -58,6 +62,37 @@ MAX_RATIO = 100
 _ACTOR_DIR = re.compile(r"^Actor_\d\d$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _EXTRACT_PREFIX = ".extract-"
+
+
+@dataclass(frozen=True)
+class ByHand:
+    """A corpus knd reads but cannot download: where it lives, on what terms, and why not."""
+
+    title: str
+    where: str
+    licence: str
+    why: str
+
+
+BY_HAND = {
+    "crema_d": ByHand(
+        "CREMA-D", "https://github.com/CheyneyComputerScience/CREMA-D", "ODbL",
+        "its clips are Git LFS objects in a repository, not one archive with a checksum",
+    ),
+    "emodb": ByHand(
+        "EmoDB", "http://emodb.bilderbar.info", "free for research",
+        "its site states no checksum for its archive",
+    ),
+    "tess": ByHand(
+        "TESS", "https://doi.org/10.5683/SP2/E8H2MF", "CC BY-NC-ND 4.0",
+        "its Dataverse record serves it file by file",
+    ),
+    "savee": ByHand(
+        "SAVEE", "http://kahlan.eps.surrey.ac.uk/savee/", "free for research",
+        "it is released only after registering with the University of Surrey",
+    ),
+}  # fmt: skip
+"""The corpora ``knd download corpus=`` names without downloading (docs/guides/corpora.md)."""
 
 
 class DownloadError(ValueError):
@@ -106,8 +141,11 @@ def run(cfg: DownloadConfig) -> DownloadResult:
         What was done; ``skipped`` when ``cfg.out`` already held the complete set.
 
     Raises:
-        DownloadError: network failure, incomplete transfer, wrong checksum or unsafe archive.
+        DownloadError: network failure, incomplete transfer, wrong checksum or unsafe archive,
+            or a corpus without a verified archive (the message says where to fetch it).
     """
+    if cfg.corpus in BY_HAND:
+        raise DownloadError(by_hand_message(cfg.corpus))
     if storage.is_remote(cfg.out):
         raise DownloadError(f"knd download writes to a local folder, got {cfg.out}")
     name = cfg.archive_name
@@ -117,6 +155,16 @@ def run(cfg: DownloadConfig) -> DownloadResult:
         return _run(cfg)
     except OSError as e:  # disk full, permissions, a file where a folder should be...
         raise DownloadError(f"download failed: {_os_reason(e, cfg.url)}") from None
+
+
+def by_hand_message(corpus: str) -> str:
+    """The one line that tells where to fetch a corpus knd cannot download, and what reads it."""
+    known = BY_HAND[corpus]
+    return (
+        f"no verified archive of {known.title} ({known.why}): fetch it from "
+        f"{known.where} (licence: {known.licence}), then run knd prepare corpus={corpus} "
+        "input=<its folder> (docs/guides/corpora.md)"
+    )
 
 
 def _os_reason(e: OSError, url: str) -> str:

@@ -352,3 +352,20 @@ def test_the_cli_prints_os_errors_in_one_line(tmp_path, capsys):
     assert main(["synth", f"out={clash}/corpus", "actors=1", "workers=1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"knd synth: {clash}/corpus/Actor_01: Not a directory"
+
+
+@pytest.mark.parametrize("corpus", sorted(download.BY_HAND))
+def test_a_corpus_without_a_verified_archive_says_where_to_fetch_it_and_downloads_nothing(
+    serve, tmp_path, corpus
+):
+    url, md5 = serve(make_zip(list(WAVS.items())))
+    out = tmp_path / corpus
+    with pytest.raises(download.DownloadError) as err:
+        download.run(config(out, url, md5, f"corpus={corpus}"))
+    message = str(err.value)
+    assert "\n" not in message and download.BY_HAND[corpus].where in message
+    assert f"knd prepare corpus={corpus} " in message
+    assert not serve.requests and not out.exists()
+    # The guide points to the same place.
+    guide = (Path(__file__).parents[2] / "docs" / "guides" / "corpora.md").read_text()
+    assert download.BY_HAND[corpus].where.rstrip("/") in guide
