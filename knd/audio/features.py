@@ -34,6 +34,7 @@ FEATURE_ALGORITHM = "logmel-db-v1"
 """Bumped whenever the computation changes for the same parameters, so old hashes stop matching."""
 
 LOG_FLOOR = 1e-10
+LOG_FLOOR_DB = 10.0 * np.log10(LOG_FLOOR)
 """Mel power floor before the log: -100 dB, far below 16-bit quantisation noise."""
 
 
@@ -89,6 +90,9 @@ class FeatureGroup:
     large: bool = False
     """Stored in ``params.dtype`` (the large groups); the others in float32."""
     extra: Callable[[FeatureConfig], dict] = lambda params: {}
+    active: Callable[[np.ndarray], np.ndarray] | None = None
+    """A frame group's ``[B, channels, frames]`` -> ``[B, frames]``: the frames that are not the
+    zero padding that fits a short clip to length (statistics of a speaker skip the padding)."""
 
     def hash(self, params: FeatureConfig) -> str:
         fields = {name: getattr(params, name) for name in self.fields}
@@ -118,6 +122,8 @@ GROUPS: dict[str, FeatureGroup] = _table(
         shape=lambda p: feature_shape(p),
         compute=lambda s: log_mel(s.fitted, s.params),
         large=True,
+        # Digital silence is the floor in every band; any real frame rises above it somewhere.
+        active=lambda v: (v > LOG_FLOOR_DB + 1e-3).any(axis=1),
     ),
     FeatureGroup(
         "prosody", "frame", prosody.PROSODY_ALGORITHM,
@@ -129,6 +135,7 @@ GROUPS: dict[str, FeatureGroup] = _table(
         extra=lambda p: {
             "pitch_floor": prosody.PITCH_FLOOR_HZ, "pitch_ceiling": prosody.PITCH_CEILING_HZ
         },
+        active=lambda v: v[:, prosody.CHANNELS.index("energy_db")] > prosody.ENERGY_FLOOR_DB + 1e-3,
     ),
     FeatureGroup(
         "egemaps", "utterance", egemaps.EGEMAPS_ALGORITHM, SHARED_FIELDS,
@@ -149,6 +156,7 @@ GROUPS: dict[str, FeatureGroup] = _table(
         shape=lambda p: (1, clip_samples(p)),
         compute=lambda s: s.fitted[None].astype(np.float32),
         large=True,
+        active=lambda v: v[:, 0] != 0,
     ),
 )  # fmt: skip
 """Every feature group: adding one is one entry here and its name in ``FEATURE_GROUPS``."""

@@ -160,13 +160,20 @@ class ModelConfig:
     dropout: float = _help("dropout before the classifier", ge=0, lt=1)
     groups: tuple[Literal[FEATURE_GROUPS], ...] = _help(
         "feature groups the model reads (fused_cnn: logmel plus any of prosody, egemaps; "
-        "egemaps_mlp: egemaps; the others: logmel)"
+        "egemaps_mlp, egemaps_linear: egemaps; late_fusion: logmel and egemaps; the others: "
+        "logmel)"
     )
     fusion_width: int = _help(
         "width of each prosody/eGeMAPS branch before the fused classifier; the hidden width "
         "of the embedding_head and encoder_finetune heads",
         ge=1,
         le=4096,
+    )
+    fusion_weight: float = _help(
+        "late_fusion: the weight of the CNN's logits in their average with the linear eGeMAPS "
+        "model's (which get 1 - it)",
+        ge=0,
+        le=1,
     )
     layer: int = _help(
         "encoder layer the head reads (embedding_head; 0 is the convolutional projection); "
@@ -349,6 +356,16 @@ class TrainConfig:
     name: str | None = _help("run name (none: derived from recipe and time)", plain_name=True)
     recipe: str = _help("recipe in configs/recipes/ (model and schedule)", plain_name=True)
     labels: tuple[str, ...] = _labels_field()
+    normalise: Literal["global", "speaker"] = _help(
+        "standardise the model's inputs by the training set's statistics (global), or each clip "
+        "by its own speaker's, from that speaker's clips without their labels (speaker)"
+    )
+    speaker_prior_clips: float = _help(
+        "normalise=speaker: a speaker of this many clips gets half its own statistics and half "
+        "the training speakers' pooled ones (fewer clips: more of the pooled)",
+        gt=0,
+        le=1e6,
+    )
     resume: str | None = _help("checkpoint folder to continue from")
     split: SplitConfig = _help("speaker-independent split")
     model: ModelConfig = _help("model")
@@ -445,5 +462,10 @@ class ScoreConfig:
     encoder: str = _help(
         "encoder folder of an embedding checkpoint, where it sits on this machine ('': the path "
         "the checkpoint records); it must hold the same files (same hash)"
+    )
+    speaker_from: Literal["folder", "file", "none"] | None = _help(
+        "who speaks, for a checkpoint trained with normalise=speaker: folder (the files of one "
+        "folder are one speaker's), file (each file alone), none (the training speakers' pooled "
+        "statistics); null: such a checkpoint is refused"
     )
     ray: RayConfig = _help("Ray connection")

@@ -247,6 +247,16 @@ def experiment_groups(meta: dict) -> dict[str, str]:
     return {group: spec["hash"] for group, spec in specs.items()}
 
 
+def speaker_norm_prior_clips(meta: dict) -> float | None:
+    """The shrinkage of the speaker-normalised columns the experiment's trials may read (None:
+    no trial normalises per speaker, so none are made). One value for the whole search: the
+    space may search ``normalise`` but not ``speaker_prior_clips``."""
+    bases = [stored_base(tree, recipe) for recipe, tree in meta["bases"].items()]
+    if "normalise" not in meta["space"] and all(b.normalise == "global" for b in bases):
+        return None
+    return bases[0].speaker_prior_clips
+
+
 def _space_bases(
     cfg: TuneConfig, space: dict, present: list[int], test: list[int], manifest: dict
 ) -> dict:

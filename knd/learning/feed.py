@@ -42,6 +42,15 @@ from knd.data.shards import (
 )
 from knd.data.speakers import default_split
 from knd.learning.engine import ArrayBatches, ordered_batches
+from knd.learning.speaker_norm import (
+    add_moments,
+    kept_rows,
+    normalise_by_speaker,
+    pooled_stats,
+    speaker_moments,
+    speaker_norm_meta,
+    speaker_normalised,
+)
 
 IN_MEMORY_BYTES = 2 * 1024**3
 """A worker holds its share of the features in memory (on its GPU when it has one) up to this
@@ -248,6 +257,9 @@ class SplitData:
     labels: LabelSet
     """The classes trained (``cfg.labels`` over the dataset's labels); clips of other labels
     are not read."""
+    speaker_norm: dict | None = None
+    """With ``normalise=speaker``: the checkpoint's record of it
+    (:func:`~knd.learning.speaker_norm.speaker_norm_meta`)."""
 
 
 def _row_bytes(manifest: dict, groups: tuple[str, ...]) -> int:
@@ -284,10 +296,17 @@ def _held_by_driver(
     them needs a CPU that the restarted training workers hold: it waited for ever.
     """
     groups, world = cfg.model.inputs, cfg.train.num_workers
+    codes = labels.kept_codes(manifest_emotions(manifest))
+    prior = None
 
     def columns_of(actors: tuple[int, ...], extra: str) -> tuple[dict[str, np.ndarray], Any]:
-        codes = labels.kept_codes(manifest_emotions(manifest))
-        table = load_features(cfg.data, actors=actors, groups=groups, emotions=codes)
+        nonlocal prior
+        if cfg.normalise == "speaker":  # every clip of each speaker gives its statistics
+            table = load_features(cfg.data, actors=actors, groups=groups)
+            table, prior = speaker_normalised(table, groups, prior, cfg.speaker_prior_clips)
+            table = kept_rows(table, np.isin(table.emotion, codes))
+        else:
+            table = load_features(cfg.data, actors=actors, groups=groups, emotions=codes)
         inputs = table.inputs()
         named = {g: inputs[g] for g in groups}
         return named | {"emotion": table.emotion, extra: getattr(table, extra)}, table
@@ -312,25 +331,67 @@ def _held_by_driver(
             yield {name: values[i : i + STREAM_BATCH] for name, values in columns.items()}
 
     rows = len(table.path)
-    return SplitData(manifest, split, shards, val, per_rank, True, train_batches, rows, labels)
+    norm = _speaker_norm_meta(cfg, prior)
+    return SplitData(
+        manifest, split, shards, val, per_rank, True, train_batches, rows, labels, norm
+    )
+
+
+def _speaker_norm_meta(cfg: TrainConfig, prior: dict | None) -> dict | None:
+    if cfg.normalise != "speaker":
+        return None
+    return speaker_norm_meta(cfg.model.inputs, prior, cfg.speaker_prior_clips)
 
 
 def _streamed(cfg: TrainConfig, manifest: dict, split: ActorSplit, labels: LabelSet) -> SplitData:
     """Shares too large for memory: materialised by Ray Data once, split equally, streamed."""
     groups, world = cfg.model.inputs, cfg.train.num_workers
     columns = [*groups, "emotion", "actor"]
+    codes = labels.kept_codes(manifest_emotions(manifest))
+    prior = None
 
     def rows_of(actors: tuple[int, ...], extra: tuple[str, ...] = ()) -> Any:
-        codes = labels.kept_codes(manifest_emotions(manifest))
-        ds = read_features(cfg.data, actors=actors, groups=groups, emotions=codes)[0]
-        return ds.select_columns([*columns, *extra]).materialize()
+        nonlocal prior
+        if cfg.normalise != "speaker":
+            ds = read_features(cfg.data, actors=actors, groups=groups, emotions=codes)[0]
+            return ds.select_columns([*columns, *extra]).materialize()
+        ds = read_features(cfg.data, actors=actors, groups=groups)[0]
+        ds = ds.select_columns([*columns, *extra]).materialize()
+        moments: dict = {}  # one pass of per-speaker sums: the driver never holds features
+        for batch in ds.iter_batches(batch_size=STREAM_BATCH, batch_format="numpy"):
+            add_moments(moments, speaker_moments({g: batch[g] for g in groups}, batch["actor"]))
+        prior = prior or pooled_stats(moments)
+        by_speaker = _SpeakerBatches(groups, moments, prior, cfg.speaker_prior_clips, codes)
+        return ds.map_batches(by_speaker, batch_format="numpy").materialize()
 
     train = rows_of(split.train)
     val = rows_of(split.val, ("path",)) if split.val else None
     shards = train.split(world, equal=True) if world > 1 else [train]
     rows = shards[0].count()
     batches = lambda: train.iter_batches(batch_size=STREAM_BATCH)  # noqa: E731
-    return SplitData(manifest, split, shards, val, rows, False, batches, train.count(), labels)
+    norm = _speaker_norm_meta(cfg, prior)
+    return SplitData(
+        manifest, split, shards, val, rows, False, batches, train.count(), labels, norm
+    )
+
+
+@dataclass(frozen=True)
+class _SpeakerBatches:
+    """A Ray Data batch standardised by its speakers' statistics, then kept by label."""
+
+    groups: tuple[str, ...]
+    moments: dict
+    prior: dict
+    prior_clips: float
+    codes: list[int]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        chosen = {g: batch[g] for g in self.groups}
+        normed = normalise_by_speaker(
+            chosen, batch["actor"], self.moments, self.prior, self.prior_clips
+        )
+        keep = np.isin(batch["emotion"], self.codes)
+        return {name: values[keep] for name, values in (batch | normed).items()}
 
 
 def load_split(cfg: TrainConfig) -> SplitData:

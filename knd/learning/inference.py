@@ -145,6 +145,23 @@ def shared_labels(labels: Any, emotions: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for i, n in enumerate(labels.names) if i in present)
 
 
+def _model_inputs(meta: dict, data: str, actors, groups, codes: list[int]):
+    """The clips of ``actors`` with a label of ``codes``, their groups as the model takes them:
+    standardised per speaker when the checkpoint was trained so, from every clip of each
+    speaker whatever its label (the statistics never depend on which labels are scored)."""
+    from knd.data.datasets import load_features
+    from knd.learning.speaker_norm import kept_rows, speaker_normalised
+
+    by_speaker = meta.get("speaker_norm")
+    if not by_speaker:
+        return load_features(data, actors=actors, groups=groups, emotions=codes)
+    table = load_features(data, actors=actors, groups=groups)
+    table, _ = speaker_normalised(
+        table, by_speaker["groups"], by_speaker["prior"], by_speaker["prior_clips"]
+    )
+    return kept_rows(table, np.isin(table.emotion, codes))
+
+
 def score_actors(
     model: torch.nn.Module,
     meta: dict,
@@ -164,7 +181,7 @@ def score_actors(
         ValueError: no clip of these actors, features missing a group the model reads, or
             made with other parameters.
     """
-    from knd.data.datasets import load_features, read_manifest
+    from knd.data.datasets import read_manifest
     from knd.data.label_sets import checkpoint_label_set
     from knd.data.shards import manifest_emotions
     from knd.learning.checkpoint import model_groups
@@ -174,7 +191,7 @@ def score_actors(
     # The clips whose label the model knows (matched by name, so any corpus's features score).
     emotions = manifest_emotions(read_manifest(data) or {})
     codes = labels.kept_codes(emotions)
-    table = load_features(data, actors=actors, groups=groups, emotions=codes)
+    table = _model_inputs(meta, data, actors, groups, codes)
     if len(table) == 0:
         raise ValueError(
             f"{data}: no clips of actors {sorted(int(a) for a in actors)} with a label of "

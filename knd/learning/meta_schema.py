@@ -44,6 +44,15 @@ class SplitSpeakersMeta:
 
 
 @dataclass(frozen=True)
+class SpeakerNormMeta:
+    """How inputs were standardised per speaker (:mod:`knd.learning.speaker_norm`)."""
+
+    groups: tuple[Literal[FEATURE_GROUPS], ...] = _help("groups standardised", items_le=64)
+    prior_clips: float = _help("shrinkage strength", gt=0, le=1e6)
+    prior: dict[Literal[FEATURE_GROUPS], GroupStats] = _help("pooled training statistics")
+
+
+@dataclass(frozen=True)
 class ModelMeta:
     """What rebuilds the model (older metas lack the keys that have defaults; others pass)."""
 
@@ -53,6 +62,7 @@ class ModelMeta:
     dropout: float = _help("dropout before the classifier", ge=0, lt=1, default=0.0)
     groups: tuple[Literal[FEATURE_GROUPS], ...] = _help("inputs", items_le=64, default=("logmel",))
     fusion_width: int = _help("width of each fused branch", ge=1, le=1024, default=32)
+    fusion_weight: float = _help("late_fusion's CNN weight", ge=0, le=1, default=0.5)
     layer: int = _help("encoder layer the head reads", ge=-1, le=1000, default=-1)
     encoder_config: dict[str, Any] | None = _help("an encoder's", items_le=10**4, default=None)
 
@@ -80,6 +90,7 @@ class Meta:
     group_norm: dict[Literal[FEATURE_GROUPS], GroupStats] = _help("statistics of each group")
     split: SplitMeta = _help("actor split")
     split_speakers: SplitSpeakersMeta | None = _help("the split by speaker key", default=None)
+    speaker_norm: SpeakerNormMeta | None = _help("per-speaker standardisation", default=None)
 
     @staticmethod
     def cross_checks(meta: Meta) -> list[tuple[str, str]]:
@@ -90,7 +101,19 @@ class Meta:
             if group not in meta.group_norm:
                 problems.append(("group_norm", f"no statistics for the model's group {group!r}"))
         shapes = (stats_problem(group, stats) for group, stats in meta.group_norm.items())
-        return problems + [problem for problem in shapes if problem]
+        problems += [problem for problem in shapes if problem]
+        if meta.speaker_norm is not None:
+            for group in meta.speaker_norm.groups:
+                stats = meta.speaker_norm.prior.get(group)
+                if stats is None:
+                    problems.append(("speaker_norm.prior", f"no statistics for {group!r}"))
+                elif (problem := stats_problem(group, stats)) is not None:
+                    problems.append((f"speaker_norm.{problem[0]}", problem[1]))
+                elif group in meta.group_norm and np.shape(stats.mean) != np.shape(
+                    meta.group_norm[group].mean
+                ):
+                    problems.append((f"speaker_norm.prior.{group}", "shaped unlike group_norm"))
+        return problems
 
 
 @dataclass(frozen=True)

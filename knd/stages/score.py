@@ -106,7 +106,7 @@ def featurize_batch(
     )
 
 
-def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float, device: str):
+def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float | None, device: str):
     """``(duration, error, windows)`` of one file; any failure is its ``error``, never raised."""
     try:
         samples, rate = waveform.decode_audio(storage.read_bytes(path, fs))
@@ -119,12 +119,12 @@ def _decode_windows(path: str, fs, params: FeatureConfig, hop_seconds: float, de
 def _featurize_paths(
     paths: list[str],
     params: FeatureConfig,
-    hop_seconds: float,
+    hop_seconds: float | None,
     skip: dict[str, str],
     device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """The rows of :func:`featurize_batch`; a file of ``skip`` is not read: its row carries the
-    reason ``skip`` gives."""
+    reason ``skip`` gives (``hop_seconds`` None: one clip per file, as prepare makes it)."""
     specs = features.group_specs(params)
     rows: dict[str, list] = {k: [] for k in ("path", "window", "n_windows", "start", "end")}
     rows.update(duration=[], error=[], **{group: [] for group in specs})
@@ -160,7 +160,7 @@ def _featurize_paths(
 class Scorer:
     """Ray Data callable class: loads the model once per actor, then scores batches of windows."""
 
-    def __init__(self, checkpoint: str, use_gpu: bool):
+    def __init__(self, checkpoint: str, use_gpu: bool, speakers: SpeakerStats | None = None):
         import torch
 
         from knd.learning.checkpoint import load_model
@@ -170,6 +170,7 @@ class Scorer:
         self.model, meta = load_model(checkpoint, device=self.device)
         self.norm = norm_tensors(norm_stats(meta), self.device)
         self.num_classes = len(meta["labels"])
+        self.speakers = speakers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -177,6 +178,8 @@ class Scorer:
         from knd.learning.inference import probabilities
 
         values = {g: batch.pop(g) for g in self.norm}
+        if self.speakers is not None:  # each window by its speaker's statistics first
+            values = self.speakers.normalise(values, batch["path"])
         ok = np.asarray(batch["error"] == "", dtype=bool)
         probs = np.full((len(ok), self.num_classes), np.nan, dtype=np.float32)
         if ok.any():
@@ -205,8 +208,9 @@ class FileScorer(Scorer):
         batch_size: int,
         use_gpu: bool = False,
         ledger=None,
+        speakers: SpeakerStats | None = None,
     ):
-        super().__init__(checkpoint, use_gpu=use_gpu)
+        super().__init__(checkpoint, use_gpu=use_gpu, speakers=speakers)
         self.params, self.hop_seconds, self.batch_size = params, hop_seconds, batch_size
         self.ledger = ledger
 
@@ -220,6 +224,107 @@ class FileScorer(Scorer):
             for i in range(0, n, self.batch_size)
         ]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@dataclass(frozen=True)
+class SpeakerStats:
+    """Each speaker's statistics for a checkpoint trained with ``normalise=speaker``: what a
+    scoring actor standardises its windows by (small: a mean and std per group and speaker)."""
+
+    speaker_from: str
+    table: dict
+    """:func:`knd.learning.speaker_norm.speaker_table`."""
+
+    def normalise(self, values: dict[str, np.ndarray], paths) -> dict[str, np.ndarray]:
+        from knd.learning.speaker_norm import normalise_rows, speaker_key
+
+        keys = [speaker_key(p, self.speaker_from) for p in paths]
+        return normalise_rows(values, keys, self.table)
+
+    def described(self, paths) -> list[str]:
+        """The output's ``speaker_stats`` column: whose statistics standardised each file."""
+        from knd.learning.speaker_norm import speaker_key
+
+        if self.speaker_from == "none":
+            return ["pooled"] * len(paths)
+        if self.speaker_from == "file":
+            return ["file"] * len(paths)
+        return [f"folder:{speaker_key(p, 'folder').rsplit('/', 1)[-1]}" for p in paths]
+
+
+def check_speaker_from(cfg: ScoreConfig, meta: dict) -> dict | None:
+    """The checkpoint's ``speaker_norm`` record (None: trained with ``normalise=global``).
+
+    Raises:
+        ValueError: ``speaker_from`` names a mode the checkpoint was not trained for, or is unset
+            for a checkpoint trained per speaker.
+    """
+    record, mode = meta.get("speaker_norm"), cfg.speaker_from
+    if not record and mode in ("folder", "file"):
+        raise ValueError(
+            f"speaker_from={mode}: {cfg.checkpoint} was trained with normalise=global, so it "
+            "takes no speaker statistics (leave speaker_from unset)"
+        )
+    if record and mode is None:
+        raise ValueError(
+            f"{cfg.checkpoint} was trained with normalise=speaker: say who speaks with "
+            "speaker_from=folder (a folder per speaker) or file (each file alone), or "
+            "speaker_from=none to use the training speakers' pooled statistics instead"
+        )
+    return record or None
+
+
+def speaker_stats(
+    cfg: ScoreConfig, meta: dict, paths: list[str], params: FeatureConfig, cpus: float
+) -> SpeakerStats | None:
+    """The speakers' statistics ``cfg.speaker_from`` asks for (None: a globally normalised
+    checkpoint). A first pass over the files gathers each speaker's sums (Ray tasks; the driver
+    holds sums, never features); ``none`` needs no pass."""
+    from knd.learning.speaker_norm import speaker_table
+
+    record, mode = check_speaker_from(cfg, meta), cfg.speaker_from
+    if record is None:
+        return None
+    moments = {} if mode == "none" else _speaker_moments(paths, cfg, params, record, cpus)
+    if mode == "none":
+        log.info("speaker_from=none: every file standardised by the training speakers' "
+                 "pooled statistics, not its own speaker's")  # fmt: skip
+    else:
+        log.info("speaker_from=%s: statistics of %d speakers", mode, len(moments))
+    return SpeakerStats(mode, speaker_table(moments, record))
+
+
+def _speaker_moments(paths, cfg: ScoreConfig, params, record: dict, cpus: float) -> dict:
+    """``{speaker key: {group: Moments}}`` of every window of ``paths``, by Ray tasks."""
+    import ray
+
+    from knd.learning.speaker_norm import add_moments
+
+    task = ray.remote(num_cpus=cpus)(_file_moments)
+    units = [paths[i : i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
+    # A folder's files count as prepare makes them, one clip each (what training counted); a
+    # file alone, by its windows.
+    hop = cfg.window_hop_seconds if cfg.speaker_from == "file" else None
+    refs = [task.remote(unit, params, hop, record["groups"], cfg.speaker_from) for unit in units]
+    moments: dict = {}
+    for part in ray.get(refs):
+        add_moments(moments, part)
+    return moments
+
+
+def _file_moments(paths, params, hop_seconds: float | None, groups, speaker_from: str) -> dict:
+    """The moments of some files' windows by speaker (files that fail count for nobody)."""
+    from knd.learning.speaker_norm import speaker_key, speaker_moments
+
+    one_torch_thread()
+    rows = _featurize_paths(paths, params, hop_seconds, {})
+    ok = rows["error"] == ""
+    keys = np.asarray([speaker_key(p, speaker_from) for p in rows["path"][ok]], dtype=object)
+    if not len(keys):
+        return {}
+    names, codes = np.unique(keys, return_inverse=True)
+    by_code = speaker_moments({g: rows[g][ok] for g in groups}, codes)
+    return {str(names[code]): m for code, m in by_code.items()}
 
 
 @dataclass
@@ -293,6 +398,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     if not output.lower().endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"output must end in .parquet or .csv: {output}")
     meta = load_meta(cfg.checkpoint)
+    check_speaker_from(cfg, meta)
     params = scoring_params(meta, cfg.checkpoint, cfg.encoder)
     paths = storage.list_files(cfg.input, storage.AUDIO_SUFFIXES)
     if not paths:
@@ -305,7 +411,8 @@ def run(cfg: ScoreConfig) -> ScoreResult:
 
     started = time.perf_counter()
     cpus = stage_cpus(ray.cluster_resources().get("CPU", 1.0), cfg.num_actors, cfg.use_gpu)
-    tally = _score_all(cfg, meta, paths, params, cpus)
+    speakers = speaker_stats(cfg, meta, paths, params, cpus)
+    tally = _score_all(cfg, meta, paths, params, cpus, speakers)
     seconds = time.perf_counter() - started
 
     result = ScoreResult(
@@ -326,7 +433,9 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     return result
 
 
-def _score_all(cfg: ScoreConfig, meta: dict, paths: list[str], params, cpus: float) -> _Tally:
+def _score_all(
+    cfg: ScoreConfig, meta: dict, paths: list[str], params, cpus: float, speakers=None
+) -> _Tally:
     """Score ``paths`` into the staged output and commit it; files an interrupted run staged are
     kept, and a file lost with its worker is scored once more alone, then reported
     (:func:`knd.runtime.tasks.retry_file_by_file`)."""
@@ -336,10 +445,12 @@ def _score_all(cfg: ScoreConfig, meta: dict, paths: list[str], params, cpus: flo
     with StagedTable(str(cfg.output), staging_key(cfg, meta, paths), chunk_files) as sink:
         todo = _resume(sink, tally, paths)
         units = [todo[i : i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK)]
-        attempt = lambda some: _score_units(some, cfg, params, labels, cpus)  # noqa: E731
+        attempt = lambda some: _score_units(some, cfg, params, labels, cpus, speakers)  # noqa: E731
         for files, out in retry_file_by_file(attempt, units, lambda lost: [[p] for p in lost]):
             if isinstance(out, Failed):
                 out = _failed_rows(files, out.reason, labels, cfg.per_window)
+            if speakers is not None:
+                out["speaker_stats"] = speakers.described(out["path"])
             sink.write(out, tally)
     return tally
 
@@ -356,6 +467,7 @@ def staging_key(cfg: ScoreConfig, meta: dict, paths: list[str]) -> str:
             "per_window": cfg.per_window,
             "window_hop_seconds": cfg.window_hop_seconds,
             "encoder": cfg.encoder,
+            "speaker_from": cfg.speaker_from,
         }
     )
 
@@ -398,13 +510,14 @@ class _Tally:
 
 
 def _score_units(
-    units: list[list[str]], cfg: ScoreConfig, params, labels, cpus: float
+    units: list[list[str]], cfg: ScoreConfig, params, labels, cpus: float, speakers=None
 ) -> Iterator[tuple[list[str], pd.DataFrame | WorkerDied]]:
     """One pipeline over the files of ``units`` (a task per unit): ``(files, their rows)`` as
     files complete, then ``(files, WorkerDied())`` for the files whose rows never came back."""
     paths = [path for unit in units for path in unit]
     seen: set[str] = set()
-    for table in _scored_files(paths, cfg, params, labels, cpus, max(map(len, units))):
+    per_task = max(map(len, units))
+    for table in _scored_files(paths, cfg, params, labels, cpus, per_task, speakers):
         files = list(dict.fromkeys(table["path"]))
         seen.update(files)
         yield files, table
@@ -414,7 +527,13 @@ def _score_units(
 
 
 def _scored_files(
-    paths: list[str], cfg: ScoreConfig, params, labels, cpus: float, files_per_task: int
+    paths: list[str],
+    cfg: ScoreConfig,
+    params,
+    labels,
+    cpus: float,
+    files_per_task: int,
+    speakers: SpeakerStats | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Output rows of completed files, in input order, as the pipeline delivers them.
 
@@ -437,14 +556,16 @@ def _scored_files(
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     ledger = ray.remote(AttemptLedger).options(num_cpus=0, scheduling_strategy=here).remote()
     try:
-        ds = _pipeline(paths, cfg, params, cpus, files_per_task, ledger)
+        ds = _pipeline(paths, cfg, params, cpus, files_per_task, ledger, speakers)
         yield from _complete_files(_batches_with_progress(ds, len(paths)), labels, cfg.per_window)
     finally:
         ctx.execution_options.preserve_order, ctx.max_errored_blocks = saved
         ray.kill(ledger)
 
 
-def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per_task: int, ledger):
+def _pipeline(
+    paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per_task: int, ledger, speakers
+):
     """The Ray Dataset of scored windows: paths -> (decode tasks ->) scoring actors."""
     import ray
 
@@ -463,7 +584,11 @@ def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per
         )
         return ds.map_batches(
             Scorer,
-            fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "use_gpu": True},
+            fn_constructor_kwargs={
+                "checkpoint": cfg.checkpoint,
+                "use_gpu": True,
+                "speakers": speakers,
+            },
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=pool,
@@ -480,6 +605,7 @@ def _pipeline(paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per
             "batch_size": cfg.batch_size,
             "use_gpu": cfg.use_gpu,
             "ledger": ledger,
+            "speakers": speakers,
         },
         batch_size=files_per_task,
         batch_format="numpy",

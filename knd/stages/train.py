@@ -439,7 +439,8 @@ def _run_meta(cfg: TrainConfig, data: SplitData, name: str) -> dict:
     else:
         norm = group_stats(data.train_batches, cfg.model.inputs)
     parts = {"train": split.train, "val": split.val, "test": split.test}
-    return make_meta(cfg, data.manifest, norm, parts, run=name)
+    by_speaker = {"speaker_norm": data.speaker_norm} if data.speaker_norm else {}
+    return make_meta(cfg, data.manifest, norm, parts, run=name, **by_speaker)
 
 
 def _report_facts(

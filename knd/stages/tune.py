@@ -20,6 +20,7 @@ How the pieces fit (see docs/guides/tuning.md for the reasoning):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -42,6 +43,7 @@ from knd.learning.experiment import (
     experiment_label_set,
     load_experiment,
     open_experiment,
+    speaker_norm_prior_clips,
     stored_base,
     trial_rows,
     trial_train_config,
@@ -133,8 +135,9 @@ def trial_tensors(
 ) -> dict[str, torch.Tensor]:
     """The trial's feature groups and label ids as tensors on ``device`` (one copy for all
     folds), keyed by feature group (``logmel``, ``prosody``...) and ``label``."""
-    columns = [g for g in cfg.model.inputs]
-    return {c: torch.tensor(data[c], device=device) for c in columns} | {
+    prefix = "speaker:" if cfg.normalise == "speaker" else ""
+    columns = {g: data[prefix + g] for g in cfg.model.inputs}
+    return {g: torch.tensor(v, device=device) for g, v in columns.items()} | {
         "label": torch.as_tensor(data["label"], device=device, dtype=torch.long)
     }
 
@@ -259,23 +262,43 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def load_columns(
-    data: str, actors: list[int], groups: dict[str, str], labels: LabelSet
+    data: str,
+    actors: list[int],
+    groups: dict[str, str],
+    labels: LabelSet,
+    prior_clips: float | None = None,
 ) -> dict[str, np.ndarray]:
     """The columns trials train on (every feature group of ``groups``, a ``{group: hash}``,
     under its name, plus ``label`` (class ids of ``labels``), ``emotion, actor, path``) of
     ``actors`` and the labels kept only: a trial whose configuration reads fewer groups takes
-    what it needs."""
+    what it needs.
+
+    With ``prior_clips``, each group also standardised per speaker, under ``speaker:<group>``
+    (:mod:`knd.learning.speaker_norm`, from every clip of each speaker, labels unread; the prior
+    pools every tuning speaker, the validation folds' too, without labels), and the prior under
+    ``speaker_prior`` (a JSON string) for the retrained checkpoint.
+    """
     from knd.data.datasets import load_features, read_manifest
     from knd.data.shards import manifest_emotions
+    from knd.learning.speaker_norm import kept_rows, speaker_normalised
 
     emotions = manifest_emotions(read_manifest(data) or {})
     codes = labels.kept_codes(emotions)
-    table = load_features(data, actors=actors, groups=groups, emotions=codes)
+    by_speaker: dict[str, np.ndarray] = {}
+    if prior_clips is None:
+        table = load_features(data, actors=actors, groups=groups, emotions=codes)
+    else:
+        table = load_features(data, actors=actors, groups=groups)
+        normed, prior = speaker_normalised(table, list(groups), None, prior_clips)
+        keep = np.isin(table.emotion, codes)
+        table, normed = kept_rows(table, keep), kept_rows(normed, keep)
+        by_speaker = {f"speaker:{g}": v for g, v in normed.groups.items()}
+        by_speaker["speaker_prior"] = np.asarray(json.dumps(prior))
     if len(table) == 0:
         raise ValueError(f"{data}: no clips of actors {actors} with labels {list(labels.names)}")
     targets = labels.targets(table.emotion, emotions)
     columns = {"label": targets, "emotion": table.emotion, "actor": table.actor}
-    return table.inputs() | columns | {"path": table.path}
+    return table.inputs() | by_speaker | columns | {"path": table.path}
 
 
 def search_algorithm(cfg: TuneConfig, space: dict, where: str) -> tuple[Any, int | None]:
@@ -356,7 +379,9 @@ def _search(cfg: TuneConfig, meta: dict, data: dict, experiment: str) -> None:
     tuner.fit()
 
 
-def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experiment: str) -> dict:
+def retrain_best(
+    cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experiment: str, prior=None
+) -> dict:
     """Retrain the best configuration on all non-test actors; score it once on the test actors.
 
     Writes ``best/checkpoint`` (usable by ``knd evaluate`` and ``knd score``), ``best/metrics.json``
@@ -371,7 +396,8 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
     cpus = max(cfg.cpus_per_trial, float(int(min(max(alive, default=0.0), free))))
     task = ray.remote(num_cpus=cpus, num_gpus=cfg.gpus_per_trial)(retrain)
     trained = ray.get(task.remote(params, data_ref, meta, cpus))
-    checkpoint = _save_retrained(cfg, meta, trial_train_config(params, meta), trained, experiment)
+    train_cfg = trial_train_config(params, meta)
+    checkpoint = _save_retrained(cfg, meta, train_cfg, trained, experiment, prior)
     # The test actors are read only now, after the search, and scored exactly once.
     facts = {"train_actors": meta["train_actors"], "epochs": trained["epochs"]}
     report = score_and_report(
@@ -381,15 +407,20 @@ def retrain_best(cfg: TuneConfig, meta: dict, best: dict, data_ref: Any, experim
 
 
 def _save_retrained(
-    cfg: TuneConfig, meta: dict, train_cfg: TrainConfig, trained: dict, experiment: str
+    cfg: TuneConfig, meta: dict, train_cfg: TrainConfig, trained: dict, experiment: str, prior
 ) -> str:
     """Write the retrained model to ``best/checkpoint`` (with the meta of the features it trained
     on); its folder."""
     from knd.data.datasets import read_manifest
     from knd.learning.checkpoint import make_meta, save_checkpoint
     from knd.learning.models import build_from_spec
+    from knd.learning.speaker_norm import speaker_norm_meta
 
     labels = list(experiment_label_set(meta).names)
+    by_speaker = {}
+    if train_cfg.normalise == "speaker":
+        inputs, clips = train_cfg.model.inputs, speaker_norm_prior_clips(meta)
+        by_speaker = {"speaker_norm": speaker_norm_meta(inputs, prior, clips)}
     model = build_from_spec(to_dict(train_cfg.model), len(labels), trained["norm"])
     model.load_state_dict(trained["model"])
     ckpt_meta = make_meta(
@@ -400,6 +431,7 @@ def _save_retrained(
         run=f"{experiment.rstrip('/').rsplit('/', 1)[-1]}/best",
         epoch=trained["epochs"],
         metrics={},
+        **by_speaker,
     )
     checkpoint = storage.join(experiment, BEST_DIR, "checkpoint")
     save_checkpoint(checkpoint, model, ckpt_meta)
@@ -427,7 +459,8 @@ def run(cfg: TuneConfig) -> TuneResult:
     init_ray(cfg.ray)
     # Only the non-test actors are ever loaded while the search runs.
     labels = experiment_label_set(meta)
-    data = load_columns(cfg.data, meta["train_actors"], experiment_groups(meta), labels)
+    groups, prior_clips = experiment_groups(meta), speaker_norm_prior_clips(meta)
+    data = load_columns(cfg.data, meta["train_actors"], groups, labels, prior_clips)
     started = time.time()
     _search(cfg, meta, data, experiment)
     search_s = time.time() - started
@@ -437,7 +470,9 @@ def run(cfg: TuneConfig) -> TuneResult:
     if best is None:
         log.error("no trial reported a score; see the trial errors under %s", experiment)
         return TuneResult(experiment, len(rows), None, None, exit_code=1)
-    test = retrain_best(cfg, meta, best, ray.put(data), experiment) if cfg.retrain_best else None
+    prior = json.loads(str(data["speaker_prior"])) if "speaker_prior" in data else None
+    data_ref = ray.put(data)
+    test = retrain_best(cfg, meta, best, data_ref, experiment, prior) if cfg.retrain_best else None
     write_best(
         cfg, meta, best, experiment, {"test": test, "num_trials": len(rows), "search_s": search_s}
     )

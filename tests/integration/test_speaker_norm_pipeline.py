@@ -1,0 +1,104 @@
+"""``normalise=speaker`` through a real run: train records it, evaluate and score apply it from
+each speaker's own clips, and a scoring mode the checkpoint was not trained for is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from knd.config.loading import load_config
+
+pytestmark = pytest.mark.ray
+
+TRAIN = [
+    "recipe=cpu_small", "model.width=8", "optim.epochs=2", "optim.batch_size=32",
+    "train.num_workers=1", "wandb.enabled=false", "split.test_speakers=[1,2]",
+    "split.val_speakers=[3]", "labels=[neutral,happy,sad,angry]",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def speaker_run(tiny_features, ray_session, tmp_path_factory):
+    """One speaker-normalised run on four of the corpus's eight labels."""
+    from knd.stages.train import run
+
+    root = tmp_path_factory.mktemp("speaker_norm")
+    args = [f"data={tiny_features}", f"run_dir={root / 'runs'}", "name=by_speaker", *TRAIN]
+    result = run(load_config("train", [*args, "normalise=speaker"]))
+    return SimpleNamespace(result=result, root=root, features=tiny_features)
+
+
+def test_the_checkpoint_records_the_mode_and_the_training_speakers_prior(speaker_run):
+    meta = json.loads((Path(speaker_run.result.checkpoint) / "meta.json").read_text())
+    record = meta["speaker_norm"]
+    assert record["groups"] == ["logmel"] and record["prior_clips"] == 4.0
+    prior, norm = record["prior"]["logmel"], meta["group_norm"]["logmel"]
+    assert len(prior["mean"]) == len(norm["mean"]) == 64
+    # The model's own statistics are of speaker-normalised inputs (a few units, the padding
+    # frames included), the prior of the raw log-mel's speech frames (tens of dB).
+    assert abs(np.mean(norm["mean"])) < 3 and np.mean(prior["mean"]) < -10
+
+
+def test_evaluate_applies_it_and_gives_the_runs_own_test_figures(speaker_run, tmp_path):
+    from knd.stages.evaluate import run as evaluate
+
+    args = [f"checkpoint={speaker_run.result.checkpoint}", f"data={speaker_run.features}"]
+    evaluated = evaluate(load_config("evaluate", [*args, f"out={tmp_path}"])).metrics
+    trained = speaker_run.result.metrics
+    assert evaluated["test_speakers"] == trained["test_speakers"] == ["1", "2"]
+    assert evaluated["test"]["n"] == trained["test"]["n"] == 2 * (4 + 3 * 8)  # neutral has 4
+    assert evaluated["test"]["accuracy"] == pytest.approx(trained["test"]["accuracy"])
+
+
+def test_score_by_folder_gives_evaluates_probabilities_on_the_same_clips(
+    speaker_run, tiny_corpus, tmp_path
+):
+    import shutil
+
+    import pandas as pd
+
+    from knd.learning.checkpoint import load_model
+    from knd.learning.inference import score_actors
+    from knd.stages.score import run as score
+
+    audio = tmp_path / "audio"
+    for actor in ("Actor_01", "Actor_02"):  # a folder per speaker, as RAVDESS ships
+        shutil.copytree(Path(tiny_corpus) / actor, audio / actor)
+    output = tmp_path / "scores.parquet"
+    args = [f"checkpoint={speaker_run.result.checkpoint}", f"input={audio}", f"output={output}"]
+    score(load_config("score", [*args, "speaker_from=folder", "num_actors=1"]))
+    scored = pd.read_parquet(output)
+    scored.index = scored["path"].map(_name)
+    assert set(scored["speaker_stats"]) == {"folder:Actor_01", "folder:Actor_02"}
+    model, meta = load_model(speaker_run.result.checkpoint)
+    evaluated = score_actors(model, meta, speaker_run.features, [1, 2])
+    names = [_name(p) for p in evaluated.table.path]
+    columns = [f"p_{label}" for label in meta["labels"]]
+    assert len(names) == 56 and len(scored) == 120  # every clip is scored, 4 labels evaluated
+    np.testing.assert_allclose(scored.loc[names, columns].to_numpy(), evaluated.probs, atol=1e-5)
+
+
+def _name(path: str) -> str:
+    return str(path).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def test_a_checkpoint_refuses_a_scoring_mode_it_was_not_trained_for(speaker_run, tmp_path):
+    from knd.stages.score import run as score
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    common = [f"input={audio}", f"output={tmp_path / 's.csv'}"]
+    by_speaker = [f"checkpoint={speaker_run.result.checkpoint}", *common]
+    with pytest.raises(ValueError, match="trained with normalise=speaker: say who speaks"):
+        score(load_config("score", by_speaker))
+    global_checkpoint = Path(__file__).parents[1] / "fixtures" / "v1" / "checkpoint"
+    with pytest.raises(ValueError, match="speaker_from=folder: .* trained with normalise=global"):
+        score(
+            load_config(
+                "score", [f"checkpoint={global_checkpoint}", *common, "speaker_from=folder"]
+            )
+        )
