@@ -47,6 +47,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "plain_cnn": Architecture(f"{_MODELS}:plain_cnn"),
     "fused_cnn": Architecture(f"{_MODELS}:fused_cnn", exactly=False),
     "egemaps_mlp": Architecture(f"{_MODELS}:functionals_mlp", reads=("egemaps",)),
+    "egemaps_linear": Architecture(f"{_MODELS}:functionals_linear", reads=("egemaps",)),
+    "late_fusion": Architecture(
+        f"{_MODELS}:late_fusion", reads=("logmel", "egemaps"), meta_keys=("fusion_weight",)
+    ),
     "embedding_head": Architecture(
         f"{_HEADS}:embedding_head", reads=("embedding",), meta_keys=("layer",)
     ),

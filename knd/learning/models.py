@@ -183,6 +183,38 @@ class FunctionalsMLP(nn.Module):
         return self.classifier(self.body(egemaps))
 
 
+class FunctionalsLinear(nn.Module):
+    """A linear model (multinomial logistic regression, with the optimiser's weight decay as its
+    L2 penalty) on the eGeMAPS functionals alone: the baseline per-speaker standardisation lifts
+    furthest (issue 30)."""
+
+    def __init__(self, num_classes: int, functionals: int, dropout: float = 0.0):
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(functionals, num_classes))
+
+    def forward(self, x: torch.Tensor, egemaps: torch.Tensor | None = None) -> torch.Tensor:
+        if egemaps is None:
+            raise ValueError("this model reads the egemaps group, but none was given")
+        return self.classifier(egemaps)
+
+
+class LateFusion(nn.Module):
+    """Late fusion: :class:`PlainCNN`'s logits on the log-mel and :class:`FunctionalsLinear`'s on
+    eGeMAPS, averaged with weight ``cnn_weight`` on the CNN's. Both learn from the fused logits'
+    loss; the weight is a config key (``model.fusion_weight``), chosen by ``knd tune``'s folds,
+    never by test speakers."""
+
+    def __init__(self, num_classes: int, functionals: int, width: int, dropout: float, weight):
+        super().__init__()
+        self.cnn = PlainCNN(num_classes, width=width, dropout=dropout)
+        self.linear = FunctionalsLinear(num_classes, functionals)
+        self.cnn_weight = float(weight)
+
+    def forward(self, x: torch.Tensor, egemaps: torch.Tensor | None = None) -> torch.Tensor:
+        linear = self.linear(x, egemaps=egemaps.to(x.dtype) if egemaps is not None else None)
+        return self.cnn_weight * self.cnn(x) + (1.0 - self.cnn_weight) * linear
+
+
 def resnet(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
     """torchvision's ResNet (``spec["name"]``: resnet18, resnet34) on 1-channel input."""
     import torchvision
@@ -264,6 +296,19 @@ def functionals_mlp(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
         raise ValueError("egemaps_mlp reads the egemaps group; model.groups must be [egemaps]")
     width = 2 * spec["fusion_width"]
     return FunctionalsMLP(num_classes, shapes["egemaps"][0], width, spec["dropout"])
+
+
+def functionals_linear(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    if "egemaps" not in shapes:
+        raise ValueError("egemaps_linear reads the egemaps group; model.groups must be [egemaps]")
+    return FunctionalsLinear(num_classes, shapes["egemaps"][0], spec["dropout"])
+
+
+def late_fusion(num_classes: int, spec: dict, shapes: dict) -> nn.Module:
+    if "egemaps" not in shapes:
+        raise ValueError("late_fusion reads logmel and egemaps; model.groups must be both")
+    weight = spec.get("fusion_weight", 0.5)
+    return LateFusion(num_classes, shapes["egemaps"][0], spec["width"], spec["dropout"], weight)
 
 
 def build_model(

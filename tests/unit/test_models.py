@@ -8,7 +8,10 @@ import torch
 from knd.learning.models import MODEL_NAMES, build_model
 
 LOGMEL_MODELS = [
-    n for n in MODEL_NAMES if n not in ("egemaps_mlp", "embedding_head", "encoder_finetune")
+    n
+    for n in MODEL_NAMES
+    if n
+    not in ("egemaps_mlp", "egemaps_linear", "late_fusion", "embedding_head", "encoder_finetune")
 ]
 
 
@@ -89,16 +92,31 @@ def test_fused_cnn_without_side_groups_is_plain_cnn_sized():
     assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in plain.parameters())
 
 
-def test_egemaps_mlp_ignores_the_spectrogram_and_needs_the_functionals():
+@pytest.mark.parametrize("name", ["egemaps_mlp", "egemaps_linear"])
+def test_functional_models_ignore_the_spectrogram_and_need_the_functionals(name):
     torch.manual_seed(0)
-    model = build_model("egemaps_mlp", 8, groups={"egemaps": (88,)}).eval()
+    model = build_model(name, 8, groups={"egemaps": (88,)}).eval()
     egemaps = torch.randn(4, 88)
     with torch.no_grad():
         a = model(torch.randn(4, 1, 64, 50), egemaps=egemaps)
         b = model(torch.randn(4, 1, 64, 90), egemaps=egemaps)
+    assert a.shape == (4, 8)
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="egemaps"):
-        build_model("egemaps_mlp", 8)
+        build_model(name, 8)
+
+
+def test_late_fusion_averages_the_cnns_and_the_linear_models_logits_by_its_weight():
+    torch.manual_seed(0)
+    x, egemaps = torch.randn(4, 1, 64, 50), torch.randn(4, 88)
+    spec = {"name": "late_fusion", "fusion_weight": 0.25}
+    model = build_model("late_fusion", 8, width=8, groups={"egemaps": (88,)}, spec=spec).eval()
+    with torch.no_grad():
+        fused = model(x, egemaps=egemaps)
+        cnn, linear = model.cnn(x), model.linear(x, egemaps=egemaps)
+    torch.testing.assert_close(fused, 0.25 * cnn + 0.75 * linear)
+    with pytest.raises(ValueError, match="egemaps"):
+        build_model("late_fusion", 8, spec=spec)
 
 
 def test_the_model_table_names_every_model_and_a_builder_that_exists():
