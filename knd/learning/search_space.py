@@ -14,7 +14,7 @@ from knd.config.loading import config_dir, replace
 from knd.config.schema import FEATURE_GROUPS, ConfigError, TrainConfig
 
 SPACE_SECTIONS = ("model.", "optim.", "augment.")
-SPACE_KEYS = ("recipe", "train.seed")
+SPACE_KEYS = ("recipe", "train.seed", "normalise")
 
 
 def space_path(space: str) -> str:
@@ -49,7 +49,8 @@ def param_space(space: dict, bases: dict[str, TrainConfig], recipe: str, where: 
         where: the space file, for error messages.
 
     Raises:
-        ConfigError: a key outside ``recipe``/``train.seed``/``model.*``/``optim.*``/``augment.*``,
+        ConfigError: a key outside ``recipe``/``train.seed``/``normalise``/``model.*``/``optim.*``/
+            ``augment.*``,
             a value the train schema rejects, or a malformed distribution.
     """
     from ray import tune
@@ -59,8 +60,8 @@ def param_space(space: dict, bases: dict[str, TrainConfig], recipe: str, where: 
     for key, spec in space.items():
         here = f"{where}: {key}"
         if key not in SPACE_KEYS and not key.startswith(SPACE_SECTIONS):
-            raise ConfigError(f"{here}: not searchable (allowed: recipe, train.seed, model.*, "
-                              "optim.*, augment.*)")  # fmt: skip
+            raise ConfigError(f"{here}: not searchable (allowed: recipe, train.seed, normalise, "
+                              "model.*, optim.*, augment.*)")  # fmt: skip
 
         def check(value: Any, key: str = key, here: str = here) -> Any:
             if key == "recipe":

@@ -102,3 +102,25 @@ def test_a_checkpoint_refuses_a_scoring_mode_it_was_not_trained_for(speaker_run,
                 "score", [f"checkpoint={global_checkpoint}", *common, "speaker_from=folder"]
             )
         )
+
+
+def test_tune_takes_the_mode_from_its_space_and_the_retrained_checkpoint_records_it(
+    tiny_features, ray_session, tmp_path
+):
+    import yaml
+
+    from knd.stages.tune import run as tune
+
+    space = tmp_path / "space.yaml"
+    entries = {"normalise": {"choice": ["speaker"]}, "model.width": 8, "optim.epochs": 1}
+    space.write_text(yaml.safe_dump(entries))
+    args = [
+        f"data={tiny_features}", f"space={space}", "recipe=cpu_small", "test_speakers=[1,2]",
+        "folds=2", "num_samples=1", "max_epochs=1", f"storage_path={tmp_path}", "name=modes",
+        "max_concurrent=1", "wandb.enabled=false",
+    ]  # fmt: skip
+    result = tune(load_config("tune", args))
+    assert result.exit_code == 0 and result.best["params"]["normalise"] == "speaker"
+    meta = json.loads((Path(result.test["checkpoint"]) / "meta.json").read_text())
+    assert meta["speaker_norm"]["groups"] == ["logmel"]
+    assert len(meta["speaker_norm"]["prior"]["logmel"]["mean"]) == 64

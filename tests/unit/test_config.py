@@ -39,8 +39,8 @@ def test_every_recipe_builds_a_train_config(recipe):
     cfg = load_config("train", ["data=/tmp/f", f"recipe={recipe}"])
     assert cfg.recipe == recipe
     assert cfg.model.name in (
-        "cpu_small", "plain_cnn", "fused_cnn", "egemaps_mlp", "embedding_head", "encoder_finetune",
-        "resnet18", "resnet34", "vgg11_bn", "vgg16_bn",
+        "cpu_small", "plain_cnn", "fused_cnn", "egemaps_mlp", "egemaps_linear", "late_fusion",
+        "embedding_head", "encoder_finetune", "resnet18", "resnet34", "vgg11_bn", "vgg16_bn",
     )  # fmt: skip
 
 
