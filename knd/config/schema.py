@@ -463,9 +463,14 @@ class ScoreConfig:
         "encoder folder of an embedding checkpoint, where it sits on this machine ('': the path "
         "the checkpoint records); it must hold the same files (same hash)"
     )
-    speaker_from: Literal["folder", "file", "none"] | None = _help(
+    speaker_from: Literal["folder", "table", "file", "none"] | None = _help(
         "who speaks, for a checkpoint trained with normalise=speaker: folder (the files of one "
-        "folder are one speaker's), file (each file alone), none (the training speakers' pooled "
-        "statistics); null: such a checkpoint is refused"
+        "folder are one speaker's), table (speaker_table's speaker column), file (each file "
+        "alone), none (the training speakers' pooled statistics); null: such a checkpoint is "
+        "refused"
+    )
+    speaker_table: str | None = _help(
+        "speaker_from=table: a label table (.csv, .tsv, .jsonl, .parquet with path, label, "
+        "speaker) naming each file's speaker; files without a row get the pooled statistics"
     )
     ray: RayConfig = _help("Ray connection")

@@ -427,6 +427,15 @@ def _is_absolute(path: str) -> bool:
     return storage.is_remote(path) or path.startswith("/")
 
 
+def speakers_by_file(rows: list[TableRow], input_root: str, paths: list[str]) -> dict[str, str]:
+    """``{path: speaker}`` of the ``paths`` listed under ``input_root`` that a table's rows name
+    (a row's path relative to the input or absolute, as :func:`match_table` reads it); files
+    without a row are left out."""
+    roots = _roots(input_root)
+    named = {_key(r.path, roots): r.speaker for r in rows if r.path and r.speaker}
+    return {p: named[k] for p in paths if (k := _key(p, roots)) in named}
+
+
 def _roots(input_root: str) -> tuple[str, ...]:
     """The prefixes an absolute path into the input starts with (as written, and resolved)."""
     if storage.is_remote(input_root):

@@ -201,15 +201,18 @@ def kept_rows(table: FeatureTable, keep: np.ndarray) -> FeatureTable:
 # ----------------------------------------------------------------------------------------------
 # Scoring audio: who speaks is told by the file's place, not by a manifest
 
-SPEAKER_FROM = ("folder", "file", "none")
-"""``knd score speaker_from=``: the file's folder, the file alone, or no speaker at all (the
-training speakers' pooled statistics)."""
+SPEAKER_FROM = ("folder", "table", "file", "none")
+"""``knd score speaker_from=``: the file's folder, a label table's speaker column, the file
+alone, or no speaker at all (the training speakers' pooled statistics)."""
 
 
-def speaker_key(path: str, speaker_from: str) -> str:
-    """The speaker a scored file belongs to: its folder's path, itself, or '' (nobody)."""
+def speaker_key(path: str, speaker_from: str, table: dict[str, str] | None = None) -> str:
+    """The speaker a scored file belongs to: its folder's path, its speaker in ``table``
+    (``{path: speaker}``), itself, or '' (nobody: the pooled statistics)."""
     if speaker_from == "folder":
         return str(path).replace("\\", "/").rsplit("/", 1)[0]
+    if speaker_from == "table":
+        return (table or {}).get(str(path), "")
     return str(path) if speaker_from == "file" else ""
 
 

@@ -234,11 +234,13 @@ class SpeakerStats:
     speaker_from: str
     table: dict
     """:func:`knd.learning.speaker_norm.speaker_table`."""
+    files: dict[str, str] | None = None
+    """``speaker_from=table``: ``{path: speaker}`` of the files the label table names."""
 
     def normalise(self, values: dict[str, np.ndarray], paths) -> dict[str, np.ndarray]:
         from knd.learning.speaker_norm import normalise_rows, speaker_key
 
-        keys = [speaker_key(p, self.speaker_from) for p in paths]
+        keys = [speaker_key(p, self.speaker_from, self.files) for p in paths]
         return normalise_rows(values, keys, self.table)
 
     def described(self, paths) -> list[str]:
@@ -249,6 +251,9 @@ class SpeakerStats:
             return ["pooled"] * len(paths)
         if self.speaker_from == "file":
             return ["file"] * len(paths)
+        if self.speaker_from == "table":
+            keys = [speaker_key(p, "table", self.files) for p in paths]
+            return [f"table:{key}" if key else "pooled" for key in keys]
         return [f"folder:{speaker_key(p, 'folder').rsplit('/', 1)[-1]}" for p in paths]
 
 
@@ -260,11 +265,13 @@ def check_speaker_from(cfg: ScoreConfig, meta: dict) -> dict | None:
             for a checkpoint trained per speaker.
     """
     record, mode = meta.get("speaker_norm"), cfg.speaker_from
-    if not record and mode in ("folder", "file"):
+    if not record and mode in ("folder", "table", "file"):
         raise ValueError(
             f"speaker_from={mode}: {cfg.checkpoint} was trained with normalise=global, so it "
             "takes no speaker statistics (leave speaker_from unset)"
         )
+    if record and mode == "table" and not cfg.speaker_table:
+        raise ValueError("speaker_from=table needs speaker_table=<label table naming speakers>")
     if record and mode is None:
         raise ValueError(
             f"{cfg.checkpoint} was trained with normalise=speaker: say who speaks with "
@@ -285,16 +292,30 @@ def speaker_stats(
     record, mode = check_speaker_from(cfg, meta), cfg.speaker_from
     if record is None:
         return None
-    moments = {} if mode == "none" else _speaker_moments(paths, cfg, params, record, cpus)
+    files = _table_speakers(cfg, paths) if mode == "table" else None
+    moments = {} if mode == "none" else _speaker_moments(paths, cfg, params, record, cpus, files)
     if mode == "none":
         log.info("speaker_from=none: every file standardised by the training speakers' "
                  "pooled statistics, not its own speaker's")  # fmt: skip
     else:
         log.info("speaker_from=%s: statistics of %d speakers", mode, len(moments))
-    return SpeakerStats(mode, speaker_table(moments, record))
+    return SpeakerStats(mode, speaker_table(moments, record), files)
 
 
-def _speaker_moments(paths, cfg: ScoreConfig, params, record: dict, cpus: float) -> dict:
+def _table_speakers(cfg: ScoreConfig, paths: list[str]) -> dict[str, str]:
+    """``{path: speaker}`` from ``cfg.speaker_table``; files it has no row for are counted."""
+    from knd.data.corpora import read_label_table, speakers_by_file
+
+    files = speakers_by_file(read_label_table(str(cfg.speaker_table)), str(cfg.input), paths)
+    if len(files) < len(paths):
+        log.warning("%d of %d files have no row in %s: scored with the pooled statistics",
+                    len(paths) - len(files), len(paths), cfg.speaker_table)  # fmt: skip
+    return files
+
+
+def _speaker_moments(
+    paths, cfg: ScoreConfig, params, record: dict, cpus: float, files: dict | None = None
+) -> dict:
     """``{speaker key: {group: Moments}}`` of every window of ``paths``, by Ray tasks."""
     import ray
 
@@ -305,21 +326,31 @@ def _speaker_moments(paths, cfg: ScoreConfig, params, record: dict, cpus: float)
     # A folder's files count as prepare makes them, one clip each (what training counted); a
     # file alone, by its windows.
     hop = cfg.window_hop_seconds if cfg.speaker_from == "file" else None
-    refs = [task.remote(unit, params, hop, record["groups"], cfg.speaker_from) for unit in units]
+    refs = [
+        task.remote(unit, params, hop, record["groups"], cfg.speaker_from, _subset(files, unit))
+        for unit in units
+    ]
     moments: dict = {}
     for part in ray.get(refs):
         add_moments(moments, part)
     return moments
 
 
-def _file_moments(paths, params, hop_seconds: float | None, groups, speaker_from: str) -> dict:
+def _subset(files: dict | None, paths: list[str]) -> dict | None:
+    return None if files is None else {p: files[p] for p in paths if p in files}
+
+
+def _file_moments(
+    paths, params, hop_seconds: float | None, groups, speaker_from: str, files=None
+) -> dict:
     """The moments of some files' windows by speaker (files that fail count for nobody)."""
     from knd.learning.speaker_norm import speaker_key, speaker_moments
 
     one_torch_thread()
     rows = _featurize_paths(paths, params, hop_seconds, {})
     ok = rows["error"] == ""
-    keys = np.asarray([speaker_key(p, speaker_from) for p in rows["path"][ok]], dtype=object)
+    keys = [speaker_key(p, speaker_from, files) for p in rows["path"][ok]]
+    keys = np.asarray(keys, dtype=object)
     if not len(keys):
         return {}
     names, codes = np.unique(keys, return_inverse=True)
@@ -442,7 +473,8 @@ def _score_all(
     tally, labels = _Tally(), list(meta["labels"])
     # A chunk per batch of every actor: a killed run loses at most one batch per actor.
     chunk_files = FILES_PER_TASK * cfg.num_actors
-    with StagedTable(str(cfg.output), staging_key(cfg, meta, paths), chunk_files) as sink:
+    key = staging_key(cfg, meta, paths, speakers.files if speakers else None)
+    with StagedTable(str(cfg.output), key, chunk_files) as sink:
         todo = _resume(sink, tally, paths)
         units = [todo[i : i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK)]
         attempt = lambda some: _score_units(some, cfg, params, labels, cpus, speakers)  # noqa: E731
@@ -455,10 +487,12 @@ def _score_all(
     return tally
 
 
-def staging_key(cfg: ScoreConfig, meta: dict, paths: list[str]) -> str:
+def staging_key(
+    cfg: ScoreConfig, meta: dict, paths: list[str], speaker_files: dict | None = None
+) -> str:
     """A hash of what defines the output's rows: the checkpoint (where and what), the input
-    listing and the options that change a row (the encoder folder among them). A rerun with the
-    same key resumes."""
+    listing and the options that change a row (the encoder folder among them; a speaker table's
+    speakers, not just its name). A rerun with the same key resumes."""
     return staging.staging_key(
         {
             "checkpoint": storage.absolute(str(cfg.checkpoint)),
@@ -468,6 +502,7 @@ def staging_key(cfg: ScoreConfig, meta: dict, paths: list[str]) -> str:
             "window_hop_seconds": cfg.window_hop_seconds,
             "encoder": cfg.encoder,
             "speaker_from": cfg.speaker_from,
+            "speaker_files": sorted((speaker_files or {}).items()),
         }
     )
 

@@ -80,6 +80,18 @@ def test_score_by_folder_gives_evaluates_probabilities_on_the_same_clips(
     columns = [f"p_{label}" for label in meta["labels"]]
     assert len(names) == 56 and len(scored) == 120  # every clip is scored, 4 labels evaluated
     np.testing.assert_allclose(scored.loc[names, columns].to_numpy(), evaluated.probs, atol=1e-5)
+    # The same speakers named by a label table instead of folders: the same probabilities.
+    table = tmp_path / "speakers.csv"
+    files = sorted(audio.rglob("*.wav"))
+    rows = [f"{f.relative_to(audio).as_posix()},x,{f.parent.name[-2:]}" for f in files]
+    table.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    by_table = tmp_path / "by_table.parquet"
+    extra = ["speaker_from=table", f"speaker_table={table}", "num_actors=1"]
+    score(load_config("score", [*args[:2], f"output={by_table}", *extra]))
+    tabled = pd.read_parquet(by_table)
+    tabled.index = tabled["path"].map(_name)
+    assert set(tabled["speaker_stats"]) == {"table:01", "table:02"}
+    np.testing.assert_allclose(tabled.loc[names, columns], scored.loc[names, columns], atol=1e-6)
 
 
 def _name(path: str) -> str:
