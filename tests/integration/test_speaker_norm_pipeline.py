@@ -136,3 +136,27 @@ def test_tune_takes_the_mode_from_its_space_and_the_retrained_checkpoint_records
     meta = json.loads((Path(result.test["checkpoint"]) / "meta.json").read_text())
     assert meta["speaker_norm"]["groups"] == ["logmel"]
     assert len(meta["speaker_norm"]["prior"]["logmel"]["mean"]) == 64
+
+
+@pytest.mark.parametrize("mode", ["file", "none"])
+def test_score_by_file_or_by_no_one_says_whose_statistics_it_used(
+    speaker_run, tiny_corpus, tmp_path, mode
+):
+    import shutil
+
+    import pandas as pd
+
+    from knd.stages.score import run as score
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for wav in sorted((Path(tiny_corpus) / "Actor_05").glob("*.wav"))[:3]:
+        shutil.copy(wav, audio / wav.name)
+    output = tmp_path / "scores.csv"
+    args = [f"checkpoint={speaker_run.result.checkpoint}", f"input={audio}", f"output={output}"]
+    result = score(load_config("score", [*args, f"speaker_from={mode}", "num_actors=1"]))
+    table = pd.read_csv(output, dtype={"error": str}).fillna({"error": ""})
+    assert result.failed == 0 and len(table) == 3
+    assert set(table["speaker_stats"]) == {"file" if mode == "file" else "pooled"}
+    probs = table[[f"p_{label}" for label in ("neutral", "happy", "sad", "angry")]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
