@@ -160,3 +160,37 @@ def test_score_by_file_or_by_no_one_says_whose_statistics_it_used(
     assert set(table["speaker_stats"]) == {"file" if mode == "file" else "pooled"}
     probs = table[[f"p_{label}" for label in ("neutral", "happy", "sad", "angry")]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_features_too_large_for_memory_are_normalised_alike_when_streamed(
+    tiny_features, ray_session
+):
+    from knd.data.label_sets import label_set
+    from knd.data.ravdess import split_actors
+    from knd.data.shards import manifest_emotions, read_manifest
+    from knd.learning.feed import _held_by_driver, _streamed
+
+    args = [f"data={tiny_features}", *TRAIN, "normalise=speaker"]
+    cfg = load_config("train", args)
+    manifest = read_manifest(tiny_features)
+    split = split_actors((1, 2), (3,), actors=list(range(1, 9)))
+    labels = label_set(cfg.labels, manifest_emotions(manifest))
+    held, streamed = (way(cfg, manifest, split, labels) for way in (_held_by_driver, _streamed))
+    for a, b in zip(held.speaker_norm["prior"]["logmel"].values(),
+                    streamed.speaker_norm["prior"]["logmel"].values(), strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+    def per_actor_means(batches) -> dict[int, float]:
+        sums: dict[int, list[float]] = {}
+        for batch in batches:
+            for actor in np.unique(batch["actor"]):
+                rows = batch["logmel"][batch["actor"] == actor].astype(np.float64)
+                total = sums.setdefault(int(actor), [0.0, 0])
+                total[0], total[1] = total[0] + rows.sum(), total[1] + rows.size
+        return {actor: s / n for actor, (s, n) in sums.items()}
+
+    a, b = per_actor_means(held.train_batches()), per_actor_means(streamed.train_batches())
+    assert a.keys() == b.keys() == {4, 5, 6, 7, 8}
+    for actor in a:
+        assert a[actor] == pytest.approx(b[actor], abs=1e-3)
+    assert held.num_train_rows == streamed.num_train_rows == 5 * 28
