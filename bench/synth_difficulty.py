@@ -446,8 +446,9 @@ def corpus_summary(key: str, entry: dict, baseline: str) -> None:
         print(f"[{key}]   linear {name:<29} n={s['n']:<3} {figures(s)}")
 
 
-def recipe_selection(recipe: str, corpora: dict, baseline: str) -> dict:
-    """One recipe's mean UAR per corpus, its worst corpus, and its paired loss to ``baseline``."""
+def recipe_selection(recipe: str, corpora: dict, requested: list[str], baseline: str) -> dict:
+    """One recipe's mean UAR per corpus, its worst corpus, and its paired loss to ``baseline``
+    (``requested``: every corpus asked for, a skipped one counting as missing)."""
     ran = {k: e for k, e in corpora.items() if recipe in e["cnn"] and e["cnn"][recipe]["n"]}
     uar = {k: e["cnn"][recipe]["uar"]["mean"] for k, e in ran.items()}
     if recipe == baseline:
@@ -467,16 +468,16 @@ def recipe_selection(recipe: str, corpora: dict, baseline: str) -> dict:
         "paired_uar_vs_baseline": paired,
         "loses_more_than_margin": bool(losing),
         "loses_on": losing,
-        "missing_corpora": [k for k in corpora if k not in ran],
+        "missing_corpora": [k for k in requested if k not in ran],
         "unpaired_corpora": [k for k in ran if k not in paired],
     }
 
 
-def selection(corpora: dict, baseline: str) -> dict:
+def selection(corpora: dict, requested: list[str], baseline: str) -> dict:
     """Across corpora: each recipe's worst corpus and losses to ``baseline``, and the default
     that :data:`SELECTION_RULE` picks (None when no recipe qualifies)."""
     recipes = list(dict.fromkeys(r for e in corpora.values() for r in e["cnn"]))
-    table = {r: recipe_selection(r, corpora, baseline) for r in recipes}
+    table = {r: recipe_selection(r, corpora, requested, baseline) for r in recipes}
     eligible = [
         r
         for r, s in table.items()
@@ -487,7 +488,8 @@ def selection(corpora: dict, baseline: str) -> dict:
         "rule": SELECTION_RULE,
         "baseline": baseline,
         "margin_uar": LOSS_MARGIN,
-        "corpora": list(corpora),
+        "corpora": requested,
+        "corpora_with_results": list(corpora),
         "recipes": table,
         "eligible_by_worst_uar": ranked,
         "default": ranked[0] if ranked else None,
@@ -594,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in args.recipes:
             run_recipe(corpus, prepared, recipe, args, save)
         corpus_summary(corpus.key, entry, args.baseline)
-        result["selection"] = selection(result["corpora"], args.baseline)
+        requested = [c.key for c in args.corpora]
+        result["selection"] = selection(result["corpora"], requested, args.baseline)
         save()
     if result["corpora"]:
         print_selection(result["selection"])
