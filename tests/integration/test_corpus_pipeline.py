@@ -32,6 +32,17 @@ def corpora(tmp_path_factory) -> dict[str, Path]:
     return {layout: root / layout for layout in SPEAKERS}
 
 
+@pytest.fixture(scope="module")
+def prepared(corpora, ray_session, tmp_path_factory) -> dict[str, str]:
+    """EmoDB's corpus and the label table's, each prepared once with its own labels: the
+    features the cross-corpus tests train on and evaluate on (none of them writes there)."""
+    root, table = tmp_path_factory.mktemp("prepared"), corpora["table"]
+    return {
+        "emodb": prepare(corpora["emodb"], root / "emodb", "emodb").output,
+        "table": prepare(table, root / "table", str(table / "labels.csv")).output,
+    }
+
+
 def prepare(audio, output, corpus: str, *extra: str):
     from knd.stages.prepare import run
 
@@ -109,15 +120,11 @@ def test_a_label_table_on_s3_prepares_to_s3(corpora, ray_session, s3_server):
     assert len(load_features(f"{prefix}/features")) == result.num_rows
 
 
-def test_a_model_of_one_corpus_evaluates_on_another_over_the_labels_both_have(
-    corpora, ray_session, tmp_path
-):
+def test_a_model_of_one_corpus_evaluates_on_another_over_the_labels_both_have(prepared, tmp_path):
     from knd.stages.evaluate import run as evaluate
     from knd.stages.train import run as train
 
-    emodb = prepare(corpora["emodb"], tmp_path / "emodb", "emodb").output
-    table = corpora["table"]
-    other = prepare(table, tmp_path / "table", str(table / "labels.csv")).output
+    emodb, other = prepared["emodb"], prepared["table"]
     subset = "labels=[happy,sad,angry,boredom]"  # a subset on the training side...
     args = [f"data={emodb}", "recipe=cpu_small", "model.width=8", "optim.epochs=2", subset]
     args += [f"run_dir={tmp_path / 'runs'}", "name=emodb", "wandb.enabled=false"]
@@ -148,13 +155,11 @@ def load_manifest(folder) -> dict:
 
 
 def test_two_corpora_train_as_one_with_speakers_namespaced_and_metrics_per_corpus(
-    corpora, ray_session, tmp_path
+    prepared, tmp_path
 ):
     from knd.stages.train import run as train
 
-    emodb = prepare(corpora["emodb"], tmp_path / "emodb", "emodb").output
-    table = prepare(corpora["table"], tmp_path / "table", str(corpora["table"] / "labels.csv"))
-    both = f"data=[{emodb},{table.output}]"
+    both = f"data=[{prepared['emodb']},{prepared['table']}]"
     args = [both, "recipe=cpu_small", "model.width=8", "optim.epochs=2", "wandb.enabled=false"]
     args += [f"run_dir={tmp_path / 'runs'}", "name=both"]
     trained = train(load_config("train", args))
@@ -185,12 +190,11 @@ def test_two_corpora_train_as_one_with_speakers_namespaced_and_metrics_per_corpu
 
 
 def test_corpora_prepared_with_other_feature_parameters_are_refused_together(
-    corpora, ray_session, tmp_path
+    corpora, prepared, tmp_path
 ):
     from knd.stages.train import run as train
 
-    emodb = prepare(corpora["emodb"], tmp_path / "emodb", "emodb").output
     other = prepare(corpora["tess"], tmp_path / "tess", "tess", "features.n_mels=32").output
-    args = [f"data=[{emodb},{other}]", "recipe=cpu_small", "wandb.enabled=false"]
+    args = [f"data=[{prepared['emodb']},{other}]", "recipe=cpu_small", "wandb.enabled=false"]
     with pytest.raises(ValueError, match="made with other parameters than"):
         train(load_config("train", [*args, f"run_dir={tmp_path / 'runs'}"]))
