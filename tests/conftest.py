@@ -11,13 +11,23 @@ RAY_TRAIN_POLL_S = "0.25"
 it collects reports, notices a finished or dead worker group and starts teardown only at a poll,
 which cost each of the suite's dozen training runs about 3 s of waiting on 2 cores."""
 
+RAY_SESSION_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": RAY_TRAIN_POLL_S,
+    # The GCS declares a node dead after 5 failed health checks, one every 3 s by default: each
+    # worker node the chaos tests kill then held its stage up 15 s. A check a second still
+    # tolerates 5 s of a node that does not answer (and 10 s for each answer) before a false
+    # alarm.
+    "RAY_health_check_period_ms": "1000",
+}
+
 
 def pytest_configure(config):
     """Settings every Ray of the session inherits: the in-process one, each ``knd`` command's,
     the job cluster's head and the chaos cluster (each copies this process's environment)."""
     import os
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", RAY_TRAIN_POLL_S)
+    for name, value in RAY_SESSION_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 @pytest.fixture(scope="session")
