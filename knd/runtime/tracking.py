@@ -2,7 +2,9 @@
 
 - Only one process logs (rank 0 of a worker group); every other caller gets a no-op tracker.
 - ``mode`` is ``offline`` unless ``WANDB_MODE`` or ``WANDB_API_KEY`` is set in the environment,
-  so a run never needs wandb's servers; ``wandb.enabled=false`` never imports wandb at all.
+  so a run never needs wandb's servers. ``wandb.enabled=false`` never imports wandb at all, nor
+  does ``WANDB_MODE=disabled`` (wandb's own off switch: importing wandb costs a process about
+  half a second, only to log nothing).
 - The API key is only ever read by wandb itself from the environment. Anything we hand to wandb
   or write to disk goes through :func:`scrub`, which masks the values of secret-looking
   environment variables, and a failing wandb never stops training.
@@ -36,6 +38,11 @@ def wandb_mode() -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def tracking_on(cfg: WandbConfig) -> bool:
+    """Whether anything is logged: ``wandb.enabled`` and no ``WANDB_MODE=disabled``."""
+    return cfg.enabled and wandb_mode() != "disabled"
 
 
 def is_secret_name(name: str) -> bool:
@@ -117,7 +124,7 @@ def start_tracking(
         rank: the caller's worker rank; only rank 0 logs.
         group: wandb group (e.g. a Tune experiment).
     """
-    if not cfg.enabled or rank != 0:
+    if not tracking_on(cfg) or rank != 0:
         return Tracker(None)
     try:
         import wandb
@@ -149,7 +156,7 @@ def wandb_callbacks(cfg: WandbConfig, experiment: str) -> list:
 
     The trials' ``actors`` (the list of actors each was given) is left out of wandb's tables.
     """
-    if not cfg.enabled:
+    if not tracking_on(cfg):
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 

@@ -1,4 +1,5 @@
-"""The secret scrubber masks short values and the usual secret-variable names."""
+"""The secret scrubber masks short values and the usual secret-variable names; tracking that is
+switched off never imports wandb."""
 
 from __future__ import annotations
 
@@ -45,3 +46,26 @@ def test_values_of_ordinary_variables_are_kept(monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("EMPTY_TOKEN", "")
     assert scrub({"region": "us-east-1", "s": ""}) == {"region": "us-east-1", "s": ""}
+
+
+def test_tracking_switched_off_never_imports_wandb(tmp_path):
+    """``wandb.enabled=false``, or wandb's own ``WANDB_MODE=disabled``: a no-op tracker, no
+    Tune callback, and no ``import wandb`` (half a second in every process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from knd.config.loading import load_config\n"
+        "from knd.runtime.tracking import start_tracking, wandb_callbacks\n"
+        "on = load_config('train', ['data=x']).wandb\n"
+        "off = load_config('train', ['data=x', 'wandb.enabled=false']).wandb\n"
+        "assert on.enabled and not start_tracking(off, sys.argv[1], 'run', {}).enabled\n"
+        "os.environ['WANDB_MODE'] = 'disabled'\n"
+        "assert not start_tracking(on, sys.argv[1], 'run', {}).enabled\n"
+        "assert wandb_callbacks(on, sys.argv[1]) == []\n"
+        "assert 'wandb' not in sys.modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120, env=env)
