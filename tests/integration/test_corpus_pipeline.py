@@ -177,7 +177,7 @@ def test_two_corpora_train_as_one_with_speakers_namespaced_and_metrics_per_corpu
     from knd.stages.evaluate import run as evaluate
 
     corpus = sorted(tested)[0]
-    part = {"emodb": emodb, "table": table.output}[corpus]
+    part = prepared[corpus]
     on_part = [f"checkpoint={trained.checkpoint}", f"data={part}", f"out={tmp_path / 'alone'}"]
     alone = evaluate(load_config("evaluate", on_part))
     there = [s.split("/", 1)[1] for s in metrics["test_speakers"] if s.startswith(f"{corpus}/")]
