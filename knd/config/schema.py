@@ -456,6 +456,11 @@ class ScoreConfig:
     batch_size: int = _help("windows per inference batch", ge=1, le=1_000_000)
     num_actors: int = _help("inference actors", ge=1, le=10_000)
     use_gpu: bool = _help("run inference on GPU")
+    compute: Literal["auto", "tasks", "actors"] = _help(
+        "where the model runs: tasks (Ray's warm worker processes, the model loaded once per "
+        "process and cached), actors (a pool of num_actors, one model each), auto: actors on "
+        "GPU, tasks on CPU"
+    )
     window_hop_seconds: float = _help("hop between windows of long files", gt=0, le=86_400)
     per_window: bool = _help("one row per window instead of per file")
     strict: bool = _help("exit non-zero if any file fails")

@@ -18,6 +18,7 @@ version 2.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -279,6 +280,15 @@ def load_model(folder: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     except RuntimeError as e:
         raise ValueError(f"{uri}: weights do not fit model {spec['name']!r} ({e})") from None
     return model.to(device).eval(), meta
+
+
+def checkpoint_hash(folder: str) -> str:
+    """sha256 of a checkpoint's ``meta.json`` and ``model.pt``: what a cached model is keyed by,
+    so a folder rewritten in place (a new training run) is never served from a stale cache."""
+    digest = hashlib.sha256()
+    for name in (META_FILE, MODEL_FILE):
+        digest.update(storage.read_bytes(storage.join(folder, name)))
+    return digest.hexdigest()
 
 
 def load_train_state(folder: str, device: str | torch.device = "cpu") -> dict | None:

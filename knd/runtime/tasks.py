@@ -177,19 +177,25 @@ def _in_task(fn: Callable, task: dict, consts: dict) -> list[dict]:
     return fn(**task, **consts)
 
 
-def ray_map(fn: Callable, tasks: list[dict], consts: dict) -> Iterator[tuple[dict, Any]]:
+def ray_map(
+    fn: Callable, tasks: list[dict], consts: dict, in_order: bool = False, **options: Any
+) -> Iterator[tuple[dict, Any]]:
     """Run tasks as Ray tasks (1 CPU each, no retries: :func:`run_tasks` retries per file).
 
     At most a few tasks per CPU are in flight, so the driver's bookkeeping stays small however
-    large the corpus; results are yielded as they arrive.
+    large the corpus, and a worker that finishes a task finds the next one queued (Ray hands it
+    the same lease: no scheduling round trip between tasks). Results are yielded as they arrive,
+    or with ``in_order`` in the order of ``tasks`` (a slow task holds back the finished ones
+    behind it, at most the window's). ``options`` go to Ray's ``.options`` (``num_gpus=1``).
     """
     import ray
 
-    remote = ray.remote(_in_task).options(num_cpus=1, max_retries=0, retry_exceptions=False)
+    options = {"num_cpus": 1, "max_retries": 0, "retry_exceptions": False, **options}
+    remote = ray.remote(_in_task).options(**options)
     window = max(4, 4 * int(ray.cluster_resources().get("CPU", 1)))
     fn_ref, consts_ref = ray.put(fn), ray.put(consts)
     todo = iter(tasks)
-    pending: dict[Any, dict] = {}
+    pending: dict[Any, dict] = {}  # in submission order
     while True:
         for task in todo:
             pending[remote.remote(fn_ref, task, consts_ref)] = task
@@ -197,7 +203,10 @@ def ray_map(fn: Callable, tasks: list[dict], consts: dict) -> Iterator[tuple[dic
                 break
         if not pending:
             return
-        done, _ = ray.wait(list(pending), num_returns=1)
+        if in_order:  # the oldest: ray.get below waits for it
+            done = [next(iter(pending))]
+        else:
+            done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             task = pending.pop(ref)
             try:

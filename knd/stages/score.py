@@ -1,16 +1,26 @@
-"""Batch emotion scoring of audio folders (``knd score``): Ray Data tasks, then an actor pool.
+"""Batch emotion scoring of audio folders (``knd score``): plain Ray tasks on CPU, an actor pool on
+GPU (``compute``).
 
 ::
 
-    paths (driver) ─▶ from_items ─▶ map_batches(featurize_batch)  ─▶ map_batches(Scorer)  ─▶ driver
-                                    read → decode → downmix →         actor pool: model loaded
-                                    resample → trim → window →        once per actor, batched,
-                                    log-mel (one row per window)      GPU + bf16 when asked
+    CPU (tasks):   paths (driver) ─▶ ray_map(score_task) ─────────────────────────────▶ driver
+                                     read → decode → downmix → resample → trim → window →
+                                     log-mel → model (cached per worker process) → mean
+                                     over each file's windows (one row per file)
+
+    GPU (actors):  paths (driver) ─▶ from_items ─▶ map_batches(featurize_batch) ─▶
+                                     map_batches(Scorer): actor pool, model loaded once per
+                                     actor, batched, bf16 ─▶ driver (mean over windows)
+
+On CPU the tasks run on the worker processes Ray started with the cluster (prepare's tasks run
+there too); a pool's actors would each start a new process. Each process loads the model once
+and keeps it, keyed by the checkpoint's hash, and a few tasks per CPU are queued so a worker
+never waits for the next (:func:`knd.runtime.tasks.ray_map`).
 
 Paths, not bytes, go into the dataset: each task reads its own files, so audio bytes never cross the
-object store (DESIGN.md, "Facts": shipping bytes ran at 0.53x a plain loop, paths at 1.73x). On
-CPU both steps ask for the same CPUs (:func:`stage_cpus`), so Ray Data fuses them into the actors:
-each actor decodes and scores its own files. On GPU decode tasks on the CPUs feed the GPU actors.
+object store (DESIGN.md, "Facts": shipping bytes ran at 0.53x a plain loop, paths at 1.73x). With
+``compute=actors`` on CPU both steps ask for the same CPUs (:func:`stage_cpus`) and each actor
+decodes and scores its own files (:class:`FileScorer`); on GPU decode tasks feed the GPU actors.
 
 A file goes through exactly the path ``knd prepare`` takes (downmix, resample, trim, fit to
 ``clip_seconds``, log-mel, rounded to the stored feature dtype), so a clip scored here gets the
@@ -19,20 +29,23 @@ clip after trimming is cut into overlapping windows (hop ``window_hop_seconds``)
 are averaged. A file that cannot be scored becomes a row with its reason in ``error``: nothing
 raises.
 
-Results stream: the driver turns windows into per-file rows as soon as all of a file's windows
-have arrived and stages them as whole chunk files beside the output (:class:`StagedTable`),
-concatenated under the output's name in one step at the end, so driver memory holds only the
-files in flight. The staging folder is named by what defines the rows (checkpoint, input listing,
-options): a rerun of a killed run keeps the rows it staged and scores only the other files.
+Results stream: per-file rows (a task's own; the pool's windows averaged by the driver once all
+of a file's windows have arrived) are staged as whole chunk files beside the output
+(:class:`StagedTable`), concatenated under the output's name in one step at the end, so driver
+memory holds only the files in flight. The staging folder is named by what defines the rows
+(checkpoint, input listing, options): a rerun of a killed run keeps the rows it staged and scores
+only the other files.
 
-Retries are bounded without Ray's per-call retry options (deprecated in ``map_batches``, removed
-in Ray 2.64): an actor that dies (a file that takes its worker down, a lost node) is restarted
-and Ray runs its task again; the rerun goes file by file, and a file in flight at a second death
-becomes an error row (:func:`knd.runtime.tasks.bounded_rerun`, with an
+Retries are bounded by the policy of prepare's tasks
+(:func:`knd.runtime.tasks.retry_file_by_file`): a task whose worker died (a file that takes its
+worker down, a lost node) or that failed as a whole is redone one file per task, and a file that
+fails alone too becomes an error row; Ray itself retries no task. The actor pool has no per-call
+retry options (deprecated in ``map_batches``, removed in Ray 2.64): an actor that dies is
+restarted and Ray runs its task again; the rerun goes file by file, and a file in flight at a
+second death becomes an error row (:func:`knd.runtime.tasks.bounded_rerun`, with an
 :class:`knd.runtime.tasks.AttemptLedger` actor). A block that still fails is skipped
 (``max_errored_blocks``); the driver scores its files once more, one file per task, and reports
-those that fail again (:func:`knd.runtime.tasks.retry_file_by_file`, the policy of prepare's
-tasks too).
+those that fail again (the same policy).
 
 Ray's C++ core logs once per actor that its "constructor arguments [are] in the object store and
 max_restarts > 0": Ray Data hands every actor of a pool its context and function as object
@@ -44,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -53,6 +67,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,6 +83,7 @@ from knd.runtime.tasks import (
     bounded_rerun,
     failure_reason,
     one_torch_thread,
+    ray_map,
     retry_file_by_file,
 )
 
@@ -157,17 +173,39 @@ def _featurize_paths(
     return out
 
 
-class Scorer:
-    """Ray Data callable class: loads the model once per actor, then scores batches of windows."""
+@functools.lru_cache(maxsize=2)
+def _cached_model(model_key: str, checkpoint: str, device: str):
+    """``(model, meta)`` loaded once per worker process for each checkpoint hash and device: the
+    tasks of one job that land on a worker reuse what its first task loaded."""
+    from knd.learning.checkpoint import load_model
 
-    def __init__(self, checkpoint: str, use_gpu: bool, speakers: SpeakerStats | None = None):
+    return load_model(checkpoint, device=device)
+
+
+class Scorer:
+    """Ray Data callable class: loads the model once per actor, then scores batches of windows.
+
+    With ``model_key`` (the checkpoint's :func:`knd.learning.checkpoint.checkpoint_hash`) the
+    model comes from the worker process's cache, so a task can build a Scorer per batch.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        use_gpu: bool,
+        speakers: SpeakerStats | None = None,
+        model_key: str = "",
+    ):
         import torch
 
         from knd.learning.checkpoint import load_model
         from knd.learning.inference import norm_stats, norm_tensors
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model, meta = load_model(checkpoint, device=self.device)
+        if model_key:
+            self.model, meta = _cached_model(model_key, checkpoint, self.device.type)
+        else:
+            self.model, meta = load_model(checkpoint, device=self.device)
         self.norm = norm_tensors(norm_stats(meta), self.device)
         self.num_classes = len(meta["labels"])
         self.speakers = speakers
@@ -209,8 +247,9 @@ class FileScorer(Scorer):
         use_gpu: bool = False,
         ledger=None,
         speakers: SpeakerStats | None = None,
+        model_key: str = "",
     ):
-        super().__init__(checkpoint, use_gpu=use_gpu, speakers=speakers)
+        super().__init__(checkpoint, use_gpu=use_gpu, speakers=speakers, model_key=model_key)
         self.params, self.hop_seconds, self.batch_size = params, hop_seconds, batch_size
         self.ledger = ledger
 
@@ -224,6 +263,20 @@ class FileScorer(Scorer):
             for i in range(0, n, self.batch_size)
         ]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def score_task(
+    paths: list[str], labels: list[str], per_window: bool, **scorer_args
+) -> pd.DataFrame:
+    """Plain Ray task: the output rows of whole files, scored on whichever worker runs it.
+
+    Tasks run on the worker processes Ray already started, where a pool's actors each start a
+    new one; ``scorer_args`` carries a ``model_key``, so the model is loaded once per worker
+    process, not once per task. A task holds all of its files' windows, so it averages them
+    itself and only per-file rows travel back to the driver.
+    """
+    windows = FileScorer(**scorer_args)({"path": np.asarray(paths, dtype=object)})
+    return aggregate(windows_frame(windows), labels, per_window)
 
 
 @dataclass(frozen=True)
@@ -470,14 +523,22 @@ def _score_all(
     """Score ``paths`` into the staged output and commit it; files an interrupted run staged are
     kept, and a file lost with its worker is scored once more alone, then reported
     (:func:`knd.runtime.tasks.retry_file_by_file`)."""
+    from knd.learning.checkpoint import checkpoint_hash
+
     tally, labels = _Tally(), list(meta["labels"])
     # A chunk per batch of every actor: a killed run loses at most one batch per actor.
     chunk_files = FILES_PER_TASK * cfg.num_actors
-    key = staging_key(cfg, meta, paths, speakers.files if speakers else None)
+    # The model's own bytes: a checkpoint rewritten in place is neither resumed from rows nor
+    # served from a worker's cache that its predecessor left.
+    model_key = checkpoint_hash(cfg.checkpoint)
+    key = staging_key(cfg, meta, paths, speakers.files if speakers else None, model_key)
     with StagedTable(str(cfg.output), key, chunk_files) as sink:
         todo = _resume(sink, tally, paths)
         units = [todo[i : i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK)]
-        attempt = lambda some: _score_units(some, cfg, params, labels, cpus, speakers)  # noqa: E731
+        if uses_actors(cfg):
+            attempt = lambda some: _score_units(some, cfg, params, labels, cpus, speakers)  # noqa: E731
+        else:
+            attempt = _task_attempt(cfg, params, labels, speakers, model_key)
         for files, out in retry_file_by_file(attempt, units, lambda lost: [[p] for p in lost]):
             if isinstance(out, Failed):
                 out = _failed_rows(files, out.reason, labels, cfg.per_window)
@@ -488,15 +549,21 @@ def _score_all(
 
 
 def staging_key(
-    cfg: ScoreConfig, meta: dict, paths: list[str], speaker_files: dict | None = None
+    cfg: ScoreConfig,
+    meta: dict,
+    paths: list[str],
+    speaker_files: dict | None = None,
+    model_key: str = "",
 ) -> str:
-    """A hash of what defines the output's rows: the checkpoint (where and what), the input
+    """A hash of what defines the output's rows: the checkpoint (where, its meta and its weights'
+    hash ``model_key``), the input
     listing and the options that change a row (the encoder folder among them; a speaker table's
     speakers, not just its name). A rerun with the same key resumes."""
     return staging.staging_key(
         {
             "checkpoint": storage.absolute(str(cfg.checkpoint)),
             "meta": json.dumps(meta, sort_keys=True, default=str),
+            "model": model_key,
             "paths": paths,
             "per_window": cfg.per_window,
             "window_hop_seconds": cfg.window_hop_seconds,
@@ -542,6 +609,33 @@ class _Tally:
         ok = files["error"] == ""
         self.audio_seconds += float(files.loc[ok, "duration"].sum())
         self.failures.extend(files.loc[~ok, ["path", "error"]].itertuples(index=False, name=None))
+
+
+def _task_attempt(cfg: ScoreConfig, params, labels, speakers, model_key: str):
+    """The attempt of :func:`_score_all` that scores units of files as plain Ray tasks on the
+    warm workers, in input order (:func:`knd.runtime.tasks.ray_map`): ``(files, their rows)``,
+    or ``(files, the exception)`` of a task that failed or whose worker died."""
+    consts = {
+        "labels": labels,
+        "per_window": cfg.per_window,
+        "checkpoint": cfg.checkpoint,
+        "model_key": model_key,  # each worker process loads the model once
+        "params": params,
+        "hop_seconds": cfg.window_hop_seconds,
+        "batch_size": cfg.batch_size,
+        "use_gpu": cfg.use_gpu,
+        "speakers": speakers,
+    }
+    options = {"num_gpus": 1} if cfg.use_gpu else {}
+
+    def attempt(units: list[list[str]]) -> Iterator[tuple[list[str], Any]]:
+        tasks = [{"paths": unit} for unit in units]
+        with file_progress(sum(map(len, units)), "score") as bar:
+            for task, out in ray_map(score_task, tasks, consts, in_order=True, **options):
+                bar.update(len(task["paths"]))
+                yield task["paths"], out
+
+    return attempt
 
 
 def _score_units(
@@ -598,6 +692,12 @@ def _scored_files(
         ray.kill(ledger)
 
 
+def uses_actors(cfg: ScoreConfig) -> bool:
+    """Whether the model runs in an actor pool (``compute=actors``, or ``auto`` on GPU: one model
+    held per GPU) rather than in tasks on the warm workers (``auto`` on CPU)."""
+    return cfg.compute == "actors" or (cfg.compute == "auto" and cfg.use_gpu)
+
+
 def _pipeline(
     paths: list[str], cfg: ScoreConfig, params, cpus: float, files_per_task: int, ledger, speakers
 ):
@@ -609,6 +709,15 @@ def _pipeline(
         override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
     )
     pool = ray.data.ActorPoolStrategy(size=cfg.num_actors)
+    scorer_args = {
+        "checkpoint": cfg.checkpoint,
+        "params": params,
+        "hop_seconds": cfg.window_hop_seconds,
+        "batch_size": cfg.batch_size,
+        "use_gpu": cfg.use_gpu,
+        "ledger": ledger,
+        "speakers": speakers,
+    }
     if cfg.use_gpu and "embedding" not in params.groups:  # CPU decode feeds GPU actors
         ds = ds.map_batches(
             featurize_batch,
@@ -633,15 +742,7 @@ def _pipeline(
     # Each actor reads, decodes (runs the encoder) and scores its own files: no features in transit.
     return ds.map_batches(
         FileScorer,
-        fn_constructor_kwargs={
-            "checkpoint": cfg.checkpoint,
-            "params": params,
-            "hop_seconds": cfg.window_hop_seconds,
-            "batch_size": cfg.batch_size,
-            "use_gpu": cfg.use_gpu,
-            "ledger": ledger,
-            "speakers": speakers,
-        },
+        fn_constructor_kwargs=scorer_args,
         batch_size=files_per_task,
         batch_format="numpy",
         compute=pool,
@@ -654,12 +755,17 @@ def _batches_with_progress(ds, num_files: int) -> Iterator[pd.DataFrame]:
     """The scored windows as DataFrames, with progress over files (a bar only on a terminal)."""
     with file_progress(num_files, "score") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            probs = batch.pop("probs")
-            part = pd.DataFrame({k: v for k, v in batch.items()})
-            part["probs"] = list(probs)
             # A file's windows may land in several batches; each counts for its share.
             bar.update(float((1.0 / batch["n_windows"]).sum()))
-            yield part
+            yield windows_frame(batch)
+
+
+def windows_frame(windows: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Scored windows (:class:`Scorer`'s columns) as a DataFrame, one ``probs`` array a row."""
+    probs = windows.pop("probs")
+    frame = pd.DataFrame(windows)
+    frame["probs"] = list(probs)
+    return frame
 
 
 def _complete_files(

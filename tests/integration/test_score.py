@@ -91,7 +91,9 @@ def test_scores_equal_evaluate_and_do_not_depend_on_batching(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     a = score(checkpoint, str(folder), str(tmp_path / "a.parquet"), "batch_size=64", "num_actors=2")
-    score(checkpoint, str(folder), str(tmp_path / "b.csv"), "batch_size=3", "num_actors=1")
+    # The other path: an actor pool rather than tasks on the warm workers, other batches.
+    extra = ["batch_size=3", "num_actors=1", "compute=actors"]
+    score(checkpoint, str(folder), str(tmp_path / "b.csv"), *extra)
     assert a.exit_code == 0 and a.failed == 0 and a.num_files == len(chosen) == 12
     table = pd.read_parquet(tmp_path / "a.parquet")
     assert list(table.columns) == ["path", "label", "confidence", *P_COLUMNS, "duration", "error"]
@@ -113,6 +115,39 @@ def test_scores_equal_evaluate_and_do_not_depend_on_batching(
     assert list(other["path"]) == list(table["path"])
     assert list(other["label"]) == list(table["label"])
     np.testing.assert_allclose(table[P_COLUMNS], other[P_COLUMNS], atol=1e-6)
+
+
+def test_a_checkpoint_rewritten_in_place_is_not_scored_from_a_stale_cache(
+    checkpoint, ray_session, tmp_path
+):
+    """Each worker process keeps the model it loaded, keyed by the checkpoint's hash: a new model
+    saved under the same folder is scored with its own weights in the same Ray session."""
+    import shutil
+
+    import torch
+
+    from knd.learning.checkpoint import load_meta, save_checkpoint
+    from knd.learning.models import build_model
+
+    folder, model_dir = tmp_path / "clips", tmp_path / "checkpoint"
+    folder.mkdir()
+    for i in range(6):
+        sf.write(folder / f"clip{i}.wav", voice(1.0, 16000, 120 + 20 * i, seed=i), 16000)
+    shutil.copytree(checkpoint, model_dir)
+    before = score(str(model_dir), str(folder), str(tmp_path / "before.csv"), "compute=tasks")
+    torch.manual_seed(1)
+    other = build_model("cpu_small", len(EMOTIONS), width=8, dropout=0.0)
+    with torch.no_grad():
+        other.classifier.weight.mul_(20.0)
+    save_checkpoint(str(model_dir), other, load_meta(checkpoint))
+    score(str(model_dir), str(folder), str(tmp_path / "after.csv"), "compute=tasks")
+    score(str(model_dir), str(folder), str(tmp_path / "fresh.csv"), "compute=actors")
+    first, after, fresh = (
+        pd.read_csv(tmp_path / f"{name}.csv")[P_COLUMNS].to_numpy()
+        for name in ("before", "after", "fresh")
+    )
+    assert before.failed == 0 and np.abs(after - first).max() > 1e-3
+    np.testing.assert_allclose(after, fresh, atol=1e-6)
 
 
 def test_a_killed_run_resumes_the_rows_it_staged(checkpoint, ray_session, tmp_path):
