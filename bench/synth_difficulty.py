@@ -39,9 +39,12 @@ corpus separates them 0.52 -> 0.77 UAR, issue 16) and each recipe's paired diffe
 best among those run on every corpus that lose no more than 0.02 to the baseline (today's
 default) anywhere. Every run's figures, time and command go to
 ``bench/results/synth_difficulty.json`` (``--out``) after each run, so a reduced or interrupted
-run still leaves its figures; a run whose ``metrics.json`` is already under ``--work`` is read
-back, not retrained; ``--finished-only`` reports those and trains, synthesises and prepares
-nothing (a corpus not prepared under ``--work`` is skipped).
+run still leaves its figures. A run ``--out`` already holds (same corpus, recipe, fold, test
+speakers and seed) is read back, not retrained, and so are the corpora and recipes this invocation
+does not name: the protocol runs across sessions and machines, its figures committed as they come.
+A run whose ``metrics.json`` is already under ``--work`` is read back too; ``--finished-only``
+reports those and trains, synthesises and prepares nothing (a corpus not prepared under
+``--work`` is skipped).
 """
 
 from __future__ import annotations
@@ -379,29 +382,45 @@ def prepared_corpus(corpus: Corpus, args, workers: int) -> dict | None:
     return {"entry": entry, "manifest": table.manifest, "folds": folds}
 
 
-def carry_over(entry: dict, key: str, earlier: dict, carry: str) -> None:
-    """Runs of the ``--carry`` recipes taken from ``--out``'s earlier figures of the corpus."""
-    for recipe in [r for r in carry.split(",") if r]:
-        old = earlier.get("corpora", {}).get(key, {}).get("cnn", {}).get(recipe)
-        if old:
+def carry_over(entry: dict, key: str, earlier: dict, recipes: list[str]) -> None:
+    """The runs of every recipe ``--out`` already holds for the corpus and this invocation does
+    not run: a protocol run across sessions keeps what the earlier ones measured."""
+    for recipe, old in earlier.get("corpora", {}).get(key, {}).get("cnn", {}).items():
+        if recipe not in recipes and old.get("runs"):
             runs = [dict(r, carried_over=True) for r in old["runs"]]
             entry["cnn"][recipe] = {"runs": runs, **summary(runs)}
 
 
-def run_recipe(corpus: Corpus, prepared: dict, recipe: str, args, save) -> None:
-    """Every selected (fold, seed) run of ``recipe`` on the corpus, saved after each."""
+def earlier_run(
+    earlier: dict, key: str, recipe: str, fold: int, seed: int, speakers
+) -> dict | None:
+    """The run ``--out`` already holds of ``recipe`` on fold ``fold`` (same test speakers) with
+    ``seed`` (None if none): read back instead of trained again, on whichever machine it ran."""
+    old = earlier.get("corpora", {}).get(key, {}).get("cnn", {}).get(recipe, {})
+    for run in old.get("runs", []):
+        if (run["fold"], run["seed"], run["test_speakers"]) == (fold, seed, speakers):
+            return dict(run, carried_over=True)
+    return None
+
+
+def run_recipe(corpus: Corpus, prepared: dict, recipe: str, args, save, earlier: dict) -> None:
+    """Every selected (fold, seed) run of ``recipe`` on the corpus, saved after each (a run
+    ``earlier`` holds, ``--out``'s figures when the bench started, is read back)."""
     entry, manifest, folds = prepared["entry"], prepared["manifest"], prepared["folds"]
     chosen = [f for f in args.folds or range(1, len(folds) + 1) if f <= len(folds)]
     runs: list[dict] = []
     for fold in chosen:
         for seed in args.seeds:
-            run = cnn_run(entry["features"], manifest, folds, recipe, fold, seed, args)
+            speakers = speaker_names(folds[fold - 1], manifest)
+            run = earlier_run(earlier, corpus.key, recipe, fold, seed, speakers)
+            if run is None:
+                run = cnn_run(entry["features"], manifest, folds, recipe, fold, seed, args)
             if run is None:
                 continue
             runs.append(run)
             entry["cnn"][recipe] = {"runs": runs, **summary(runs)}
             save()
-            took = f"{run['seconds'] / 60:.1f} min" if run["seconds"] else "read back"
+            took = f"{run['seconds'] / 60:.1f} min" if run.get("seconds") else "read back"
             print(
                 f"[{corpus.key}] {recipe} fold {fold} seed {seed}: acc {run['accuracy']:.3f} "
                 f"UAR {run['uar']:.3f} ({took})"
@@ -546,12 +565,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="plain_cnn",
         help="recipe every other recipe is compared with, run by run (same fold and seed)",
     )
-    parser.add_argument(
-        "--carry",
-        default="",
-        help="recipes whose runs are carried over from --out's earlier figures (same corpus, "
-        "fold and seed) instead of being trained again",
-    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     names = [c for c in (args.corpora or args.styles or ALL_CORPORA).split(",") if c]
@@ -579,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_small": {"accuracy": 0.70, "uar": 0.66},
             "plain_cnn_w32_no_val": {"accuracy": 0.80, "uar": 0.77},
         },
-        "corpora": {},
+        # Corpora this invocation does not run keep their earlier figures.
+        "corpora": dict(earlier.get("corpora", {})),
     }
 
     def save() -> None:
@@ -591,12 +605,12 @@ def main(argv: list[str] | None = None) -> int:
         if prepared is None:
             continue
         entry = result["corpora"][corpus.key] = prepared["entry"]
-        carry_over(entry, corpus.key, earlier, args.carry)
+        carry_over(entry, corpus.key, earlier, args.recipes)
         save()
         for recipe in args.recipes:
-            run_recipe(corpus, prepared, recipe, args, save)
+            run_recipe(corpus, prepared, recipe, args, save, earlier)
         corpus_summary(corpus.key, entry, args.baseline)
-        requested = [c.key for c in args.corpora]
+        requested = list(dict.fromkeys([*result["corpora"], *(c.key for c in args.corpora)]))
         result["selection"] = selection(result["corpora"], requested, args.baseline)
         save()
     if result["corpora"]:
