@@ -122,3 +122,46 @@ def test_egemaps_functionals_are_88_finite_float32():
     for wave in (np.zeros(RATE), harmonic_tone(220.0, 0.05)):
         values = egemaps.functionals(wave, RATE)
         assert values.shape == (88,) and np.isfinite(values).all()
+
+
+def reference_smile():
+    import opensmile
+
+    return opensmile.Smile(opensmile.FeatureSet.eGeMAPSv02, opensmile.FeatureLevel.Functionals)
+
+
+def smile_reference(wave: np.ndarray, rate: int) -> np.ndarray:
+    """eGeMAPS as the opensmile package computes it: a fresh ``Smile``, its own call path."""
+    x = np.asarray(wave, dtype=np.float32)
+    x = np.pad(x, (0, max(0, int(egemaps.MIN_SECONDS * rate) - len(x))))  # knd's own padding
+    values = reference_smile().process_signal(x, rate).to_numpy().reshape(-1)
+    return np.nan_to_num(values, nan=0.0).astype(np.float32)
+
+
+def test_egemaps_equals_the_opensmile_package_on_every_kind_of_signal():
+    from knd.audio.voice import synthesize
+    from knd.audio.waveform import resample
+    from knd.data.ravdess import parse_name
+
+    rng = np.random.default_rng(0)
+    clip = parse_name("03-01-05-02-01-01-07.wav")
+    speech_48k = synthesize(clip, seed=0, style_name="speech").astype(np.float32)
+    speech = resample(speech_48k, 48000, RATE)
+    signals = {  # name: (wave, rate); run in this order on one session, so no state may carry
+        "speech-like": (speech, RATE),
+        "short (padded)": (harmonic_tone(180.0, 0.05), RATE),
+        "silence": (np.zeros(RATE), RATE),
+        "long": (np.tile(speech, 4)[: 12 * RATE] + 0.01 * rng.standard_normal(12 * RATE), RATE),
+        "noise": (0.1 * rng.standard_normal(2 * RATE), RATE),
+        "speech-like again": (speech, RATE),
+        "full scale": (np.clip(3 * speech, -1.0, 1.0), RATE),
+        "another rate": (speech_48k, 48000),
+    }
+    for name, (wave, rate) in signals.items():
+        ours = egemaps.functionals(wave, rate)
+        reference = smile_reference(wave, rate)
+        assert ours.dtype == reference.dtype == np.float32
+        differ = np.flatnonzero(ours != reference)
+        names = [egemaps.functional_names()[i] for i in differ[:5]]
+        assert differ.size == 0, f"{name}: {differ.size} functionals differ, first {names}"
+    assert egemaps.functional_names() == list(reference_smile().feature_names)
