@@ -10,12 +10,14 @@ Corpora are written once to ``--work`` and kept. Each stage runs as the real com
 ``--num-cpus`` CPUs, so nothing is shared between the sizes. The score checkpoint is the
 ``cpu_small`` model with random weights (throughput does not depend on the weights).
 
-Per stage and size: wall time of the command, the stage's own time and Ray's start-up (from the
-command's log), the peak summed RSS and PSS of the command's whole process tree (driver, GCS,
-raylet, workers; sampled every 0.2 s; RSS counts shared pages per process, PSS splits them) and
-the driver's own peak RSS. Ratios Nx/1x: time (ideal N) and peak memory (ideal 1). From the Nx
-steady-state costs per clip it projects 1,000 h of audio on 1, 4 and 16 nodes of 8 cores
-(linear scaling per core assumed). Figures go to ``bench/results/scale.json``.
+Stages: ``knd prepare`` with the default feature groups (``prepare``), again with the log-mel
+alone (``prepare_logmel``), and ``knd score``. Per stage and size: wall time of the command, the
+stage's own time and Ray's start-up (from the command's log), the peak summed RSS and PSS of the
+command's whole process tree (driver, GCS, raylet, workers; sampled every 0.2 s; RSS counts
+shared pages per process, PSS splits them) and the driver's own peak RSS. Ratios Nx/1x: time
+(ideal N) and peak memory (ideal 1). From the Nx steady-state costs per clip it projects 1,000 h
+of audio on 1, 4 and 16 nodes of 8 cores (linear scaling per core assumed). Figures go to
+``bench/results/scale.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ TARGETS = {"time_ratio_max": 11.0, "memory_ratio_max": 1.3}
 HOURS = 1000.0
 NODES = (1, 4, 16)
 CORES_PER_NODE = 8
+STAGES = ("prepare", "prepare_logmel", "score")
+"""``knd prepare`` with the default groups, with ``features.groups=[logmel]``, and ``knd score``."""
 
 
 def corpus(work: Path, actors: int, seeds: int) -> str:
@@ -129,6 +133,10 @@ def measure(name: str, folder: str, work: Path, checkpoint: str, args, memory) -
     row = {"files": len(files)}
     row["prepare"] = command("prepare", [f"input={folder}", f"output={features}", cpus], memory)
     print(f"{name}: prepare {row['prepare']}", flush=True)
+    # The log-mel alone beside the default groups: what the groups add per clip.
+    logmel_only = [f"input={folder}", f"output={features}-logmel", cpus, "features.groups=[logmel]"]
+    row["prepare_logmel"] = command("prepare", logmel_only, memory)
+    print(f"{name}: prepare_logmel {row['prepare_logmel']}", flush=True)
     scores = work / f"scores-{name}.csv"
     row["score"] = command(
         "score",
@@ -160,7 +168,7 @@ def projection(big: dict, num_cpus: int) -> dict:
         "mean_clip_s": round(clip_s, 2),
         "clips": round(clips),
     }
-    for stage in ("prepare", "score"):
+    for stage in STAGES:
         per_clip = big[stage]["steady_s"] * num_cpus / big["files"]
         out[stage] = {
             "core_s_per_clip": round(per_clip, 4),
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         one = measure("1x", small, work, checkpoint, args, memory)
         many = measure(f"{args.copies}x", large, work, checkpoint, args, memory)
     ratios = {}
-    for stage in ("prepare", "score"):
+    for stage in STAGES:
         ratios[stage] = {
             "files": round(many["files"] / one["files"], 2),
             "time_steady": round(many[stage]["steady_s"] / one[stage]["steady_s"], 2),
