@@ -392,13 +392,15 @@ def carry_over(entry: dict, key: str, earlier: dict, recipes: list[str]) -> None
 
 
 def earlier_run(
-    earlier: dict, key: str, recipe: str, fold: int, seed: int, speakers
+    earlier: dict, key: str, recipe: str, fold: int, seed: int, actors: list[int], speakers
 ) -> dict | None:
     """The run ``--out`` already holds of ``recipe`` on fold ``fold`` (same test speakers) with
-    ``seed`` (None if none): read back instead of trained again, on whichever machine it ran."""
+    ``seed`` (None if none): read back instead of trained again, on whichever machine it ran.
+    Runs recorded before speakers were named match by their actor numbers."""
     old = earlier.get("corpora", {}).get(key, {}).get("cnn", {}).get(recipe, {})
     for run in old.get("runs", []):
-        if (run["fold"], run["seed"], run["test_speakers"]) == (fold, seed, speakers):
+        same = run.get("test_speakers", speakers) == speakers and run["test_actors"] == actors
+        if (run["fold"], run["seed"]) == (fold, seed) and same:
             return dict(run, carried_over=True)
     return None
 
@@ -411,8 +413,9 @@ def run_recipe(corpus: Corpus, prepared: dict, recipe: str, args, save, earlier:
     runs: list[dict] = []
     for fold in chosen:
         for seed in args.seeds:
+            actors = [int(a) for a in folds[fold - 1]]
             speakers = speaker_names(folds[fold - 1], manifest)
-            run = earlier_run(earlier, corpus.key, recipe, fold, seed, speakers)
+            run = earlier_run(earlier, corpus.key, recipe, fold, seed, actors, speakers)
             if run is None:
                 run = cnn_run(entry["features"], manifest, folds, recipe, fold, seed, args)
             if run is None:
@@ -420,7 +423,8 @@ def run_recipe(corpus: Corpus, prepared: dict, recipe: str, args, save, earlier:
             runs.append(run)
             entry["cnn"][recipe] = {"runs": runs, **summary(runs)}
             save()
-            took = f"{run['seconds'] / 60:.1f} min" if run.get("seconds") else "read back"
+            fresh = run.get("seconds") and not run.get("carried_over")
+            took = f"{run['seconds'] / 60:.1f} min" if fresh else "read back"
             print(
                 f"[{corpus.key}] {recipe} fold {fold} seed {seed}: acc {run['accuracy']:.3f} "
                 f"UAR {run['uar']:.3f} ({took})"
