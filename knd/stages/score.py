@@ -556,9 +556,9 @@ def staging_key(
     model_key: str = "",
 ) -> str:
     """A hash of what defines the output's rows: the checkpoint (where, its meta and its weights'
-    hash ``model_key``), the input
-    listing and the options that change a row (the encoder folder among them; a speaker table's
-    speakers, not just its name). A rerun with the same key resumes."""
+    hash ``model_key``), the input listing and the options that change a row (the encoder folder
+    among them; a speaker table's speakers, not just its name). A rerun with the same key
+    resumes."""
     return staging.staging_key(
         {
             "checkpoint": storage.absolute(str(cfg.checkpoint)),
