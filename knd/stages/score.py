@@ -611,20 +611,27 @@ class _Tally:
         self.failures.extend(files.loc[~ok, ["path", "error"]].itertuples(index=False, name=None))
 
 
-def _task_attempt(cfg: ScoreConfig, params, labels, speakers, model_key: str):
-    """The attempt of :func:`_score_all` that scores units of files as plain Ray tasks on the
-    warm workers, in input order (:func:`knd.runtime.tasks.ray_map`): ``(files, their rows)``,
-    or ``(files, the exception)`` of a task that failed or whose worker died."""
-    consts = {
-        "labels": labels,
-        "per_window": cfg.per_window,
+def _file_scorer_args(cfg: ScoreConfig, params, speakers) -> dict:
+    """The :class:`FileScorer` arguments both paths share (the tasks' and the pool's)."""
+    return {
         "checkpoint": cfg.checkpoint,
-        "model_key": model_key,  # each worker process loads the model once
         "params": params,
         "hop_seconds": cfg.window_hop_seconds,
         "batch_size": cfg.batch_size,
         "use_gpu": cfg.use_gpu,
         "speakers": speakers,
+    }
+
+
+def _task_attempt(cfg: ScoreConfig, params, labels, speakers, model_key: str):
+    """The attempt of :func:`_score_all` that scores units of files as plain Ray tasks on the
+    warm workers, in input order (:func:`knd.runtime.tasks.ray_map`): ``(files, their rows)``,
+    or ``(files, the exception)`` of a task that failed or whose worker died."""
+    consts = {
+        **_file_scorer_args(cfg, params, speakers),
+        "labels": labels,
+        "per_window": cfg.per_window,
+        "model_key": model_key,  # each worker process loads the model once
     }
     options = {"num_gpus": 1} if cfg.use_gpu else {}
 
@@ -709,15 +716,7 @@ def _pipeline(
         override_num_blocks=max(1, math.ceil(len(paths) / files_per_task)),
     )
     pool = ray.data.ActorPoolStrategy(size=cfg.num_actors)
-    scorer_args = {
-        "checkpoint": cfg.checkpoint,
-        "params": params,
-        "hop_seconds": cfg.window_hop_seconds,
-        "batch_size": cfg.batch_size,
-        "use_gpu": cfg.use_gpu,
-        "ledger": ledger,
-        "speakers": speakers,
-    }
+    scorer_args = {**_file_scorer_args(cfg, params, speakers), "ledger": ledger}
     if cfg.use_gpu and "embedding" not in params.groups:  # CPU decode feeds GPU actors
         ds = ds.map_batches(
             featurize_batch,
