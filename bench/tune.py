@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/tune.py --data /tmp/features        # features from knd prepare
     .venv/bin/python bench/tune.py --actors 8 --configs 4 --epochs 2 --folds 2   # small settings
+    .venv/bin/python bench/tune.py --data /tmp/features --folds 5 --epochs 3 \
+        --out bench/results/tune_folds5.json   # the shipped folds, ASHA's grace period
 
 The same ``--configs`` cpu_small configurations (a grid over the learning rate; everything else
 fixed; every configuration trains ``--epochs`` epochs on ``--folds`` actor folds, test actors 1 and
@@ -18,8 +20,8 @@ fixed; every configuration trains ``--epochs`` epochs on ``--folds`` actor folds
 fold); everything else (process start, moving data, building models, checkpoints, Tune's
 bookkeeping) counts as overhead. ASHA cannot stop anything here (grace period = max_epochs), so all
 three do the same work. Figures are printed as ratios against ``plain`` and written to
-``bench/results/tune.json``. Without ``--data``, a corpus of ``--actors`` actors is synthesised
-and prepared first (not timed).
+``--out`` (``bench/results/tune.json``). Without ``--data``, a corpus of ``--actors`` actors is
+synthesised and prepared first (not timed).
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fold")
     parser.add_argument("--folds", type=int, default=2, help="actor folds per configuration")
     parser.add_argument("--width", type=int, default=16, help="cpu_small width")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     machine = Machine()
 
@@ -181,16 +184,16 @@ def main() -> int:
         )
     report = {
         "command": "python " + " ".join(sys.argv),
-        "settings": vars(args) | {"test_actors": TEST_ACTORS},
+        "settings": vars(args) | {"out": str(args.out), "test_actors": TEST_ACTORS},
         "machine": machine.record(),
         "figures": figures,
         "ratios_vs_plain": {
             m: f["trials_per_hour"] / plain["trials_per_hour"] for m, f in figures.items()
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 
