@@ -317,9 +317,7 @@ class Learner:
         self.norm_stats = {g: norm[g] for g in cfg.model.inputs}
         self.norm = norm_tensors(self.norm_stats, device)
         model = build_from_spec(to_dict(cfg.model), num_classes, self.norm_stats)
-        model = model.to(device)
-        if self.gpu:
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(device)  # channels-last weights, as build_model made them
         self.model = wrap(model) if wrap is not None else model
         self.optimizer = make_optimizer(self.model, cfg)
         self.plan = EpochPlan(max(1, steps_per_epoch), cfg.optim.epochs, cfg.optim.warmup_epochs)

@@ -52,8 +52,7 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor, side: Inputs | None = Non
     """float32 logits of normalised ``[B, 1, n_mels, frames]`` (and other groups) on the model's
     device."""
     gpu = x.device.type == "cuda"
-    if gpu:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)  # the weights' layout (build_model)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=gpu):
         return model(x, **(side or {})).float()
 

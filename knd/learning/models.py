@@ -345,7 +345,11 @@ def build_model(
     module, function = ARCHITECTURES[name].builder.split(":")
     builder = getattr(importlib.import_module(module), function)
     settings = {"width": width, "dropout": dropout, "fusion_width": fusion_width}
-    return builder(num_classes, (spec or {}) | {"name": name} | settings, groups or {})
+    model = builder(num_classes, (spec or {}) | {"name": name} | settings, groups or {})
+    # NHWC conv weights: oneDNN's CPU kernels run these small-channel convolutions and poolings
+    # 1.4x faster to train and 1.8x faster to infer (bench/channels_last.py), cuDNN's tensor
+    # cores want them too; .to() leaves 1-D, 2-D and 3-D weights as they are.
+    return model.to(memory_format=torch.channels_last)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
