@@ -308,7 +308,7 @@ class Learner:
         wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         seed: int | None = None,
     ) -> None:
-        self.cfg, self.device, self.gpu = cfg, device, device.type == "cuda"
+        self.cfg, self.device = cfg, device
         self.rng = np.random.default_rng(cfg.train.seed if seed is None else seed)
         self.num_classes = num_classes
         missing = set(cfg.model.inputs) - set(norm)
