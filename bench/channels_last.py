@@ -14,12 +14,11 @@ layout, written to ``bench/results/channels_last.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-from common import Machine
+from common import Machine, write_results
 
 from knd.learning.models import build_model
 
@@ -118,9 +117,7 @@ def main() -> int:
         "machine": machine.record(torch_threads=args.threads, torch=torch.__version__),
         "figures": figures,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
     return 0
 
 

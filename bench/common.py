@@ -26,3 +26,14 @@ class Machine:
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             **extra,
         }
+
+
+def write_results(path, report: dict, indent: int = 2) -> None:
+    """Write a benchmark's JSON report whole or not at all (an interrupted run never leaves half
+    a file in ``bench/results/``), and say where it went."""
+    import json
+
+    from knd.data import storage
+
+    storage.write_text(str(path), json.dumps(report, indent=indent) + "\n")
+    print(f"wrote {path}")

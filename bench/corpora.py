@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import Machine
+from common import Machine, write_results
 
 from knd.config.loading import load_config
 from knd.data.labelling import label_files
@@ -215,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         layouts = args.layouts.split(",")
         results["default_recipe_vs_linear"] = recipe_vs_linear(scratch, layouts)
     results[f"machine_{'_'.join(parts)}"] = machine.record()
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(RESULTS, results)
     print(json.dumps({k: v for k, v in results.items() if not k.startswith("machine")}, indent=2))
     return 0
 

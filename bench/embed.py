@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Machine  # noqa: E402
+from common import Machine, write_results  # noqa: E402
 from prepare import TreeMemory, _copy_subset, corpus_dir, measure, run_loop  # noqa: E402
 
 from knd.config.loading import load_config  # noqa: E402
@@ -225,12 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "meets_targets": {"ray_vs_loop": ratios["ray_vs_loop"] >= TARGETS["ray_vs_loop"]},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.size == "tiny" else f"_{args.size}"
-    out = RESULTS.with_name(f"embed{suffix}.json")
-    storage.write_text(str(out), json.dumps(report, indent=2) + "\n")
     print(json.dumps({"ratios": ratios, "peak_pss_gb": report["peak_pss_gb"]}))
-    print(f"wrote {out}")
+    write_results(RESULTS.with_name(f"embed{suffix}.json"), report)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Machine  # noqa: E402
+from common import Machine, write_results  # noqa: E402
 
 from knd.audio import egemaps, features, prosody, waveform
 from knd.config.loading import load_config  # noqa: E402
@@ -108,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_ms_per_clip": {s: {k: 1000 * v for k, v in m.items()} for s, m in median.items()},
         "cpu_ratio_to_logmel": {s: m["cpu"] / base for s, m in median.items()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     return 0
 
 

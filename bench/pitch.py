@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import sys
 import time
 import types
 from pathlib import Path
 
 import numpy as np
-from common import Machine
+from common import Machine, write_results
 from scipy.signal import lfilter
 
 from knd.audio import prosody
@@ -254,9 +253,7 @@ def main() -> int:
         "scoring": {"guard_frames": GUARD_FRAMES, "gross_cents": GROSS_CENTS},
         "trackers": report,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import Machine
+from common import Machine, write_results
 
 from knd.config.loading import load_config
 from knd.config.schema import RayConfig
@@ -298,10 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_gb": peak_pss <= TARGETS["peak_rss_gb"],
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    storage.write_text(str(RESULTS), json.dumps(report, indent=2) + "\n")
     print(json.dumps({"ratios": ratios, "peak_rss_gb": peak, "peak_pss_gb": peak_pss}))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, report)
     return 0
 
 

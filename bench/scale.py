@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Machine  # noqa: E402
+from common import Machine, write_results  # noqa: E402
 from prepare import TreeMemory  # noqa: E402 - bench/prepare.py, this folder's sibling
 from score import feature_params, make_checkpoint  # noqa: E402
 
@@ -236,10 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "projection_1000h": projection(many, args.num_cpus),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    storage.write_text(str(args.out), json.dumps(report, indent=2) + "\n")
     print(json.dumps({"ratios": ratios, "projection": report["projection_1000h"]}, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, report)
     return 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import Machine
+from common import Machine, write_results
 
 from knd.audio.waveform import decode_audio
 from knd.config.loading import build, config_dir, load_config, load_yaml
@@ -225,9 +225,8 @@ def main() -> int:
         "compute": {c: figures_of(runs) for c, runs in ray_runs.items()},
         "targets": {"realtime_factor": 300, "ratio": 1.3},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    write_results(args.out, result)
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Machine  # noqa: E402
+from common import Machine, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speaker_norm.json"
 NO_SHRINKAGE = 1e-6
@@ -133,9 +133,7 @@ def main() -> None:
         results[name] = corpus_figures(data, skew_clips)
         print(name, json.dumps(results[name]["summary"]), flush=True)
     results["machine"] = machine.record()
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"-> {RESULTS}")
+    write_results(RESULTS, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -601,8 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save() -> None:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        storage.write_text(args.out, json.dumps(result, indent=2) + "\n")
+        storage.write_text(args.out, json.dumps(result, indent=2) + "\n")  # saved after every run
 
     for corpus in args.corpora:
         prepared = prepared_corpus(corpus, args, workers)

@@ -21,7 +21,6 @@ to tune recipes quickly without Ray). Results go to ``bench/results/train.json``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Machine  # noqa: E402
+from common import Machine, write_results  # noqa: E402
 
 from knd.config.loading import (
     load_config,
@@ -221,10 +220,7 @@ def main() -> None:
             line += f", GPU utilisation {plain['gpu_utilisation_pct']:.0f}%"
         print(line)
     result["machine"] = machine.record()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from common import Machine
+from common import Machine, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tune.json"
 TEST_ACTORS = [1, 2]
@@ -191,9 +191,7 @@ def main() -> int:
             m: f["trials_per_hour"] / plain["trials_per_hour"] for m, f in figures.items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, report)
     return 0
 
 
