@@ -18,10 +18,14 @@ Start-up is reported apart from steady state: Ray's ``init`` and the pool's crea
 warm-up over ``--warmup`` files (worker processes import torch and build the mel filterbank).
 Steady-state throughput is the full corpus afterwards, in files/s and audio-seconds/s. Peak
 memory is the largest sum over this process and all its descendants (Ray's GCS, raylet and
-workers, or the pool's children), sampled every 0.2 s from /proc, of resident set sizes (RSS:
+workers, or the pool's children), read from /proc, of resident set sizes (RSS, every 0.2 s:
 shared pages, such as the CUDA build of torch each worker maps, count once per process, so an
-upper bound) and of proportional set sizes (PSS: shared pages split among their processes). The
-memory target is judged on PSS. Figures go to ``bench/results/prepare.json``.
+upper bound) and of proportional set sizes (PSS, every 2 s: shared pages split among their
+processes; reading it costs the kernel a page-table walk, see :class:`TreeMemory`). The
+memory target is judged on PSS. CPU seconds of each contender's run are split by role: the
+driver, the task workers and everything else (Ray's raylet, GCS and agents): on cores that the
+workers fill, the third is what Ray gives up to a pool. Figures go to
+``bench/results/prepare.json``.
 """
 
 from __future__ import annotations
@@ -51,37 +55,79 @@ TARGETS = {"ray_vs_loop": 1.7, "ray_vs_pool": 1.0, "peak_rss_gb": 3.0}
 
 
 class TreeMemory:
-    """Peak summed memory of this process and its descendants, sampled on a thread from /proc.
+    """Peak summed memory and CPU time of this process and its descendants, sampled on a thread
+    from /proc.
 
-    Two sums: RSS (each process's resident pages, so pages shared between processes, such as
-    torch's CUDA libraries mapped by every worker, count once per process: an upper bound) and
+    Two memory sums: RSS (each process's resident pages, so pages shared between processes, such
+    as torch's CUDA libraries mapped by every worker, count once per process: an upper bound) and
     PSS (shared pages divided among the processes sharing them: what the job takes from the
     machine). ``peak``/``peak_pss`` since the last reset, ``overall``/``overall_pss`` overall.
+
+    CPU seconds since the last reset, by role (:meth:`cpu_by_role`): this process (the driver),
+    the task workers (Ray's ``ray::`` workers or the pool's children), everything else (Ray's
+    own processes: raylet, GCS, agents) and this sampler itself. On a machine the workers fill,
+    what "everything else" takes is what Ray's throughput gives up to a pool's. A process that
+    ends between two samples loses its last 0.2 s.
+
+    The sampler must not take the CPU it measures: reading a process's PSS makes the kernel walk
+    its page tables (~4 ms for a Ray worker that maps torch: 40 ms a sample for Ray's ten
+    processes, a fifth of a core every 0.2 s, against a pool's three), so PSS is read every
+    ``pss_every``-th sample only and RSS (cheap) every sample.
     """
 
-    def __init__(self, interval: float = 0.2):
-        self.interval, self._stop = interval, threading.Event()
+    def __init__(self, interval: float = 0.2, pss_every: int = 10):
+        self.interval, self.pss_every, self._stop = interval, pss_every, threading.Event()
+        self._samples = 0
+        self._sampler_s = self._sampler_s_at_reset = 0.0
         self.peak = self.overall = self.peak_pss = self.overall_pss = 0
+        self._ticks_at_reset: dict[int, int] = {}
+        self._ticks: dict[int, tuple[str, int]] = {}  # pid -> (role, CPU ticks when last seen)
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     @staticmethod
-    def tree_pids() -> list[int]:
+    def _scan() -> tuple[dict[int, list[int]], dict[int, int]]:
+        """``(children of each pid, CPU ticks (user + system) of each pid)`` from /proc."""
         children: dict[int, list[int]] = {}
+        ticks: dict[int, int] = {}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
             try:
                 with open(f"/proc/{entry.name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
             except (OSError, ValueError, IndexError):  # the process ended while we looked
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
+            ticks[int(entry.name)] = utime + stime
+        return children, ticks
+
+    @classmethod
+    def tree_pids(cls, children: dict[int, list[int]] | None = None) -> list[int]:
+        children = children if children is not None else cls._scan()[0]
         out, todo = [], [os.getpid()]
         while todo:
             pid = todo.pop()
             out.append(pid)
             todo.extend(children.get(pid, []))
         return out
+
+    @staticmethod
+    def role(pid: int) -> str:
+        """``driver``, ``workers`` (a Ray task worker or a pool's child) or ``other``."""
+        if pid == os.getpid():
+            return "driver"
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return "other"
+        if cmdline.startswith("ray::") and "Agent" not in cmdline:
+            return "workers"  # ray::IDLE, ray::_in_task, ...; the agents are Ray's own
+        if "multiprocessing" in cmdline and "spawn_main" in cmdline:
+            return "workers"
+        return "other"
 
     @staticmethod
     def _kb(path: str, key: str) -> int:
@@ -94,26 +140,54 @@ class TreeMemory:
             pass
         return 0
 
-    def tree_memory(self) -> tuple[int, int]:
-        """``(summed RSS, summed PSS)`` in bytes."""
-        rss = pss = 0
-        for pid in self.tree_pids():
+    def tree_memory(self, pids: list[int] | None = None, pss: bool = True) -> tuple[int, int]:
+        """``(summed RSS, summed PSS)`` in bytes (PSS 0 unless ``pss``)."""
+        rss = pss_sum = 0
+        for pid in pids if pids is not None else self.tree_pids():
             rss += self._kb(f"/proc/{pid}/status", "VmRSS:") * 1024
-            pss += self._kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
-        return rss, pss
+            if pss:
+                pss_sum += self._kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
+        return rss, pss_sum
 
-    def tree_rss(self) -> int:
-        return self.tree_memory()[0]
+    def _sample(self, pss: bool = True) -> tuple[int, int]:
+        children, ticks = self._scan()
+        pids = self.tree_pids(children)
+        with self._lock:
+            for pid in pids:
+                if pid in ticks:
+                    role = self._ticks[pid][0] if pid in self._ticks else self.role(pid)
+                    if role == "other" and pid != os.getpid():  # a worker not yet titled
+                        role = self.role(pid)
+                    self._ticks[pid] = (role, ticks[pid])
+        return self.tree_memory(pids, pss)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            rss, pss = self.tree_memory()
+            started = time.thread_time()
+            rss, pss = self._sample(pss=self._samples % self.pss_every == 0)
+            self._samples += 1
             self.peak, self.overall = max(self.peak, rss), max(self.overall, rss)
             self.peak_pss, self.overall_pss = max(self.peak_pss, pss), max(self.overall_pss, pss)
+            self._sampler_s += time.thread_time() - started
             time.sleep(self.interval)
 
     def reset(self) -> None:
-        self.peak, self.peak_pss = self.tree_memory()
+        self.peak, self.peak_pss = self._sample()
+        with self._lock:
+            self._ticks_at_reset = {pid: t for pid, (_, t) in self._ticks.items()}
+            self._sampler_s_at_reset = self._sampler_s
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds of each role since the last :meth:`reset` (a process that started since
+        counts whole); the sampler's own are taken out of the driver's."""
+        self._sample(pss=False)
+        hz = os.sysconf("SC_CLK_TCK")
+        sampler = self._sampler_s - self._sampler_s_at_reset
+        out = {"driver": -sampler, "workers": 0.0, "other": 0.0, "sampler": sampler}
+        with self._lock:
+            for pid, (role, t) in self._ticks.items():
+                out[role] += (t - self._ticks_at_reset.get(pid, 0)) / hz
+        return {k: round(v, 2) for k, v in out.items()}
 
     def __enter__(self):
         self._thread.start()
@@ -184,11 +258,12 @@ def measure(name, fn, memory: TreeMemory, n_files: int, audio: float | None = No
         **_rates(seconds, n_files, audio),
         "peak_rss_gb": round(memory.peak / 2**30, 2),
         "peak_pss_gb": round(memory.peak_pss / 2**30, 2),
+        "cpu_s": memory.cpu_by_role(),
     }
     print(
         f"{name:>5}: {seconds:6.1f} s  {row['files_per_s']:6.1f} files/s  "
         f"{row['audio_s_per_s']:7.1f} audio-s/s  peak RSS {row['peak_rss_gb']:.2f} GB, "
-        f"PSS {row['peak_pss_gb']:.2f} GB",
+        f"PSS {row['peak_pss_gb']:.2f} GB; CPU s {row['cpu_s']}",
         flush=True,
     )
     return row, audio
