@@ -3,12 +3,16 @@
 Start a :class:`Machine` before the measured work and put ``machine.record()`` into the results
 under ``"machine"``: the load average before and after says whether other work shared the cores
 (the figures of a shared machine are ratios against a baseline measured in the same run).
+:func:`write_results` writes the report.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+
+from knd.data import storage
 
 
 class Machine:
@@ -31,9 +35,5 @@ class Machine:
 def write_results(path, report: dict, indent: int = 2) -> None:
     """Write a benchmark's JSON report whole or not at all (an interrupted run never leaves half
     a file in ``bench/results/``), and say where it went."""
-    import json
-
-    from knd.data import storage
-
     storage.write_text(str(path), json.dumps(report, indent=indent) + "\n")
     print(f"wrote {path}")

@@ -103,9 +103,9 @@ class TreeMemory:
             ticks[int(entry.name)] = utime + stime
         return children, ticks
 
-    @classmethod
-    def tree_pids(cls, children: dict[int, list[int]] | None = None) -> list[int]:
-        children = children if children is not None else cls._scan()[0]
+    @staticmethod
+    def tree_pids(children: dict[int, list[int]]) -> list[int]:
+        """This process and its descendants, from :meth:`_scan`'s ``children``."""
         out, todo = [], [os.getpid()]
         while todo:
             pid = todo.pop()
@@ -140,10 +140,10 @@ class TreeMemory:
             pass
         return 0
 
-    def tree_memory(self, pids: list[int] | None = None, pss: bool = True) -> tuple[int, int]:
-        """``(summed RSS, summed PSS)`` in bytes (PSS 0 unless ``pss``)."""
+    def tree_memory(self, pids: list[int], pss: bool) -> tuple[int, int]:
+        """``(summed RSS, summed PSS)`` of ``pids`` in bytes (PSS 0 unless ``pss``)."""
         rss = pss_sum = 0
-        for pid in pids if pids is not None else self.tree_pids():
+        for pid in pids:
             rss += self._kb(f"/proc/{pid}/status", "VmRSS:") * 1024
             if pss:
                 pss_sum += self._kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
@@ -155,8 +155,8 @@ class TreeMemory:
         with self._lock:
             for pid in pids:
                 if pid in ticks:
-                    role = self._ticks[pid][0] if pid in self._ticks else self.role(pid)
-                    if role == "other" and pid != os.getpid():  # a worker not yet titled
+                    role = self._ticks.get(pid, ("other",))[0]
+                    if role == "other":  # unseen, or a worker not yet titled ray::...: look again
                         role = self.role(pid)
                     self._ticks[pid] = (role, ticks[pid])
         return self.tree_memory(pids, pss)
